@@ -1,0 +1,56 @@
+# syntax=docker/dockerfile:1
+# One image for every popsync job: `popsync worker validator|synchronizer|store-writer`,
+# `popsync topics create`, `popsync db migrate`. All configuration comes from
+# POPSYNC_* environment variables at run time; nothing secret is baked in.
+#
+# Build: docker build -t popsync:local .
+# Pin PYTHON_IMAGE to a digest (python:3.11-slim@sha256:...) in the release pipeline so
+# rebuilds are reproducible; both stages must use the same image, as the venv is copied.
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# --- build: make the popsync wheel, install it with its dependencies into a venv ------
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+# Only what the wheel is built from (see .dockerignore). README.md* matches nothing
+# until a README exists; pyproject.toml keeps the COPY from failing on an empty glob.
+COPY pyproject.toml README.md* ./
+COPY popsync ./popsync
+COPY services ./services
+# Every dependency ships a manylinux wheel for cp311/x86_64, so no compiler is needed.
+RUN pip wheel --no-deps --wheel-dir /dist . \
+ && python -m venv /opt/venv \
+ && /opt/venv/bin/pip install /dist/popsync-*.whl
+
+# --- runtime: the venv, the Avro contract, an unprivileged user -----------------------
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="popsync" \
+      org.opencontainers.image.description="popsync streaming workers (validator, synchronizer, store-writer)" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+# Fixed numeric UID/GID so Kubernetes' runAsNonRoot can verify them without a passwd.
+RUN groupadd --system --gid 10001 popsync \
+ && useradd --system --uid 10001 --gid popsync --home-dir /var/lib/popsync \
+            --no-create-home --shell /usr/sbin/nologin popsync \
+ && install -d -o popsync -g popsync -m 0750 /var/lib/popsync
+
+COPY --from=build /opt/venv /opt/venv
+# The .avsc files are read at run time (popsync/contract/schemas.py) and are not in the
+# wheel, so they ship beside it and POPSYNC_SCHEMA_DIR points at them.
+COPY schemas/avro /opt/popsync/schemas/avro
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    POPSYNC_SCHEMA_DIR=/opt/popsync/schemas/avro
+
+# faust writes its per-app data dir (`<group>-data/`) under the working directory: keep
+# it in a directory the user owns (an emptyDir in Kubernetes, whose root is read-only).
+WORKDIR /var/lib/popsync
+USER 10001:10001
+
+# No HEALTHCHECK yet: workers expose no endpoint. It comes with the metrics endpoint.
+# Exec form: popsync is PID 1 and gets SIGTERM directly; mode's worker stops faust cleanly.
+ENTRYPOINT ["popsync"]
+CMD ["--help"]

@@ -1,0 +1,1 @@
+"""Edges of the system: the broker, the store, the embedded services' clients."""

@@ -1,0 +1,65 @@
+-- popsync schema. Idempotent: applied by `popsync db migrate` and at worker start.
+
+-- Synchronizer state: the set of accepted events of each citizen (Avro
+-- single-object bytes); the snapshot is a deterministic fold of it.
+CREATE TABLE IF NOT EXISTS sync_citizen_state (
+    pin         text PRIMARY KEY,
+    version     bigint NOT NULL,
+    events      bytea[] NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- The central population store: one row per citizen, its current state.
+CREATE TABLE IF NOT EXISTS citizens (
+    pin                  text PRIMARY KEY,
+    version              bigint NOT NULL,
+    full_name            text,
+    birth_date           date,
+    sex                  text,
+    ethnicity            text,
+    nationality          text,
+    birthplace_province  text,
+    marital_status       text NOT NULL,
+    spouse_pin           text,
+    life_status          text NOT NULL,
+    death_date           date,
+    permanent_province   text,
+    permanent_commune    text,
+    temporary_province   text,
+    temporary_commune    text,
+    id_card_number       text,
+    snapshot             jsonb NOT NULL,
+    last_event_id        text NOT NULL,
+    last_event_at        timestamptz NOT NULL,
+    updated_at           timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS citizens_permanent_province ON citizens (permanent_province);
+
+-- Append-only audit: what each version changed, from which event and source.
+CREATE TABLE IF NOT EXISTS citizen_history (
+    pin              text NOT NULL,
+    version          bigint NOT NULL,
+    event_id         text NOT NULL,
+    event_type       text NOT NULL,
+    source_registry  text NOT NULL,
+    changed_fields   text[] NOT NULL,
+    changes          jsonb NOT NULL,
+    occurred_at      timestamptz NOT NULL,
+    applied_at       timestamptz NOT NULL,
+    written_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (pin, version)
+);
+CREATE INDEX IF NOT EXISTS citizen_history_event ON citizen_history (event_id);
+
+-- Events that were valid alone but contradict the citizen's state.
+CREATE TABLE IF NOT EXISTS citizen_conflicts (
+    pin              text NOT NULL,
+    event_id         text NOT NULL,
+    event_type       text NOT NULL,
+    source_registry  text NOT NULL,
+    conflict_code    text NOT NULL,
+    message          text NOT NULL,
+    occurred_at      timestamptz NOT NULL,
+    detected_at      timestamptz NOT NULL,
+    PRIMARY KEY (pin, event_id)
+);

@@ -1,0 +1,166 @@
+"""`popsync` command line: one entry point, a subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from popsync.contract import models as m
+from popsync.settings import WORKER_NAMES, Settings, WorkerName
+
+SERVICE_MODULES: dict[WorkerName, str] = {
+    "validator": "popsync.services.validator.app",
+    "synchronizer": "popsync.services.synchronizer.app",
+    "store-writer": "popsync.services.store_writer.app",
+}
+
+
+def _source(text: str) -> m.SourceRegistry:
+    try:
+        return m.SourceRegistry(text.upper().replace("-", "_"))
+    except ValueError:
+        names = ", ".join(s.value.lower().replace("_", "-") for s in m.SourceRegistry)
+        raise argparse.ArgumentTypeError(f"unknown source {text!r}; one of: {names}") from None
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from popsync.runtime import run_worker
+    from popsync.stack import migrate
+
+    settings = Settings()
+    name: WorkerName = args.name
+    if name != "validator":
+        migrate(settings)  # idempotent; workers that write PostgreSQL own its schema
+    module = importlib.import_module(SERVICE_MODULES[name])
+    run_worker(module.build(settings), settings)
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from popsync.adapters.kafka import BatchProducer
+    from popsync.publisher import Publisher, publish_jsonl
+
+    settings = Settings()
+    publisher = Publisher(BatchProducer(settings.kafka), settings.topics.registry_events)
+    report = publish_jsonl(publisher, Path(args.file), args.source)
+    for bad in report.bad_lines:
+        print(f"{args.file}:{bad.line_number}: {bad.reason}: {bad.message}", file=sys.stderr)
+    print(f"published {report.published} events, {len(report.bad_lines)} bad lines")
+    return 1 if report.bad_lines else 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from popsync.simulate.generator import simulate, write_jsonl
+
+    messages = simulate(args.citizens, seed=args.seed, now=datetime.now(UTC))
+    if args.output:
+        count = write_jsonl(messages, Path(args.output))
+        print(f"wrote {count} events to {args.output}")
+    if args.publish:
+        from popsync.adapters.kafka import BatchProducer
+        from popsync.publisher import Publisher
+
+        settings = Settings()
+        publisher = Publisher(BatchProducer(settings.kafka), settings.topics.registry_events)
+        count = publisher.publish((msg.key, msg.event) for msg in messages)
+        print(f"published {count} events to {settings.topics.registry_events}")
+    return 0
+
+
+def cmd_topics_create(_: argparse.Namespace) -> int:
+    from popsync.stack import provision
+
+    provision(Settings())
+    return 0
+
+
+def cmd_db_migrate(_: argparse.Namespace) -> int:
+    from popsync.stack import migrate
+
+    migrate(Settings())
+    return 0
+
+
+def cmd_contract_generate(args: argparse.Namespace) -> int:
+    from popsync.contract import codegen
+
+    if args.check:
+        current = codegen.GENERATED_PATH.read_text(encoding="utf-8")
+        if current != codegen.generate():
+            print("models.py is out of date: run `popsync contract generate`", file=sys.stderr)
+            return 1
+        return 0
+    changed = codegen.write()
+    print("models.py regenerated" if changed else "models.py already up to date")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from popsync.demo import run_demo
+
+    return run_demo(
+        citizens=args.citizens, seed=args.seed, workdir=args.workdir, timeout=args.timeout
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="popsync", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the whole pipeline on embedded services")
+    demo.add_argument("--citizens", type=int, default=2000, help="simulated citizens")
+    demo.add_argument("--seed", type=int, default=2025)
+    demo.add_argument("--workdir", type=Path, default=None, help="default: a temp dir")
+    demo.add_argument("--timeout", type=float, default=600, help="seconds to converge")
+    demo.set_defaults(func=cmd_demo)
+
+    worker = sub.add_parser("worker", help="run one worker (config from POPSYNC_* env)")
+    worker.add_argument("name", choices=WORKER_NAMES)
+    worker.set_defaults(func=cmd_worker)
+
+    publish = sub.add_parser("publish", help="validate and publish a JSON-lines file")
+    publish.add_argument("--source", type=_source, required=True, help="e.g. civil-status")
+    publish.add_argument("file")
+    publish.set_defaults(func=cmd_publish)
+
+    sim = sub.add_parser("simulate", help="generate a realistic registry event stream")
+    sim.add_argument("--citizens", type=int, default=1000)
+    sim.add_argument("--seed", type=int, default=2025)
+    sim.add_argument("--output", help="write JSON lines here")
+    sim.add_argument("--publish", action="store_true", help="publish to the registry topic")
+    sim.set_defaults(func=cmd_simulate)
+
+    topics = sub.add_parser("topics", help="topic administration")
+    topics_sub = topics.add_subparsers(dest="topics_command", required=True)
+    topics_sub.add_parser("create", help="create every popsync topic").set_defaults(
+        func=cmd_topics_create
+    )
+
+    db = sub.add_parser("db", help="database administration")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("migrate", help="apply the schema").set_defaults(func=cmd_db_migrate)
+
+    contract = sub.add_parser("contract", help="the Avro contract")
+    contract_sub = contract.add_subparsers(dest="contract_command", required=True)
+    gen = contract_sub.add_parser("generate", help="regenerate models from schemas/avro")
+    gen.add_argument("--check", action="store_true", help="fail if out of date")
+    gen.set_defaults(func=cmd_contract_generate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

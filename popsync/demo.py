@@ -1,0 +1,203 @@
+"""`popsync demo`: the whole pipeline on embedded services, end to end.
+
+Starts a Kafka-protocol broker and PostgreSQL, creates the topics and schema,
+runs one process per worker, publishes a simulated stream from many registries
+and provinces, waits until the store has converged, checks the store against a
+reference fold of the same stream, and prints a summary.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import psycopg
+from confluent_kafka import Consumer, TopicPartition
+from tqdm import tqdm
+
+from popsync.adapters.kafka import BatchProducer
+from popsync.contract import models as m
+from popsync.domain.merge import fold
+from popsync.domain.rules import RuleViolation, check_event
+from popsync.publisher import Publisher
+from popsync.settings import WORKER_NAMES, Settings
+from popsync.simulate.generator import SimulatedMessage, simulate
+from popsync.stack import EmbeddedStack
+
+
+@dataclass
+class Expectation:
+    """What the store must hold once the pipeline has processed the stream."""
+
+    published: int = 0
+    invalid: int = 0
+    history_rows: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def expect(messages: Sequence[SimulatedMessage], now: datetime, skew: timedelta) -> Expectation:
+    """The reference result: validator rules and the merge fold, run in-process."""
+    result = Expectation(published=len(messages))
+    per_citizen: dict[str, dict[str, m.RegistryEvent]] = {}
+    for message in messages:
+        try:
+            event = check_event(message.event, message.key, now, skew)
+        except RuleViolation:
+            result.invalid += 1
+            continue
+        events = per_citizen.setdefault(event.subject_pin or "", {})
+        if event.event_id in events:
+            result.duplicates += 1
+        events[event.event_id] = event
+    for pin, events in per_citizen.items():
+        snapshot, conflicts = fold(pin, events.values())
+        result.history_rows += len(events)
+        result.conflicts += len(conflicts)
+        result.snapshots[pin] = snapshot.model_dump(mode="json")
+    return result
+
+
+def count_dead_letters(settings: Settings, expected: int, timeout: float) -> Counter[str]:
+    """Dead letters by reason, read from the topic itself (not from broker offsets)."""
+    consumer = Consumer(
+        {
+            **settings.kafka.librdkafka(),
+            "group.id": "popsync-demo-dlq-reader",
+            "enable.auto.commit": "false",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    topic = settings.topics.dead_letters
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.topics.partitions)])
+    reasons: Counter[str] = Counter()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and sum(reasons.values()) < expected:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            reason = dict(message.headers() or []).get("popsync.reason")
+            reasons[reason.decode() if isinstance(reason, bytes) else "?"] += 1
+    finally:
+        consumer.close()
+    return reasons
+
+
+def store_counts(dsn: str) -> tuple[int, int, int]:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM citizen_history), (SELECT count(*) FROM citizens),"
+            " (SELECT count(*) FROM citizen_conflicts)"
+        ).fetchone()
+    return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
+
+
+def store_matches(dsn: str, snapshots: dict[str, dict[str, Any]]) -> int:
+    """How many citizens' stored snapshots equal the reference fold."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT pin, snapshot FROM citizens").fetchall()
+    stored: dict[str, Any] = {pin: snapshot for pin, snapshot in rows}
+    return sum(1 for pin, snapshot in snapshots.items() if stored.get(pin) == snapshot)
+
+
+def _raise_interrupt(_: int, __: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run_demo(citizens: int, seed: int, workdir: Path | None, timeout: float) -> int:
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # stop cleanly on SIGTERM as on Ctrl-C
+    root = workdir or Path(tempfile.mkdtemp(prefix="popsync-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"popsync demo: {citizens} citizens, seed {seed}; logs and data in {root}")
+    stack = EmbeddedStack(root)
+    try:
+        return _run(stack, citizens, seed, timeout)
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping workers, broker and database", file=sys.stderr)
+        return 130
+    finally:
+        stack.stop()
+
+
+def _run(stack: EmbeddedStack, citizens: int, seed: int, timeout: float) -> int:
+    stack.start()
+    settings = stack.settings_for("popsync")
+    stack.prepare(settings)
+    for name in WORKER_NAMES:
+        stack.start_worker(name, settings)
+
+    now = datetime.now(UTC)
+    messages = simulate(citizens, seed=seed, now=now)
+    skew = timedelta(seconds=settings.processing.future_skew_seconds)
+    expected = expect(messages, now, skew)
+
+    started = time.monotonic()
+    publisher = Publisher(BatchProducer(settings.kafka), settings.topics.registry_events)
+    publisher.publish((message.key, message.event) for message in messages)
+    dsn = settings.postgres.dsn.get_secret_value()
+
+    converged = False
+    with tqdm(total=expected.history_rows, unit="ev", desc="store", leave=True) as bar:
+        while time.monotonic() - started < timeout:
+            history, _, conflicts = store_counts(dsn)
+            bar.update(history - bar.n)
+            if history >= expected.history_rows and conflicts >= expected.conflicts:
+                converged = True
+                break
+            dead = [w.name for w in stack.workers if not w.alive]
+            if dead:
+                print(f"worker(s) exited: {dead}; see {stack.workdir / 'logs'}", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+    elapsed = time.monotonic() - started
+    dead_letters = count_dead_letters(settings, expected.invalid, timeout=30)
+    history, stored_citizens, conflicts = store_counts(dsn)
+    matching = store_matches(dsn, expected.snapshots)
+
+    _print_summary(expected, dead_letters, history, stored_citizens, conflicts, matching, elapsed)
+    ok = (
+        converged
+        and history == expected.history_rows
+        and sum(dead_letters.values()) == expected.invalid
+        and matching == len(expected.snapshots)
+    )
+    if not ok:
+        print("demo did NOT converge to the expected state", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def _print_summary(
+    expected: Expectation,
+    dead_letters: Counter[str],
+    history: int,
+    stored_citizens: int,
+    conflicts: int,
+    matching: int,
+    elapsed: float,
+) -> None:
+    reasons = ", ".join(f"{r} {n}" for r, n in dead_letters.most_common(4))
+    rows = [
+        ("events published", f"{expected.published:,}"),
+        ("dead-lettered", f"{sum(dead_letters.values()):,}  ({reasons})"),
+        ("applied (history rows)", f"{history:,}"),
+        ("duplicates ignored", f"{expected.duplicates:,}"),
+        ("conflicts surfaced", f"{conflicts:,}"),
+        ("citizens in store", f"{stored_citizens:,}"),
+        ("store = reference fold", f"{matching:,} of {len(expected.snapshots):,} citizens"),
+        ("elapsed", f"{elapsed:.1f} s (publish to converged)"),
+        ("throughput", f"{expected.published / elapsed:,.0f} events/s"),
+    ]
+    print("\npopsync demo summary")
+    for label, value in rows:
+        print(f"  {label:<24}{value}")

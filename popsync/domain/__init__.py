@@ -1,0 +1,1 @@
+"""Pure domain rules: provinces, personal identification numbers, names."""

@@ -1,0 +1,272 @@
+"""Merge rules: how a citizen's validated events become one current snapshot.
+
+The state of a citizen is the *set* of its accepted events; the snapshot is a
+deterministic fold of that set in legal order (occurred_at, then recorded_at,
+source sequence and event id as tie-breaks). So:
+
+- later event time wins within an authority, whatever the arrival order;
+- a duplicate (same event id, same content) is a no-op;
+- any permutation or duplication of the same events converges to one state;
+- an event that contradicts the state at its legal time (e.g. a move dated
+  after the death) is a conflict: it is kept in the set, never applied, and
+  surfaced once, even if the contradicting event only arrives later.
+
+`version` is the number of distinct events in the set, so it strictly increases
+with every new event and is the same for every arrival order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from popsync.contract import models as m
+from popsync.domain.authority import FIELD_AUTHORITY
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """Why an event was not applied; `code` is machine-readable, `message` has no personal data."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class CitizenState:
+    """Everything the synchronizer keeps about one citizen."""
+
+    pin: str
+    events: Mapping[str, m.RegistryEvent] = field(default_factory=dict)
+    digests: Mapping[str, str] = field(default_factory=dict)
+    snapshot: m.CitizenSnapshot | None = None
+    conflicts: Mapping[str, Conflict] = field(default_factory=dict)
+
+    @property
+    def version(self) -> int:
+        return len(self.events)
+
+    def current(self) -> m.CitizenSnapshot:
+        return self.snapshot or m.CitizenSnapshot(pin=self.pin)
+
+    @classmethod
+    def from_events(cls, pin: str, events: Iterable[m.RegistryEvent]) -> CitizenState:
+        """Rebuild a persisted state: the snapshot and conflicts are derived, never stored."""
+        by_id = {event.event_id: event for event in events}
+        snapshot, conflicts = fold(pin, by_id.values())
+        return cls(
+            pin=pin,
+            events=by_id,
+            digests={event_id: content_digest(e) for event_id, e in by_id.items()},
+            snapshot=snapshot if by_id else None,
+            conflicts=conflicts,
+        )
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The event entered the citizen's set; `update` describes the new state."""
+
+    state: CitizenState
+    version: int
+    snapshot: m.CitizenSnapshot
+    changed_fields: tuple[str, ...]
+    new_conflicts: Mapping[str, Conflict]
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """Same event id and same content as an event already applied: nothing to do."""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """The event cannot enter the set (same id, different content)."""
+
+    conflict: Conflict
+
+
+Outcome = Applied | Duplicate | Rejected
+
+
+def content_digest(event: m.RegistryEvent) -> str:
+    """Identity of an event's content, to tell a re-send from a reused event id."""
+    return hashlib.sha256(event.model_dump_json().encode()).hexdigest()
+
+
+def legal_order(event: m.RegistryEvent) -> tuple[datetime, datetime, int, str]:
+    return (event.occurred_at, event.recorded_at, event.source_sequence, event.event_id)
+
+
+def apply_event(state: CitizenState, event: m.RegistryEvent) -> Outcome:
+    """Add one validated event to a citizen's state."""
+    digest = content_digest(event)
+    known = state.digests.get(event.event_id)
+    if known is not None:
+        if known == digest:
+            return Duplicate()
+        return Rejected(
+            Conflict("DUPLICATE_EVENT_ID_DIFFERENT_CONTENT", "event id reused with other content")
+        )
+    events = {**state.events, event.event_id: event}
+    snapshot, conflicts = fold(state.pin, events.values())
+    new_state = CitizenState(
+        pin=state.pin,
+        events=events,
+        digests={**state.digests, event.event_id: digest},
+        snapshot=snapshot,
+        conflicts=conflicts,
+    )
+    return Applied(
+        state=new_state,
+        version=new_state.version,
+        snapshot=snapshot,
+        changed_fields=changed_fields(state.current(), snapshot),
+        new_conflicts={k: v for k, v in conflicts.items() if k not in state.conflicts},
+    )
+
+
+def fold(
+    pin: str, events: Iterable[m.RegistryEvent]
+) -> tuple[m.CitizenSnapshot, dict[str, Conflict]]:
+    """The snapshot that a set of events yields, and which of them conflict."""
+    snapshot = m.CitizenSnapshot(pin=pin)
+    conflicts: dict[str, Conflict] = {}
+    ordered = sorted(events, key=legal_order)
+    # A late-registered birth still bounds events that happened before it was recorded.
+    births = [e.payload.birth_date for e in ordered if isinstance(e.payload, m.BirthRegistered)]
+    registered_birth = births[0] if births else None
+    for event in ordered:
+        conflict = _precondition_failure(snapshot, event, snapshot.birth_date or registered_birth)
+        if conflict is None:
+            changes = _RULES[type(event.payload)](snapshot, event.payload)
+            conflict = _authority_failure(event, changes)
+        if conflict is not None:
+            conflicts[event.event_id] = conflict
+            continue
+        snapshot = snapshot.model_copy(update=changes)
+    return snapshot, conflicts
+
+
+def changed_fields(before: m.CitizenSnapshot, after: m.CitizenSnapshot) -> tuple[str, ...]:
+    return tuple(
+        name
+        for name in m.CitizenSnapshot.model_fields
+        if getattr(before, name) != getattr(after, name)
+    )
+
+
+def _legal_date(event: m.RegistryEvent) -> date:
+    return event.occurred_at.date()
+
+
+def _precondition_failure(
+    snapshot: m.CitizenSnapshot, event: m.RegistryEvent, birth_date: date | None
+) -> Conflict | None:
+    """State-dependent rules that the validator cannot check on one event alone."""
+    payload = event.payload
+    when = _legal_date(event)
+    if isinstance(payload, m.BirthRegistered):
+        if snapshot.birth_date is not None:
+            return Conflict("BIRTH_ALREADY_REGISTERED", "a birth is already registered")
+        return None
+    if birth_date is not None and when < birth_date:
+        return Conflict("EVENT_BEFORE_BIRTH", "event dated before the citizen's birth")
+    if snapshot.life_status is m.LifeStatus.DECEASED:
+        if isinstance(payload, m.DeathRegistered):
+            return Conflict("DEATH_ALREADY_REGISTERED", "a death is already registered")
+        if not isinstance(payload, m.CivilStatusChanged):
+            return Conflict("SUBJECT_DECEASED", "event dated after the citizen's death")
+    if (
+        isinstance(payload, m.DeathRegistered)
+        and birth_date is not None
+        and (payload.death_date < birth_date)
+    ):
+        return Conflict("DEATH_BEFORE_BIRTH", "death date before birth date")
+    married = snapshot.marital_status is m.MaritalStatus.MARRIED
+    if isinstance(payload, m.MarriageRegistered) and married:
+        return Conflict("ALREADY_MARRIED", "marriage registered while married")
+    if isinstance(payload, m.DivorceRecorded) and not married:
+        return Conflict("NOT_MARRIED", "divorce recorded while not married")
+    return None
+
+
+def _authority_failure(event: m.RegistryEvent, changes: Mapping[str, Any]) -> Conflict | None:
+    foreign = sorted(f for f in changes if FIELD_AUTHORITY[f] is not event.source_registry)
+    if foreign:
+        return Conflict("NOT_AUTHORITATIVE", f"source may not set {', '.join(foreign)}")
+    return None
+
+
+Changes = dict[str, Any]
+
+
+def _birth(snapshot: m.CitizenSnapshot, p: m.BirthRegistered) -> Changes:
+    marital = m.MaritalStatus.SINGLE if snapshot.marital_status is m.MaritalStatus.UNKNOWN else None
+    changes: Changes = {
+        "full_name": p.full_name,
+        "birth_date": p.birth_date,
+        "sex": p.sex,
+        "ethnicity": p.ethnicity,
+        "nationality": p.nationality,
+        "birthplace_province": p.birthplace_province,
+    }
+    if marital is not None:
+        changes["marital_status"] = marital
+    return changes
+
+
+def _death(_: m.CitizenSnapshot, p: m.DeathRegistered) -> Changes:
+    return {"life_status": m.LifeStatus.DECEASED, "death_date": p.death_date}
+
+
+def _marriage(_: m.CitizenSnapshot, p: m.MarriageRegistered) -> Changes:
+    return {"marital_status": m.MaritalStatus.MARRIED, "spouse_pin": p.spouse_pin}
+
+
+def _divorce(_: m.CitizenSnapshot, p: m.DivorceRecorded) -> Changes:
+    return {"marital_status": m.MaritalStatus.DIVORCED, "spouse_pin": None}
+
+
+def _civil_status_change(_: m.CitizenSnapshot, p: m.CivilStatusChanged) -> Changes:
+    candidates = {
+        "full_name": p.new_full_name,
+        "ethnicity": p.new_ethnicity,
+        "birth_date": p.corrected_birth_date,
+        "sex": p.corrected_sex,
+    }
+    return {name: value for name, value in candidates.items() if value is not None}
+
+
+def _permanent(_: m.CitizenSnapshot, p: m.PermanentResidenceRegistered) -> Changes:
+    return {"permanent_residence": p.address}
+
+
+def _temporary(_: m.CitizenSnapshot, p: m.TemporaryResidenceRegistered) -> Changes:
+    return {"temporary_residence": p.address}
+
+
+def _deregistered(_: m.CitizenSnapshot, p: m.ResidenceDeregistered) -> Changes:
+    if p.residence_kind is m.ResidenceKind.PERMANENT:
+        return {"permanent_residence": None}
+    return {"temporary_residence": None}
+
+
+def _id_card(_: m.CitizenSnapshot, p: m.IdCardIssued) -> Changes:
+    return {"id_card": p.card}
+
+
+_RULES: Mapping[type[Any], Callable[[m.CitizenSnapshot, Any], Changes]] = {
+    m.BirthRegistered: _birth,
+    m.DeathRegistered: _death,
+    m.MarriageRegistered: _marriage,
+    m.DivorceRecorded: _divorce,
+    m.CivilStatusChanged: _civil_status_change,
+    m.PermanentResidenceRegistered: _permanent,
+    m.TemporaryResidenceRegistered: _temporary,
+    m.ResidenceDeregistered: _deregistered,
+    m.IdCardIssued: _id_card,
+}

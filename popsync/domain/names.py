@@ -1,0 +1,157 @@
+"""Normalization and matching keys for personal names.
+
+The same Vietnamese name arrives precomposed (NFC) or decomposed (NFD) depending on the
+registry's keyboard and platform, so everything starts with NFC. For matching, diacritics are
+removed; "đ" is a letter of its own (U+0111) with no Unicode decomposition, so stripping
+combining marks leaves it untouched and it must be folded to "d" explicitly. Very common
+surnames and middle names carry little identifying weight.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+__all__ = [
+    "COMMON_NAME_TOKENS",
+    "COMMON_TOKEN_WEIGHT",
+    "DEFAULT_TOKEN_WEIGHT",
+    "MAX_NAME_LENGTH",
+    "NAME_BAD_CHARACTERS",
+    "NAME_CONTROL_CHARS",
+    "NAME_EMPTY",
+    "NAME_TOO_LONG",
+    "InvalidName",
+    "fold_for_matching",
+    "normalize_name",
+    "token_weight",
+]
+
+MAX_NAME_LENGTH = 100
+
+NAME_EMPTY = "NAME_EMPTY"
+NAME_CONTROL_CHARS = "NAME_CONTROL_CHARS"
+NAME_TOO_LONG = "NAME_TOO_LONG"
+NAME_BAD_CHARACTERS = "NAME_BAD_CHARACTERS"
+
+# Invisible or line-breaking characters: a name containing them is a corrupt record (or a
+# log/display injection attempt), so it is rejected instead of silently cleaned. Tabs and
+# newlines are Cc and are rejected too; only space separators (Zs) are collapsed.
+_CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+_MARK_CATEGORIES = frozenset({"Mn", "Mc"})
+_HYPHEN = "-"
+_APOSTROPHE = "'"
+_TYPOGRAPHIC_APOSTROPHE = "\u2019"  # ’ — what word processors type; stored as "'"
+
+
+class InvalidName(ValueError):
+    """A name was rejected; ``reason`` is one of the NAME_* constants."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+def _check_characters(tokens: list[str]) -> None:
+    has_letter = False
+    for token in tokens:
+        previous = ""
+        for ch in token:
+            category = unicodedata.category(ch)
+            if category.startswith("L"):
+                has_letter = True
+            elif category in _MARK_CATEGORIES:
+                # A diacritic must sit on a letter (or stack on another diacritic).
+                if not previous or unicodedata.category(previous)[0] not in "LM":
+                    raise InvalidName(NAME_BAD_CHARACTERS, "combining mark without a base letter")
+            elif ch not in (_HYPHEN, _APOSTROPHE):
+                raise InvalidName(
+                    NAME_BAD_CHARACTERS, f"character U+{ord(ch):04X} ({category}) not allowed"
+                )
+            previous = ch
+    if not has_letter:
+        raise InvalidName(NAME_BAD_CHARACTERS, "name contains no letters")
+
+
+def _map_single(ch: str, mapped: str) -> str:
+    # Expanding case mappings ("ß" -> "SS", "ŉ" -> "ʼN") would change length and break
+    # idempotency, so such characters are kept as they are.
+    return mapped if len(mapped) == 1 else ch
+
+
+def _case_segment(segment: str) -> str:
+    if not segment:
+        return segment
+    head = _map_single(segment[0], segment[0].title())
+    return head + "".join(_map_single(ch, ch.lower()) for ch in segment[1:])
+
+
+def _case_token(token: str) -> str:
+    # Hyphenated parts are capitalized separately ("Mary-Jane"), apostrophes are not.
+    return _HYPHEN.join(_case_segment(part) for part in token.split(_HYPHEN))
+
+
+def normalize_name(raw: str) -> str:
+    """Canonical stored form: "nGUYỄN  thị   ÁNH" -> "Nguyễn Thị Ánh".
+
+    NFC, whitespace collapsed, each token capitalized (first letter upper, rest lower).
+    Allowed: letters of any script with their diacritics, space, hyphen, apostrophe.
+    Raises InvalidName. Idempotent, and NFC/NFD input give the same result.
+    """
+    text = unicodedata.normalize("NFC", raw)
+    if any(unicodedata.category(ch) in _CONTROL_CATEGORIES for ch in text):
+        raise InvalidName(NAME_CONTROL_CHARS, "name contains control or format characters")
+    # With control characters excluded, str.split() splits exactly on space separators (Zs).
+    tokens = text.replace(_TYPOGRAPHIC_APOSTROPHE, _APOSTROPHE).split()
+    if not tokens:
+        raise InvalidName(NAME_EMPTY, "name is empty")
+    _check_characters(tokens)
+    # Case mapping can yield sequences that compose differently, hence the second NFC.
+    result = unicodedata.normalize("NFC", " ".join(_case_token(t) for t in tokens))
+    if len(result) > MAX_NAME_LENGTH:
+        raise InvalidName(NAME_TOO_LONG, f"name longer than {MAX_NAME_LENGTH} characters")
+    return result
+
+
+# "đ"/"Đ" have no decomposition. U+00D0/U+00F0 (Ð/ð, eth) look identical to Đ/đ and turn
+# up in text converted from legacy Vietnamese encodings, so they are folded as well.
+_D_FOLD = str.maketrans({"đ": "d", "Đ": "d", "\u00d0": "d", "\u00f0": "d"})
+
+
+def fold_for_matching(name: str) -> str:
+    """Accent-, case- and spacing-insensitive key: "Đặng Thị Ánh" -> "dang thi anh".
+
+    Does not validate; use on already-accepted names or on candidate text.
+    """
+    text = unicodedata.normalize("NFC", name).translate(_D_FOLD).casefold()
+    stripped = "".join(
+        ch for ch in unicodedata.normalize("NFD", text) if unicodedata.category(ch) != "Mn"
+    )
+    return " ".join(unicodedata.normalize("NFC", stripped).split())
+
+
+# Folded tokens shared by a large share of the population: the most frequent surnames
+# (the top ~15 cover roughly 90% of Vietnamese people) and the most frequent middle names.
+# Folding merges some distinct names (Đinh/Đình -> dinh, Vũ/Vu -> vu); all are common.
+COMMON_NAME_TOKENS: frozenset[str] = frozenset(
+    {
+        # surnames
+        "nguyen", "tran", "le", "pham", "hoang", "huynh", "phan", "vu", "vo", "dang",
+        "bui", "do", "ho", "ngo", "duong", "ly", "dinh", "truong", "dao", "doan",
+        # middle names
+        "thi", "van", "huu", "duc", "ngoc", "minh", "thanh", "quang", "xuan", "cong",
+        "kim", "thu", "hong", "bao", "gia",
+    }
+)  # fmt: skip
+
+COMMON_TOKEN_WEIGHT = 0.2
+DEFAULT_TOKEN_WEIGHT = 1.0
+
+
+def token_weight(folded_token: str) -> float:
+    """Identifying weight of one name token: low for very common tokens, 1.0 otherwise.
+
+    The token is folded again (a no-op for folded input) so "Nguyễn" is not mistaken for rare.
+    """
+    if fold_for_matching(folded_token) in COMMON_NAME_TOKENS:
+        return COMMON_TOKEN_WEIGHT
+    return DEFAULT_TOKEN_WEIGHT

@@ -1,0 +1,61 @@
+"""Every Prometheus metric popsync exports, defined once, with its meaning.
+
+Labels are bounded: worker, stage, reason code, event type, source registry,
+topic. Never a PIN, a name or free text.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+EVENTS_CONSUMED = Counter(
+    "popsync_events_consumed_total",
+    "Messages a worker read from its input topic.",
+    ["worker", "topic"],
+)
+EVENTS_VALIDATED = Counter(
+    "popsync_events_validated_total",
+    "Registry events that passed validation and went to the validated topic.",
+    ["event_type", "source_registry"],
+)
+EVENTS_DEAD_LETTERED = Counter(
+    "popsync_events_dead_lettered_total",
+    "Messages parked on the dead-letter topic, by stage and reason code.",
+    ["stage", "reason"],
+)
+UPDATES_APPLIED = Counter(
+    "popsync_updates_applied_total",
+    "Events the synchronizer applied to a citizen (one citizen update each).",
+    ["event_type", "source_registry"],
+)
+DUPLICATES_SKIPPED = Counter(
+    "popsync_duplicates_skipped_total",
+    "Re-delivered or re-sent events (same id, same content) that changed nothing.",
+    ["worker"],
+)
+CONFLICTS = Counter(
+    "popsync_conflicts_total",
+    "Events surfaced as merge conflicts instead of being applied, by conflict code.",
+    ["conflict_code"],
+)
+STORE_ROWS_WRITTEN = Counter(
+    "popsync_store_rows_written_total",
+    "Rows the store writer sent to PostgreSQL, by table (idempotent re-writes included).",
+    ["table"],
+)
+STEP_RETRIES = Counter(
+    "popsync_step_retries_total",
+    "Batch steps that failed on an infrastructure fault and are being retried.",
+    ["worker"],
+)
+BATCH_SIZE = Histogram(
+    "popsync_batch_size",
+    "Messages per processed batch.",
+    ["worker"],
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2500),
+)
+BATCH_SECONDS = Histogram(
+    "popsync_batch_duration_seconds",
+    "Wall time to process one batch, outputs flushed and rows committed.",
+    ["worker"],
+)

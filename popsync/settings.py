@@ -1,0 +1,100 @@
+"""All configuration, in one place: environment variables `POPSYNC_*`, `__` for nesting.
+
+Example: `POPSYNC_KAFKA__BOOTSTRAP_SERVERS=kafka:9092`,
+`POPSYNC_POSTGRES__DSN=postgresql://popsync:***@db/popsync`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+WorkerName = Literal["validator", "synchronizer", "store-writer"]
+WORKER_NAMES: tuple[WorkerName, ...] = ("validator", "synchronizer", "store-writer")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Broker list, host:port,...")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = Field(None, description="e.g. SCRAM-SHA-512, with SASL_*")
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    session_timeout_ms: int = Field(
+        10_000,
+        ge=1_000,
+        description="Consumer group session timeout; a new member's join waits about half "
+        "of it on some brokers, so keep it short where workers restart often.",
+    )
+    client_id: str = "popsync"
+
+    def librdkafka(self) -> dict[str, str | int]:
+        """The connection part of a confluent-kafka (librdkafka) configuration."""
+        config: dict[str, str | int] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+            "client.id": self.client_id,
+        }
+        if self.sasl_mechanism:
+            config["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            config["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            config["sasl.password"] = self.sasl_password.get_secret_value()
+        return config
+
+
+class TopicSettings(_Section):
+    registry_events: str = Field("popsync.registry-events.v1", description="Input from registries")
+    validated_events: str = "popsync.validated-events.v1"
+    dead_letters: str = "popsync.dead-letters.v1"
+    citizen_updates: str = "popsync.citizen-updates.v1"
+    conflicts: str = "popsync.conflicts.v1"
+    partitions: int = Field(6, ge=1, description="Partitions of every popsync topic")
+    replication_factor: int = Field(1, ge=1, description="3 in production")
+
+
+class GroupSettings(_Section):
+    validator: str = "popsync-validator"
+    synchronizer: str = "popsync-synchronizer"
+    store_writer: str = "popsync-store-writer"
+
+    def for_worker(self, worker: WorkerName) -> str:
+        return {
+            "validator": self.validator,
+            "synchronizer": self.synchronizer,
+            "store-writer": self.store_writer,
+        }[worker]
+
+
+class PostgresSettings(_Section):
+    dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/popsync")
+    connect_timeout_seconds: float = 5.0
+
+
+class ProcessingSettings(_Section):
+    batch_size: int = Field(500, ge=1, description="Most events one worker step takes at once")
+    batch_window_seconds: float = Field(0.2, gt=0, description="Longest wait to fill a batch")
+    retry_initial_seconds: float = Field(0.5, gt=0, description="First backoff on a fault")
+    retry_max_seconds: float = Field(30.0, gt=0, description="Longest backoff on a fault")
+    future_skew_seconds: int = Field(300, ge=0, description="Clock skew tolerated for 'future'")
+
+
+class Settings(BaseSettings):
+    """popsync settings; immutable once read."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="POPSYNC_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    groups: GroupSettings = GroupSettings()
+    postgres: PostgresSettings = PostgresSettings()
+    processing: ProcessingSettings = ProcessingSettings()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -1,0 +1,168 @@
+"""A whole popsync deployment on one machine: embedded broker and PostgreSQL, topics,
+schema, and worker processes. Used by `popsync demo` and the integration tests.
+
+Workers run as separate `popsync worker NAME` processes configured only through
+`POPSYNC_*` environment variables, exactly as in a container.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from pydantic import BaseModel, SecretStr
+
+from popsync.adapters.kafka_admin import provision_topics
+from popsync.adapters.store import schema_sql
+from popsync.embedded import EmbeddedBroker, EmbeddedPostgres
+from popsync.settings import Settings, WorkerName
+from popsync.topics import topic_specs
+
+log = logging.getLogger(__name__)
+
+# A short session timeout: a group join waits about half of it on the embedded
+# broker (see shared notes); production keeps its own value.
+EMBEDDED_SESSION_TIMEOUT_MS = 6000
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The `POPSYNC_*` variables that reproduce `settings` in another process."""
+    env: dict[str, str] = {}
+
+    def walk(prefix: str, model: BaseModel) -> None:
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            key = f"{prefix}{name.upper()}"
+            if isinstance(value, BaseModel):
+                walk(f"{key}__", value)
+            elif isinstance(value, SecretStr):
+                env[key] = value.get_secret_value()
+            elif value is not None:
+                env[key] = str(value)
+
+    walk("POPSYNC_", settings)
+    return env
+
+
+def migrate(settings: Settings) -> None:
+    """Apply the idempotent schema (synchronously, before workers start)."""
+    with psycopg.connect(settings.postgres.dsn.get_secret_value()) as conn:
+        conn.execute(schema_sql().encode())
+
+
+def provision(settings: Settings) -> None:
+    provision_topics(settings.kafka.bootstrap_servers, topic_specs(settings))
+
+
+class WorkerProcess:
+    """One `popsync worker NAME` subprocess, its output in a log file."""
+
+    def __init__(self, name: WorkerName, settings: Settings, log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log_path.open("ab")
+        self.process = subprocess.Popen(  # noqa: S603 - fixed argv, our own CLI
+            [sys.executable, "-m", "popsync.cli", "worker", name],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches us; we stop workers in order
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 30) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout`; the exit code."""
+        if self.alive:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("worker %s did not stop in %.0fs; killing it", self.name, timeout)
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self._log.close()
+
+
+class EmbeddedStack:
+    """Broker + PostgreSQL + topics + schema; workers are started on demand."""
+
+    def __init__(self, workdir: Path, *, fast_postgres: bool = False) -> None:
+        self.workdir = workdir
+        self.broker = EmbeddedBroker(workdir / "broker")
+        self.postgres = EmbeddedPostgres(workdir / "pgdata", fast=fast_postgres)
+        self.workers: list[WorkerProcess] = []
+
+    def start(self) -> None:
+        (self.workdir / "broker").mkdir(parents=True, exist_ok=True)
+        self.broker.start()
+        self.postgres.start()
+
+    def settings_for(self, database: str = "popsync", **overrides: Any) -> Settings:
+        """Settings pointing at this stack; `overrides` replace whole sections."""
+        self.postgres.create_database(database)
+        base: dict[str, Any] = {
+            "kafka": {
+                "bootstrap_servers": self.broker.bootstrap_servers,
+                "session_timeout_ms": EMBEDDED_SESSION_TIMEOUT_MS,
+            },
+            "postgres": {"dsn": self.postgres.dsn(database)},
+        }
+        return Settings(**{**base, **overrides})
+
+    def prepare(self, settings: Settings) -> None:
+        provision(settings)
+        migrate(settings)
+
+    def start_worker(self, name: WorkerName, settings: Settings, tag: str = "") -> WorkerProcess:
+        worker = WorkerProcess(name, settings, self.workdir / "logs" / f"{name}{tag}.log")
+        self.workers.append(worker)
+        return worker
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.workers.clear()
+
+    def stop(self) -> None:
+        self.stop_workers()
+        self.postgres.stop()
+        self.broker.stop()
+
+
+@contextmanager
+def embedded_stack(workdir: Path, *, fast_postgres: bool = False) -> Iterator[EmbeddedStack]:
+    stack = EmbeddedStack(workdir, fast_postgres=fast_postgres)
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+
+
+def wait_until(predicate: Any, timeout: float, interval: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())

@@ -1,0 +1,1 @@
+"""Deployable workers, one package each; run with `popsync worker NAME`."""

@@ -1,0 +1,1 @@
+"""The store_writer worker."""

@@ -1,0 +1,65 @@
+"""Session fixtures: one real broker, one real PostgreSQL, one process per worker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from popsync.adapters.kafka import BatchProducer
+from popsync.publisher import Publisher
+from popsync.settings import WORKER_NAMES, Settings
+from popsync.stack import EmbeddedStack
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
+    running = EmbeddedStack(tmp_path_factory.mktemp("stack"), fast_postgres=True)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+def pipeline(stack: EmbeddedStack) -> Iterator[Settings]:
+    """Topics, schema and the three workers, shared by the pipeline tests."""
+    settings = stack.settings_for("pipeline")
+    stack.prepare(settings)
+    for name in WORKER_NAMES:
+        stack.start_worker(name, settings)
+    yield settings
+    for worker in stack.workers:
+        assert worker.alive, f"worker {worker.name} died; see {worker.log_path}"
+    stack.stop_workers()
+
+
+@pytest.fixture(scope="session")
+def publisher(pipeline: Settings) -> Publisher:
+    return Publisher(BatchProducer(pipeline.kafka), pipeline.topics.registry_events)
+
+
+Query = Callable[..., list[tuple[Any, ...]]]
+
+
+@pytest.fixture(scope="session")
+def query(pipeline: Settings) -> Query:
+    def run(sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        with psycopg.connect(pipeline.postgres.dsn.get_secret_value()) as conn:
+            return conn.execute(sql.encode(), params).fetchall()
+
+    return run
+
+
+def eventually(probe: Callable[[], Any], timeout: float = 60.0) -> Any:
+    """Poll until `probe` returns something truthy; the pipeline is asynchronous."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.25)

@@ -1,0 +1,261 @@
+"""The real pipeline: publisher → validator → synchronizer → store writer → PostgreSQL."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from popsync.contract import models as m
+from popsync.contract.codec import Codec
+from popsync.contract.json_form import event_to_json
+from popsync.domain.pin import make_pin
+from popsync.publisher import Publisher
+from popsync.settings import Settings
+from popsync.stack import settings_env
+from tests.integration.conftest import Query, eventually
+
+pytestmark = pytest.mark.integration
+
+_serials = itertools.count(100)
+_events = itertools.count(1)
+
+
+def new_pin(birth_year: int = 1990, sex: str = "F") -> str:
+    return make_pin("079", "F" if sex == "F" else "M", birth_year, next(_serials)).value
+
+
+def envelope(
+    pin: str,
+    payload: m.ContractModel,
+    event_type: m.EventType,
+    source: m.SourceRegistry,
+    day: date,
+    **extra: Any,
+) -> m.RegistryEvent:
+    number = next(_events)
+    moment = datetime(day.year, day.month, day.day, 10, tzinfo=UTC)
+    return m.RegistryEvent(
+        event_id=f"00000000-0000-4000-8000-{number:012d}",
+        event_type=event_type,
+        source_registry=source,
+        source_province="79",
+        subject_pin=pin,
+        occurred_at=moment,
+        recorded_at=moment,
+        source_sequence=number,
+        payload=payload,
+        **extra,
+    )
+
+
+def birth(pin: str, name: str = "trần  thị BÌNH") -> m.RegistryEvent:
+    payload = m.BirthRegistered(
+        full_name=name,
+        birth_date=date(1990, 4, 5),
+        sex=m.Sex.F,
+        birthplace_province="79",
+        registration_number="KS-1990-1",
+    )
+    return envelope(
+        pin, payload, m.EventType.BIRTH_REGISTERED, m.SourceRegistry.CIVIL_STATUS, date(1990, 4, 5)
+    )
+
+
+def marriage(pin: str, day: date) -> m.RegistryEvent:
+    payload = m.MarriageRegistered(
+        spouse_full_name="Lê Văn Cường",
+        marriage_date=day,
+        registration_number="KH-1",
+    )
+    return envelope(
+        pin, payload, m.EventType.MARRIAGE_REGISTERED, m.SourceRegistry.CIVIL_STATUS, day
+    )
+
+
+def move(pin: str, day: date, province: str = "79", commune: str = "26734") -> m.RegistryEvent:
+    payload = m.PermanentResidenceRegistered(
+        address=m.Address(
+            province_code=province, commune_code=commune, address_line="45 Nguyễn Huệ"
+        ),
+        effective_date=day,
+    )
+    return envelope(
+        pin, payload, m.EventType.PERMANENT_RESIDENCE_REGISTERED, m.SourceRegistry.RESIDENCE, day
+    )
+
+
+def death(pin: str, day: date) -> m.RegistryEvent:
+    payload = m.DeathRegistered(
+        death_date=day, death_place_province="79", registration_number="KT-1"
+    )
+    return envelope(pin, payload, m.EventType.DEATH_REGISTERED, m.SourceRegistry.CIVIL_STATUS, day)
+
+
+def publish(publisher: Publisher, *events: m.RegistryEvent) -> None:
+    publisher.publish((e.subject_pin.encode() if e.subject_pin else None, e) for e in events)
+
+
+def citizen(query: Query, pin: str, version: int) -> tuple[Any, ...] | None:
+    rows = query(
+        "SELECT version, full_name, marital_status, life_status, permanent_province,"
+        " snapshot FROM citizens WHERE pin = %s AND version >= %s",
+        pin,
+        version,
+    )
+    return rows[0] if rows else None
+
+
+def read_dead_letters(settings: Settings, wanted: int, timeout: float = 60) -> list[m.DeadLetter]:
+    consumer = Consumer(
+        {
+            **settings.kafka.librdkafka(),
+            "group.id": f"t-{time.time()}",
+            "enable.auto.commit": "false",
+        }
+    )
+    topic = settings.topics.dead_letters
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.topics.partitions)])
+    codec, found = Codec(m.DeadLetter), []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and len(found) < wanted:
+            message = consumer.poll(0.5)
+            if message is not None and not message.error():
+                found.append(codec.decode(message.value()))
+    finally:
+        consumer.close()
+    return found
+
+
+def test_birth_creates_a_citizen(publisher: Publisher, query: Query) -> None:
+    pin = new_pin()
+    publish(publisher, birth(pin))
+    row = eventually(lambda: citizen(query, pin, 1))
+    assert row is not None
+    version, name, marital, life, _, snapshot = row
+    assert (version, name, marital, life) == (1, "Trần Thị Bình", "SINGLE", "ALIVE")
+    assert snapshot["birth_date"] == "1990-04-05"
+    history = query(
+        "SELECT version, event_type, source_registry, changed_fields"
+        " FROM citizen_history WHERE pin = %s",
+        pin,
+    )
+    assert history[0][:3] == (1, "BIRTH_REGISTERED", "CIVIL_STATUS")
+    assert "full_name" in history[0][3]
+
+
+def test_marriage_updates_marital_status(publisher: Publisher, query: Query) -> None:
+    pin = new_pin()
+    publish(publisher, birth(pin), marriage(pin, date(2015, 6, 1)))
+    row = eventually(lambda: citizen(query, pin, 2))
+    assert row is not None and row[2] == "MARRIED"
+
+
+def test_move_updates_the_address_and_maps_legacy_province(
+    publisher: Publisher, query: Query
+) -> None:
+    pin = new_pin()
+    publish(
+        publisher,
+        birth(pin),
+        move(pin, date(2012, 1, 1)),
+        move(pin, date(2020, 3, 1), province="74", commune="25747"),
+    )
+    row = eventually(lambda: citizen(query, pin, 3))
+    assert row is not None
+    residence = row[5]["permanent_residence"]
+    assert row[4] == "79"  # Bình Dương (74) is part of TP. Hồ Chí Minh since 2025
+    assert residence["legacy_province_code"] == "74"
+    assert residence["commune_code"] == "25747"
+
+
+def test_death_marks_the_citizen_deceased_and_a_later_move_conflicts(
+    publisher: Publisher, query: Query
+) -> None:
+    pin = new_pin(1950, "M")
+    born = birth(pin).model_copy(
+        update={
+            "payload": birth(pin).payload.model_copy(
+                update={"birth_date": date(1950, 2, 2), "sex": m.Sex.M, "full_name": "Phạm Văn Đức"}
+            )
+        }
+    )
+    publish(publisher, born, death(pin, date(2024, 8, 1)), move(pin, date(2024, 9, 1)))
+    row = eventually(lambda: citizen(query, pin, 3))
+    assert row is not None and row[3] == "DECEASED"
+    assert row[5]["death_date"] == "2024-08-01"
+    assert row[5]["permanent_residence"] is None
+    conflicts = eventually(
+        lambda: query("SELECT conflict_code, event_type FROM citizen_conflicts WHERE pin = %s", pin)
+    )
+    assert conflicts == [("SUBJECT_DECEASED", "PERMANENT_RESIDENCE_REGISTERED")]
+
+
+def test_invalid_event_is_dead_lettered_and_the_rest_flow_on(
+    publisher: Publisher, pipeline: Settings, query: Query
+) -> None:
+    good, bad = new_pin(), new_pin()
+    invalid = birth(bad).model_copy(update={"source_province": "00"})
+    original = Codec(m.RegistryEvent).encode(invalid)
+    publisher.send_raw(b"not-a-pin", b"\x00garbage")
+    publish(publisher, invalid, birth(good))
+    assert eventually(lambda: citizen(query, good, 1)) is not None
+    letters = read_dead_letters(pipeline, wanted=2)
+    by_reason = {letter.reason_code: letter for letter in letters}
+    assert by_reason["SOURCE_PROVINCE_UNKNOWN"].original_value == original
+    assert by_reason["SOURCE_PROVINCE_UNKNOWN"].original_key == bad.encode()
+    assert by_reason["SOURCE_PROVINCE_UNKNOWN"].stage == "validator"
+    assert by_reason["SOURCE_PROVINCE_UNKNOWN"].event_id == invalid.event_id
+    assert by_reason["BAD_MAGIC"].original_value == b"\x00garbage"
+    assert not query("SELECT 1 FROM citizens WHERE pin = %s", bad)
+
+
+def test_duplicates_and_out_of_order_arrivals_converge(publisher: Publisher, query: Query) -> None:
+    pin = new_pin()
+    first, second = move(pin, date(2011, 1, 1), commune="26737"), move(pin, date(2019, 1, 1))
+    born = birth(pin)
+    publish(publisher, second, born, first, born, second)  # later move arrives first, twice
+    row = eventually(lambda: citizen(query, pin, 3))
+    assert row is not None
+    time.sleep(2)  # give a wrongly applied duplicate the time to show up
+    history = query("SELECT version FROM citizen_history WHERE pin = %s ORDER BY 1", pin)
+    assert [v for (v,) in history] == [1, 2, 3]
+    assert row[5]["permanent_residence"]["commune_code"] == "26734"
+
+
+def test_publish_cli_reports_bad_lines_and_sends_good_ones(
+    pipeline: Settings, query: Query, tmp_path: Path
+) -> None:
+    pin = new_pin()
+    lines = [
+        json.dumps(event_to_json(birth(pin)), ensure_ascii=False),
+        "{not json",
+        json.dumps({"event_type": "BIRTH_REGISTERED", "payload": {}}),
+        json.dumps(event_to_json(move(new_pin(), date(2020, 1, 1)))),  # residence, not ours
+    ]
+    path = tmp_path / "births.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "popsync.cli", "publish", "--source", "civil-status", str(path)],
+        env={**os.environ, **settings_env(pipeline)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "published 1 events, 3 bad lines" in result.stdout
+    assert f"{path}:2: NOT_JSON" in result.stderr
+    assert f"{path}:3: CONTRACT_VIOLATION" in result.stderr
+    assert f"{path}:4: SOURCE_MISMATCH" in result.stderr
+    assert eventually(lambda: citizen(query, pin, 1)) is not None

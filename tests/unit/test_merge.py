@@ -1,0 +1,212 @@
+"""Merge rules: authority, later-wins, duplicates, conflicts, order independence."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from popsync.contract import models as m
+from popsync.domain.merge import (
+    Applied,
+    CitizenState,
+    Duplicate,
+    Rejected,
+    apply_event,
+    fold,
+)
+
+PIN = "079203000123"
+BIRTH = date(2003, 1, 2)
+
+
+def at(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, 9, tzinfo=UTC)
+
+
+def event(
+    event_id: str, day: date, payload: m.ContractModel, source: m.SourceRegistry, **extra: Any
+) -> m.RegistryEvent:
+    event_type = {
+        m.BirthRegistered: m.EventType.BIRTH_REGISTERED,
+        m.DeathRegistered: m.EventType.DEATH_REGISTERED,
+        m.MarriageRegistered: m.EventType.MARRIAGE_REGISTERED,
+        m.DivorceRecorded: m.EventType.DIVORCE_RECORDED,
+        m.PermanentResidenceRegistered: m.EventType.PERMANENT_RESIDENCE_REGISTERED,
+        m.IdCardIssued: m.EventType.ID_CARD_ISSUED,
+        m.CivilStatusChanged: m.EventType.CIVIL_STATUS_CHANGED,
+    }[type(payload)]
+    return m.RegistryEvent(
+        event_id=event_id,
+        event_type=event_type,
+        source_registry=source,
+        source_province="79",
+        subject_pin=PIN,
+        occurred_at=at(day),
+        recorded_at=at(day) + timedelta(hours=2),
+        source_sequence=int(event_id.split("-")[-1]),
+        payload=payload,
+        **extra,
+    )
+
+
+CS, RES, ID = m.SourceRegistry.CIVIL_STATUS, m.SourceRegistry.RESIDENCE, m.SourceRegistry.ID_CARD
+
+
+def address(commune: str) -> m.Address:
+    return m.Address(province_code="79", commune_code=commune, address_line="12 Lê Lợi")
+
+
+def birth() -> m.RegistryEvent:
+    payload = m.BirthRegistered(
+        full_name="Nguyễn Văn An",
+        birth_date=BIRTH,
+        sex=m.Sex.M,
+        birthplace_province="79",
+        registration_number="B-1",
+    )
+    return event("ev-1", BIRTH, payload, CS)
+
+
+def move(n: int, day: date, commune: str) -> m.RegistryEvent:
+    payload = m.PermanentResidenceRegistered(address=address(commune), effective_date=day)
+    return event(f"ev-{n}", day, payload, RES)
+
+
+def marriage(n: int, day: date) -> m.RegistryEvent:
+    payload = m.MarriageRegistered(
+        spouse_pin="079303000999",
+        spouse_full_name="Trần Thị Bình",
+        marriage_date=day,
+        registration_number="M-1",
+    )
+    return event(f"ev-{n}", day, payload, CS)
+
+
+def death(n: int, day: date) -> m.RegistryEvent:
+    payload = m.DeathRegistered(death_date=day, death_place_province="79", registration_number="D")
+    return event(f"ev-{n}", day, payload, CS)
+
+
+def apply_all(events: list[m.RegistryEvent]) -> CitizenState:
+    state = CitizenState(pin=PIN)
+    for e in events:
+        outcome = apply_event(state, e)
+        if isinstance(outcome, Applied):
+            state = outcome.state
+    return state
+
+
+def test_birth_creates_the_citizen() -> None:
+    outcome = apply_event(CitizenState(pin=PIN), birth())
+    assert isinstance(outcome, Applied)
+    assert outcome.version == 1
+    assert outcome.snapshot.full_name == "Nguyễn Văn An"
+    assert outcome.snapshot.marital_status is m.MaritalStatus.SINGLE
+    assert "full_name" in outcome.changed_fields
+
+
+def test_same_event_twice_is_a_no_op() -> None:
+    state = apply_all([birth()])
+    assert isinstance(apply_event(state, birth()), Duplicate)
+
+
+def test_same_event_id_with_other_content_is_rejected() -> None:
+    state = apply_all([birth()])
+    changed = birth().model_copy(update={"source_sequence": 99})
+    outcome = apply_event(state, changed)
+    assert isinstance(outcome, Rejected)
+    assert outcome.conflict.code == "DUPLICATE_EVENT_ID_DIFFERENT_CONTENT"
+
+
+def test_later_event_time_wins_whatever_the_arrival_order() -> None:
+    early, late = move(2, date(2020, 1, 1), "26734"), move(3, date(2022, 1, 1), "26737")
+    for order in ([early, late], [late, early]):
+        state = apply_all([birth(), *order])
+        assert state.current().permanent_residence == address("26737")
+
+
+def test_move_after_death_is_a_conflict_even_when_it_arrives_first() -> None:
+    after_death = move(3, date(2024, 6, 1), "26737")
+    state = apply_all([birth(), after_death])
+    outcome = apply_event(state, death(4, date(2024, 1, 1)))
+    assert isinstance(outcome, Applied)
+    assert outcome.snapshot.life_status is m.LifeStatus.DECEASED
+    assert outcome.snapshot.permanent_residence is None  # the move never applied
+    assert {c.code for c in outcome.new_conflicts.values()} == {"SUBJECT_DECEASED"}
+
+
+def test_event_before_birth_is_a_conflict() -> None:
+    _, conflicts = fold(PIN, [birth(), move(2, date(2001, 1, 1), "26734")])
+    assert [c.code for c in conflicts.values()] == ["EVENT_BEFORE_BIRTH"]
+
+
+def test_a_registry_cannot_set_fields_it_does_not_own() -> None:
+    bad = move(2, date(2020, 1, 1), "26734").model_copy(update={"source_registry": ID})
+    _, conflicts = fold(PIN, [birth(), bad])
+    assert [c.code for c in conflicts.values()] == ["NOT_AUTHORITATIVE"]
+
+
+def test_divorce_without_marriage_is_a_conflict() -> None:
+    payload = m.DivorceRecorded(divorce_date=date(2030, 1, 1), court_decision_number="C-1")
+    _, conflicts = fold(PIN, [birth(), event("ev-2", date(2025, 1, 1), payload, CS)])
+    assert [c.code for c in conflicts.values()] == ["NOT_MARRIED"]
+
+
+def story() -> list[m.RegistryEvent]:
+    """One citizen's life, including an event that conflicts with a later-known death."""
+    card = m.IdCardIssued(
+        card=m.IdCard(
+            card_number=PIN,
+            issue_date=date(2017, 3, 1),
+            issuing_authority="Cục Cảnh sát QLHC về TTXH",
+        )
+    )
+    rename = m.CivilStatusChanged(
+        change_kind=m.CivilStatusChangeKind.NAME_CHANGE,
+        new_full_name="Nguyễn Văn Bình",
+        effective_date=date(2021, 5, 5),
+        decision_number="QĐ-1",
+    )
+    divorce = m.DivorceRecorded(divorce_date=date(2023, 2, 2), court_decision_number="C-9")
+    return [
+        birth(),
+        move(2, date(2010, 1, 1), "26734"),
+        event("ev-3", date(2017, 3, 1), card, ID),
+        marriage(4, date(2022, 1, 1)),
+        event("ev-5", date(2021, 5, 5), rename, CS),
+        move(6, date(2022, 8, 8), "26737"),
+        event("ev-7", date(2023, 2, 2), divorce, CS),
+        death(8, date(2024, 1, 1)),
+        move(9, date(2024, 3, 3), "26740"),  # after the death: a conflict
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    order=st.permutations(story()),
+    duplicates=st.lists(st.sampled_from(story()), max_size=6),
+    positions=st.lists(st.integers(min_value=0, max_value=20), max_size=6),
+)
+def test_any_order_and_duplication_converges_to_one_state(
+    order: list[m.RegistryEvent], duplicates: list[m.RegistryEvent], positions: list[int]
+) -> None:
+    arrival = list(order)
+    for dup, pos in zip(duplicates, positions, strict=False):
+        arrival.insert(min(pos, len(arrival)), dup)
+    state = apply_all(arrival)
+    reference = apply_all(story())
+    assert state.current() == reference.current()
+    assert state.version == reference.version == len(story())
+    assert {k: c.code for k, c in state.conflicts.items()} == {"ev-9": "SUBJECT_DECEASED"}
+    assert state.current().full_name == "Nguyễn Văn Bình"
+    assert state.current().marital_status is m.MaritalStatus.DIVORCED
+    assert state.current().permanent_residence == address("26737")
+
+
+def test_state_rebuilt_from_its_events_equals_the_live_state() -> None:
+    live = apply_all(story())
+    rebuilt = CitizenState.from_events(PIN, list(live.events.values()))
+    assert rebuilt == live
