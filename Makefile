@@ -1,0 +1,13 @@
+.PHONY: help install lint test demo generate
+help:            ## list targets
+	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+install:         ## install popsync with the dev tools
+	pip install -e '.[dev]'
+lint:            ## ruff, formatting, mypy --strict, contract models up to date
+	ruff check . && ruff format --check . && mypy && popsync contract generate --check
+test:            ## unit and integration tests (real broker and PostgreSQL)
+	pytest
+demo:            ## the whole pipeline on embedded services
+	popsync demo
+generate:        ## regenerate pydantic models from schemas/avro
+	popsync contract generate
