@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 
-from popsync.settings import Settings, WorkerName
+from popsync.settings import KafkaSettings, Settings, WorkerName
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ class InboundMessage:
     value: bytes | None
 
 
+EXIT_UNFINISHED_BATCH = 75  # EX_TEMPFAIL: restart me, nothing was committed
+
 BatchStep = Callable[[Sequence[InboundMessage]], Awaitable[None]]
 
 
@@ -44,6 +48,7 @@ def make_app(settings: Settings, worker: WorkerName) -> faust.App:
         settings.groups.for_worker(worker),
         broker=[f"kafka://{host}" for host in settings.kafka.bootstrap_servers.split(",")],
         broker_client_id=f"{settings.kafka.client_id}-{worker}",
+        broker_credentials=faust_credentials(settings.kafka),
         broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
         broker_heartbeat_interval=max(settings.kafka.session_timeout_ms / 3000, 1.0),
         consumer_auto_offset_reset="earliest",
@@ -54,6 +59,22 @@ def make_app(settings: Settings, worker: WorkerName) -> faust.App:
         stream_wait_empty=True,
         store="memory://",
     )
+
+
+def faust_credentials(kafka: KafkaSettings) -> Any:
+    """The same broker security for faust (aiokafka) as for confluent-kafka."""
+    if kafka.security_protocol == "PLAINTEXT":
+        return None
+    tls = ssl.create_default_context() if kafka.security_protocol.endswith("SSL") else None
+    if kafka.security_protocol.startswith("SASL"):
+        password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=password,
+            mechanism=kafka.sasl_mechanism or "PLAIN",
+            ssl_context=tls,
+        )
+    return faust.SSLCredentials(tls)
 
 
 def raw_topic(app: faust.App, name: str) -> Any:
@@ -80,7 +101,22 @@ def register_batch_agent(
             processing.batch_size, processing.batch_window_seconds
         ):
             batch = [_inbound(event) for event in events]
-            await retry_until_done(functools.partial(step, batch), label, settings)
+            try:
+                await retry_until_done(functools.partial(step, batch), label, settings)
+            except asyncio.CancelledError:
+                _exit_without_commit(label)
+
+
+def _exit_without_commit(label: str) -> None:
+    """Stop the process before faust can commit a batch that is not yet durable.
+
+    faust's `take_events` acks a batch in a `finally`, even when the loop body was
+    cancelled, and commits acked offsets on shutdown. Exiting at once leaves the
+    batch uncommitted, so it is re-delivered and re-applied idempotently.
+    """
+    log.error("%s: stopped while a batch was not yet durable; exiting without commit", label)
+    logging.shutdown()
+    os._exit(EXIT_UNFINISHED_BATCH)
 
 
 def _inbound(event: Any) -> InboundMessage:

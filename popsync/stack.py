@@ -60,7 +60,7 @@ def migrate(settings: Settings) -> None:
 
 
 def provision(settings: Settings) -> None:
-    provision_topics(settings.kafka.bootstrap_servers, topic_specs(settings))
+    provision_topics(settings.kafka.librdkafka(), topic_specs(settings))
 
 
 class WorkerProcess:

@@ -66,7 +66,7 @@ class TopicSpec:
 
 
 def provision_topics(
-    bootstrap_servers: str, topics: Sequence[TopicSpec], timeout: float = 30
+    connection: str | Mapping[str, str | int], topics: Sequence[TopicSpec], timeout: float = 30
 ) -> None:
     """Create the missing `topics` and wait until metadata shows all of them.
 
@@ -80,7 +80,9 @@ def provision_topics(
     if not specs:
         return
     deadline = time.monotonic() + timeout
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    # A bare "host:port" list, or a full librdkafka config (security settings included).
+    config = {"bootstrap.servers": connection} if isinstance(connection, str) else connection
+    admin = AdminClient(dict(config))
 
     existing = _partition_counts(_list_topics(admin, deadline))
     _check_partition_counts(specs, existing)
