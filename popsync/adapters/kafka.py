@@ -77,4 +77,3 @@ class BatchProducer:
 
     def close(self) -> None:
         self._producer.flush(10)
-

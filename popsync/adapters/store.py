@@ -9,6 +9,8 @@ nothing the first delivery already wrote:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -29,11 +31,17 @@ def schema_sql() -> str:
 
 
 class Database:
-    """One lazily (re)opened async connection; a broken one is replaced on next use."""
+    """One lazily (re)opened async connection, used by one transaction at a time.
+
+    A worker may run several agents (the store writer reads two topics); the lock
+    keeps them from interleaving commands on the shared connection. After any
+    failure the connection is dropped, so the retry starts on a clean one.
+    """
 
     def __init__(self, settings: PostgresSettings) -> None:
         self._settings = settings
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._lock = asyncio.Lock()
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -45,18 +53,27 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
-        conn = await self._connection()
-        async with conn.transaction(), conn.cursor() as cursor:
-            yield cursor
+        async with self._lock:
+            conn = await self._connection()
+            try:
+                async with conn.transaction(), conn.cursor() as cursor:
+                    yield cursor
+            except BaseException:
+                await self._discard()
+                raise
+
+    async def _discard(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.closed:
+            with contextlib.suppress(Exception):
+                await conn.close()
 
     async def migrate(self) -> None:
         async with self.transaction() as cur:
             await cur.execute(schema_sql().encode())
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+        await self._discard()
 
 
 class SyncStateStore:
@@ -122,11 +139,16 @@ _INSERT_HISTORY = """
     VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
     ON CONFLICT (pin, version) DO NOTHING
 """
-_INSERT_CONFLICT = """
+# The newest record of an event's conflict wins; a re-delivered older one changes nothing
+# (records of one batch share a time and are written in order, hence <=).
+_UPSERT_CONFLICT = """
     INSERT INTO citizen_conflicts (pin, event_id, event_type, source_registry, conflict_code,
-                                   message, occurred_at, detected_at)
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-    ON CONFLICT (pin, event_id) DO NOTHING
+                                   message, occurred_at, detected_at, resolved_at)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+    ON CONFLICT (pin, event_id) DO UPDATE SET
+        conflict_code = excluded.conflict_code, message = excluded.message,
+        detected_at = excluded.detected_at, resolved_at = excluded.resolved_at
+    WHERE citizen_conflicts.detected_at <= excluded.detected_at
 """
 
 
@@ -183,6 +205,7 @@ def _conflict_row(conflict: m.MergeConflict) -> tuple[Any, ...]:
         conflict.message,
         conflict.occurred_at,
         conflict.detected_at,
+        conflict.detected_at if conflict.resolved else None,
     )
 
 
@@ -205,4 +228,4 @@ class CitizenStore:
                 await cur.executemany(_INSERT_HISTORY, [_history_row(u) for u in updates])
                 await cur.executemany(_UPSERT_CITIZEN, [_citizen_row(u) for u in latest.values()])
             if conflicts:
-                await cur.executemany(_INSERT_CONFLICT, [_conflict_row(c) for c in conflicts])
+                await cur.executemany(_UPSERT_CONFLICT, [_conflict_row(c) for c in conflicts])

@@ -227,7 +227,7 @@ class MarriageRegistered(ContractModel):
 
 
 class MergeConflict(ContractModel):
-    """An event that was valid on its own but contradicts the citizen's state; surfaced for operators, not applied."""
+    """An event that was valid on its own but contradicts the citizen's state (not applied), or the news that such a conflict was resolved because an event that arrived later put it in order."""
 
     AVRO_NAME: ClassVar[str] = "vn.gov.popsync.MergeConflict"
 
@@ -237,8 +237,9 @@ class MergeConflict(ContractModel):
     source_registry: SourceRegistry = Field(description='Its registry.')
     conflict_code: str = Field(description='Machine-readable conflict code, e.g. SUBJECT_DECEASED.')
     message: str = Field(description='Human-readable explanation, without personal data.')
+    resolved: bool = Field(default=False, description='True when this record closes an earlier conflict of the same event: a later arrival (e.g. the marriage before a divorce that came first) made the event applicable.')
     occurred_at: AwareDatetime = Field(description='When the conflicting event happened in law.')
-    detected_at: AwareDatetime = Field(description='When the synchronizer detected the conflict.')
+    detected_at: AwareDatetime = Field(description='When the synchronizer detected the conflict, or its resolution.')
 
 
 class PermanentResidenceRegistered(ContractModel):

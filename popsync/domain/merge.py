@@ -9,7 +9,10 @@ source sequence and event id as tie-breaks). So:
 - any permutation or duplication of the same events converges to one state;
 - an event that contradicts the state at its legal time (e.g. a move dated
   after the death) is a conflict: it is kept in the set, never applied, and
-  surfaced once, even if the contradicting event only arrives later.
+  surfaced once, even if the contradicting event only arrives later;
+- a conflict that only existed because of arrival order (a divorce that came
+  before its marriage) is resolved, and reported so, when the missing event
+  arrives.
 
 `version` is the number of distinct events in the set, so it strictly increases
 with every new event and is the same for every arrival order.
@@ -25,6 +28,7 @@ from typing import Any
 
 from popsync.contract import models as m
 from popsync.domain.authority import FIELD_AUTHORITY
+from popsync.domain.legal_time import legal_date
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class Applied:
     snapshot: m.CitizenSnapshot
     changed_fields: tuple[str, ...]
     new_conflicts: Mapping[str, Conflict]
+    resolved_conflicts: Mapping[str, Conflict]
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,7 @@ def apply_event(state: CitizenState, event: m.RegistryEvent) -> Outcome:
         snapshot=snapshot,
         changed_fields=changed_fields(state.current(), snapshot),
         new_conflicts={k: v for k, v in conflicts.items() if k not in state.conflicts},
+        resolved_conflicts={k: v for k, v in state.conflicts.items() if k not in conflicts},
     )
 
 
@@ -159,16 +165,12 @@ def changed_fields(before: m.CitizenSnapshot, after: m.CitizenSnapshot) -> tuple
     )
 
 
-def _legal_date(event: m.RegistryEvent) -> date:
-    return event.occurred_at.date()
-
-
 def _precondition_failure(
     snapshot: m.CitizenSnapshot, event: m.RegistryEvent, birth_date: date | None
 ) -> Conflict | None:
     """State-dependent rules that the validator cannot check on one event alone."""
     payload = event.payload
-    when = _legal_date(event)
+    when = legal_date(event.occurred_at)
     if isinstance(payload, m.BirthRegistered):
         if snapshot.birth_date is not None:
             return Conflict("BIRTH_ALREADY_REGISTERED", "a birth is already registered")

@@ -86,8 +86,12 @@ def _case_segment(segment: str) -> str:
 
 
 def _case_token(token: str) -> str:
-    # Hyphenated parts are capitalized separately ("Mary-Jane"), apostrophes are not.
-    return _HYPHEN.join(_case_segment(part) for part in token.split(_HYPHEN))
+    # Parts after a hyphen or an apostrophe are capitalized too: Ê Đê and Gia Rai
+    # names are written "H'Hen", "Y'Ngông" (and "O'Brien", "Mary-Jane" elsewhere).
+    return _HYPHEN.join(
+        _APOSTROPHE.join(_case_segment(piece) for piece in part.split(_APOSTROPHE))
+        for part in token.split(_HYPHEN)
+    )
 
 
 def normalize_name(raw: str) -> str:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from popsync.contract import models as m
 from popsync.contract.codec import payload_record_for
 from popsync.domain.authority import authority_for
+from popsync.domain.legal_time import legal_date
 from popsync.domain.names import InvalidName, normalize_name
 from popsync.domain.pin import Pin, PinError, check_pin_matches, parse_pin
 from popsync.domain.provinces import UnknownProvinceCode, resolve_province
@@ -24,8 +25,8 @@ from popsync.domain.provinces import UnknownProvinceCode, resolve_province
 MAX_TEXT_LENGTH = 200  # registry numbers, authorities, reasons
 MAX_ADDRESS_LENGTH = 300
 EARLIEST_DATE = date(1900, 1, 1)  # nothing a PIN can describe happened earlier
-_COMMUNE_CODE = re.compile(r"\d{5}")
-_CARD_NUMBER = re.compile(r"\d{12}")
+_COMMUNE_CODE = re.compile(r"[0-9]{5}")  # ASCII only: \d would take other scripts' digits
+_CARD_NUMBER = re.compile(r"[0-9]{12}")
 
 
 class RuleViolation(ValueError):
@@ -45,7 +46,7 @@ def check_event(
     latest = now + future_skew
     _check_times(event, latest)
     source = _current_province(event.source_province, "SOURCE_PROVINCE_UNKNOWN")
-    payload = _PAYLOAD_RULES[type(event.payload)](event.payload, pin, latest.date())
+    payload = _PAYLOAD_RULES[type(event.payload)](event.payload, pin, legal_date(latest))
     return event.model_copy(update={"source_province": source, "payload": payload})
 
 
@@ -72,6 +73,8 @@ def _check_subject(event: m.RegistryEvent, key: bytes | None) -> Pin:
         pin = parse_pin(event.subject_pin)
     except PinError as exc:
         raise RuleViolation(exc.reason, str(exc)) from exc
+    if pin.value != event.subject_pin:  # padded: would otherwise name another citizen
+        raise RuleViolation("PIN_NOT_12_DIGITS", "subject PIN has surrounding whitespace")
     if key is None:
         raise RuleViolation("KEY_MISSING", "message has no key; the key must be the subject PIN")
     if key != event.subject_pin.encode():
@@ -86,7 +89,7 @@ def _check_times(event: m.RegistryEvent, latest: datetime) -> None:
         raise RuleViolation("RECORDED_IN_FUTURE", "recorded_at is in the future")
     if event.recorded_at < event.occurred_at:
         raise RuleViolation("RECORDED_BEFORE_OCCURRED", "recorded before it occurred")
-    if event.occurred_at.date() < EARLIEST_DATE:
+    if legal_date(event.occurred_at) < EARLIEST_DATE:
         raise RuleViolation("DATE_TOO_EARLY", "occurred_at before 1900")
 
 
@@ -240,6 +243,7 @@ def _civil_status(p: m.CivilStatusChanged, pin: Pin, latest: date) -> m.CivilSta
     if all(getattr(p, name) is None for name in _CHANGE_REQUIRES[p.change_kind]):
         raise RuleViolation("CHANGE_WITHOUT_VALUE", "civil-status change carries no new value")
     _check_date("effective_date", p.effective_date, latest)
+    _check_not_before_birth_year("effective_date", p.effective_date, pin)
     if p.corrected_birth_date is not None:
         _check_date("corrected_birth_date", p.corrected_birth_date, latest)
     update: dict[str, Any] = {

@@ -130,6 +130,9 @@ class SynchronizerStep:
                 conflicting = outcome.state.events[event_id]
                 result.outputs.append(self._conflict(conflicting, conflict, now))
                 result.conflict_codes.append(conflict.code)
+            for event_id, conflict in outcome.resolved_conflicts.items():
+                resolved = outcome.state.events[event_id]
+                result.outputs.append(self._conflict(resolved, conflict, now, resolved=True))
 
     def _update(self, event: m.RegistryEvent, outcome: Applied, now: datetime) -> OutboundMessage:
         update = m.CitizenUpdate(
@@ -147,7 +150,7 @@ class SynchronizerStep:
         return OutboundMessage(self._topics.citizen_updates, key, UPDATE_CODEC.encode(update))
 
     def _conflict(
-        self, event: m.RegistryEvent, conflict: Conflict, now: datetime
+        self, event: m.RegistryEvent, conflict: Conflict, now: datetime, resolved: bool = False
     ) -> OutboundMessage:
         record = m.MergeConflict(
             pin=event.subject_pin or "",
@@ -156,6 +159,7 @@ class SynchronizerStep:
             source_registry=event.source_registry,
             conflict_code=conflict.code,
             message=conflict.message,
+            resolved=resolved,
             occurred_at=event.occurred_at,
             detected_at=now,
         )

@@ -101,6 +101,11 @@ def death(pin: str, day: date) -> m.RegistryEvent:
     return envelope(pin, payload, m.EventType.DEATH_REGISTERED, m.SourceRegistry.CIVIL_STATUS, day)
 
 
+def divorce(pin: str, day: date) -> m.RegistryEvent:
+    payload = m.DivorceRecorded(divorce_date=day, court_decision_number="QĐ-12/2019")
+    return envelope(pin, payload, m.EventType.DIVORCE_RECORDED, m.SourceRegistry.CIVIL_STATUS, day)
+
+
 def publish(publisher: Publisher, *events: m.RegistryEvent) -> None:
     publisher.publish((e.subject_pin.encode() if e.subject_pin else None, e) for e in events)
 
@@ -199,6 +204,31 @@ def test_death_marks_the_citizen_deceased_and_a_later_move_conflicts(
         lambda: query("SELECT conflict_code, event_type FROM citizen_conflicts WHERE pin = %s", pin)
     )
     assert conflicts == [("SUBJECT_DECEASED", "PERMANENT_RESIDENCE_REGISTERED")]
+
+
+def test_a_conflict_caused_by_arrival_order_is_resolved_when_the_missing_event_arrives(
+    publisher: Publisher, query: Query
+) -> None:
+    pin = new_pin()
+    publish(publisher, birth(pin), divorce(pin, date(2019, 3, 1)))  # the marriage is late
+    opened = eventually(
+        lambda: query(
+            "SELECT conflict_code FROM citizen_conflicts WHERE pin = %s AND resolved_at IS NULL",
+            pin,
+        )
+    )
+    assert opened == [("NOT_MARRIED",)]
+    publish(publisher, marriage(pin, date(2015, 6, 1)))
+    row = eventually(lambda: citizen(query, pin, 3))
+    assert row is not None and row[2] == "DIVORCED"
+    resolved = eventually(
+        lambda: query(
+            "SELECT conflict_code FROM citizen_conflicts"
+            " WHERE pin = %s AND resolved_at IS NOT NULL",
+            pin,
+        )
+    )
+    assert resolved == [("NOT_MARRIED",)]
 
 
 def test_invalid_event_is_dead_lettered_and_the_rest_flow_on(

@@ -210,3 +210,24 @@ def test_state_rebuilt_from_its_events_equals_the_live_state() -> None:
     live = apply_all(story())
     rebuilt = CitizenState.from_events(PIN, list(live.events.values()))
     assert rebuilt == live
+
+
+def test_a_conflict_caused_by_arrival_order_is_resolved_when_the_missing_event_arrives() -> None:
+    payload = m.DivorceRecorded(divorce_date=date(2023, 2, 2), court_decision_number="C-9")
+    divorce = event("ev-7", date(2023, 2, 2), payload, CS)
+    state = apply_all([birth(), divorce])
+    assert {c.code for c in state.conflicts.values()} == {"NOT_MARRIED"}
+    outcome = apply_event(state, marriage(4, date(2022, 1, 1)))
+    assert isinstance(outcome, Applied)
+    assert list(outcome.resolved_conflicts) == ["ev-7"]
+    assert not outcome.state.conflicts
+    assert outcome.snapshot.marital_status is m.MaritalStatus.DIVORCED
+
+
+def test_legal_dates_are_read_in_vietnam_time() -> None:
+    # 06:00 on the birth day in Hà Nội is the evening before in UTC: not "before birth".
+    early = move(2, BIRTH, "26734").model_copy(
+        update={"occurred_at": datetime(2003, 1, 1, 23, tzinfo=UTC)}
+    )
+    _, conflicts = fold(PIN, [birth(), early])
+    assert not conflicts

@@ -58,8 +58,9 @@ name_like_text = st.text(
         ("  ĐẶNG văn   lâm ", "Đặng Văn Lâm"),
         ("trương\u00a0thị\u3000ưng", "Trương Thị Ưng"),  # NBSP, ideographic space
         ("HỒ ngọc ỨC", "Hồ Ngọc Ức"),
-        ("mary-jane o'brien", "Mary-Jane O'brien"),
-        ("o\u2019neil", "O'neil"),
+        ("mary-jane o'brien", "Mary-Jane O'Brien"),
+        ("o\u2019neil", "O'Neil"),
+        ("h'hen niê", "H'Hen Niê"),
         ("ǆenana", "ǅenana"),  # titlecase, not uppercase, for the first letter
         ("straße", "Straße"),  # "ß".upper() == "SS" must not change the length
         ("Σοφία", "Σοφία"),

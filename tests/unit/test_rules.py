@@ -169,3 +169,12 @@ def test_violation_messages_hold_no_pin() -> None:
     with pytest.raises(RuleViolation) as info:
         check(birth_event(subject_pin="079003000123"), b"079003000123")
     assert "003000" not in str(info.value)
+
+
+def test_digits_of_other_scripts_are_not_commune_codes() -> None:
+    assert reason_of(residence(commune_code="٢٦٧٣٤")) == "COMMUNE_CODE_MALFORMED"
+
+
+def test_padded_subject_pin_is_rejected() -> None:
+    event = birth_event(subject_pin=f" {PIN}")
+    assert reason_of(event, f" {PIN}".encode()) == "PIN_NOT_12_DIGITS"

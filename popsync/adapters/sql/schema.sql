@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS citizen_history (
 );
 CREATE INDEX IF NOT EXISTS citizen_history_event ON citizen_history (event_id);
 
--- Events that were valid alone but contradict the citizen's state.
+-- Events that were valid alone but contradict the citizen's state; resolved_at
+-- is set when a later arrival made the event applicable after all.
 CREATE TABLE IF NOT EXISTS citizen_conflicts (
     pin              text NOT NULL,
     event_id         text NOT NULL,
@@ -61,5 +62,8 @@ CREATE TABLE IF NOT EXISTS citizen_conflicts (
     message          text NOT NULL,
     occurred_at      timestamptz NOT NULL,
     detected_at      timestamptz NOT NULL,
+    resolved_at      timestamptz,
     PRIMARY KEY (pin, event_id)
 );
+CREATE INDEX IF NOT EXISTS citizen_conflicts_open ON citizen_conflicts (conflict_code)
+    WHERE resolved_at IS NULL;
