@@ -6,7 +6,7 @@ topic. Never a PIN, a name or free text.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_CONSUMED = Counter(
     "popsync_events_consumed_total",
@@ -46,6 +46,11 @@ STORE_ROWS_WRITTEN = Counter(
 STEP_RETRIES = Counter(
     "popsync_step_retries_total",
     "Batch steps that failed on an infrastructure fault and are being retried.",
+    ["worker"],
+)
+WAITING_FOR_INFRASTRUCTURE = Gauge(
+    "popsync_waiting_for_infrastructure",
+    "1 while a worker's batch step is failing on a broker/database fault and backing off.",
     ["worker"],
 )
 BATCH_SIZE = Histogram(

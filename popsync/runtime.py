@@ -21,6 +21,7 @@ from typing import Any
 
 import faust
 
+from popsync import metrics
 from popsync.settings import KafkaSettings, Settings, WorkerName
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,19 @@ class InboundMessage:
 
 
 EXIT_UNFINISHED_BATCH = 75  # EX_TEMPFAIL: restart me, nothing was committed
+
+
+class StopWorker(Exception):
+    """Raised by a step that must not go on (e.g. the dead-letter limit was hit).
+
+    The worker exits at once with `exit_code`, without committing the batch, so
+    after the fix the same batch is processed again: nothing is lost.
+    """
+
+    def __init__(self, reason: str, exit_code: int = 70) -> None:  # 70: EX_SOFTWARE
+        super().__init__(reason)
+        self.exit_code = exit_code
+
 
 BatchStep = Callable[[Sequence[InboundMessage]], Awaitable[None]]
 
@@ -104,19 +118,23 @@ def register_batch_agent(
             try:
                 await retry_until_done(functools.partial(step, batch), label, settings)
             except asyncio.CancelledError:
-                _exit_without_commit(label)
+                log.error("%s: stopped while a batch was not yet durable", label)
+                _exit_without_commit(EXIT_UNFINISHED_BATCH)
+            except StopWorker as stop:
+                log.critical("%s: stopping: %s", label, stop)
+                _exit_without_commit(stop.exit_code)
 
 
-def _exit_without_commit(label: str) -> None:
+def _exit_without_commit(exit_code: int) -> None:
     """Stop the process before faust can commit a batch that is not yet durable.
 
     faust's `take_events` acks a batch in a `finally`, even when the loop body was
     cancelled, and commits acked offsets on shutdown. Exiting at once leaves the
     batch uncommitted, so it is re-delivered and re-applied idempotently.
     """
-    log.error("%s: stopped while a batch was not yet durable; exiting without commit", label)
+    log.error("exiting without committing the current batch (exit code %d)", exit_code)
     logging.shutdown()
-    os._exit(EXIT_UNFINISHED_BATCH)
+    os._exit(exit_code)
 
 
 def _inbound(event: Any) -> InboundMessage:
@@ -143,10 +161,12 @@ async def retry_until_done(
     while True:
         try:
             await attempt()
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, StopWorker):
             raise
         except Exception as exc:
             failures += 1
+            metrics.STEP_RETRIES.labels(label).inc()
+            metrics.WAITING_FOR_INFRASTRUCTURE.labels(label).set(1)
             log.warning(
                 "%s: step failed (%s: %s), attempt %d; waiting %.1fs before retrying",
                 label,
@@ -159,6 +179,7 @@ async def retry_until_done(
             delay = min(delay * 2, settings.processing.retry_max_seconds)
         else:
             if failures:
+                metrics.WAITING_FOR_INFRASTRUCTURE.labels(label).set(0)
                 log.info("%s: step succeeded after %d retries", label, failures)
             return
 

@@ -83,6 +83,23 @@ class ProcessingSettings(_Section):
     retry_initial_seconds: float = Field(0.5, gt=0, description="First backoff on a fault")
     retry_max_seconds: float = Field(30.0, gt=0, description="Longest backoff on a fault")
     future_skew_seconds: int = Field(300, ge=0, description="Clock skew tolerated for 'future'")
+    shutdown_grace_seconds: float = Field(
+        20.0,
+        gt=0,
+        description="On SIGTERM, how long the in-flight batch may take to become durable "
+        "before the worker exits without committing it (keep below the pod's "
+        "terminationGracePeriodSeconds)",
+    )
+
+
+class DeadLetterLimitSettings(_Section):
+    """When dead-lettering looks like a bad deploy rather than bad input, stop loudly."""
+
+    window: int = Field(1000, ge=1, description="Recent messages the ratio is taken over")
+    max_ratio: float = Field(
+        0.5, gt=0, le=1, description="Stop when more than this share of a full window is parked"
+    )
+    max_consecutive: int = Field(200, ge=1, description="Stop after this many parked in a row")
 
 
 class Settings(BaseSettings):
@@ -97,4 +114,5 @@ class Settings(BaseSettings):
     groups: GroupSettings = GroupSettings()
     postgres: PostgresSettings = PostgresSettings()
     processing: ProcessingSettings = ProcessingSettings()
+    dead_letter_limit: DeadLetterLimitSettings = DeadLetterLimitSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
