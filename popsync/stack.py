@@ -24,7 +24,7 @@ from pydantic import BaseModel, SecretStr
 from popsync.adapters.kafka_admin import provision_topics
 from popsync.adapters.store import schema_sql
 from popsync.embedded import EmbeddedBroker, EmbeddedPostgres
-from popsync.settings import Settings, WorkerName
+from popsync.settings import GroupSettings, Settings, TopicSettings, WorkerName
 from popsync.topics import topic_specs
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,18 @@ class EmbeddedStack:
             "postgres": {"dsn": self.postgres.dsn(database)},
         }
         return Settings(**{**base, **overrides})
+
+    def isolated_settings(self, name: str, **overrides: Any) -> Settings:
+        """Settings of a pipeline of its own on this stack: database, topics, groups `name`."""
+        topics = {
+            field: f"{name}.{default}"
+            for field, default in TopicSettings().model_dump().items()
+            if isinstance(default, str)
+        }
+        groups = {
+            field: f"{name}-{default}" for field, default in GroupSettings().model_dump().items()
+        }
+        return self.settings_for(name, **{"topics": topics, "groups": groups, **overrides})
 
     def prepare(self, settings: Settings) -> None:
         provision(settings)

@@ -4,7 +4,11 @@ Every write here is idempotent, so a batch re-delivered after a crash changes
 nothing the first delivery already wrote:
 - history rows are keyed by (pin, version) and inserted with DO NOTHING;
 - a citizen row only moves forward (`WHERE citizens.version < excluded.version`);
-- synchronizer state only moves forward the same way.
+- synchronizer state only moves forward the same way;
+- the store writer records, in the same transaction as the rows, the next offset
+  of every partition it consumed (`store_writer_offsets`), and skips what is
+  below it: a re-delivery after a crash, or a batch of a writer that lost its
+  partitions (the row lock serializes two writers of one partition).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -209,23 +214,88 @@ def _conflict_row(conflict: m.MergeConflict) -> tuple[Any, ...]:
     )
 
 
+@dataclass(frozen=True)
+class Consumed:
+    """A decoded record and where it was read, for the offsets kept with the rows."""
+
+    topic: str
+    partition: int
+    offset: int
+    record: m.CitizenUpdate | m.MergeConflict | None  # None: dead-lettered, nothing to write
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    written: int
+    skipped: int  # already applied by an earlier delivery
+
+
+_CLAIM_PARTITIONS = """
+    INSERT INTO store_writer_offsets (group_id, topic, partition, next_offset)
+    SELECT %s, %s, p, 0 FROM unnest(%s::int[]) AS p
+    ON CONFLICT DO NOTHING
+"""
+_LOCK_OFFSETS = """
+    SELECT partition, next_offset FROM store_writer_offsets
+     WHERE group_id = %s AND topic = %s AND partition = ANY(%s)
+     ORDER BY partition
+       FOR UPDATE
+"""
+_ADVANCE_OFFSET = """
+    UPDATE store_writer_offsets SET next_offset = %s, updated_at = now()
+     WHERE group_id = %s AND topic = %s AND partition = %s AND next_offset < %s
+"""
+
+
 class CitizenStore:
     """The central population store's tables."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, group_id: str) -> None:
         self._db = db
+        self._group_id = group_id
 
-    async def write(
-        self, updates: Sequence[m.CitizenUpdate], conflicts: Sequence[m.MergeConflict]
+    async def write(self, batch: Sequence[Consumed]) -> WriteResult:
+        """Write one batch in one transaction, with its consumed offsets.
+
+        History, current rows and conflicts are written for the records at or past
+        their partition's stored next offset; the offsets then move past the batch.
+        """
+        fresh: list[Consumed] = []
+        async with self._db.transaction() as cur:
+            for topic in sorted({c.topic for c in batch}):
+                of_topic = [c for c in batch if c.topic == topic]
+                fresh += await self._claim(cur, topic, of_topic)
+            await self._write_rows(cur, [c.record for c in fresh if c.record is not None])
+        return WriteResult(written=len(fresh), skipped=len(batch) - len(fresh))
+
+    async def _claim(
+        self, cur: psycopg.AsyncCursor[Any], topic: str, batch: Sequence[Consumed]
+    ) -> list[Consumed]:
+        """Lock the topic's partitions of the batch, move their offsets past it; the unseen part."""
+        partitions = sorted({c.partition for c in batch})
+        await cur.execute(_CLAIM_PARTITIONS, (self._group_id, topic, partitions))
+        await cur.execute(_LOCK_OFFSETS, (self._group_id, topic, partitions))
+        next_offsets: dict[int, int] = dict(await cur.fetchall())
+        ends: dict[int, int] = {}
+        for c in batch:
+            ends[c.partition] = max(ends.get(c.partition, 0), c.offset + 1)
+        await cur.executemany(
+            _ADVANCE_OFFSET,
+            [(end, self._group_id, topic, p, end) for p, end in sorted(ends.items())],
+        )
+        return [c for c in batch if c.offset >= next_offsets[c.partition]]
+
+    async def _write_rows(
+        self, cur: psycopg.AsyncCursor[Any], records: Sequence[m.CitizenUpdate | m.MergeConflict]
     ) -> None:
-        """Write one batch in one transaction: history, current rows, conflicts."""
+        updates = [r for r in records if isinstance(r, m.CitizenUpdate)]
+        conflicts = [r for r in records if isinstance(r, m.MergeConflict)]
         latest: dict[str, m.CitizenUpdate] = {}
         for update in updates:
             if update.pin not in latest or latest[update.pin].version < update.version:
                 latest[update.pin] = update
-        async with self._db.transaction() as cur:
-            if updates:
-                await cur.executemany(_INSERT_HISTORY, [_history_row(u) for u in updates])
-                await cur.executemany(_UPSERT_CITIZEN, [_citizen_row(u) for u in latest.values()])
-            if conflicts:
-                await cur.executemany(_UPSERT_CONFLICT, [_conflict_row(c) for c in conflicts])
+        if updates:
+            await cur.executemany(_INSERT_HISTORY, [_history_row(u) for u in updates])
+            await cur.executemany(_UPSERT_CITIZEN, [_citizen_row(u) for u in latest.values()])
+        if conflicts:
+            await cur.executemany(_UPSERT_CONFLICT, [_conflict_row(c) for c in conflicts])

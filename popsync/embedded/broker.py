@@ -147,6 +147,21 @@ class EmbeddedBroker:
             _log.info("broker on %s killed", self.bootstrap_servers)
         self._discard_process()
 
+    def pause(self) -> None:
+        """SIGSTOP: the broker stops answering but keeps its connections and its data.
+
+        This build keeps data only in memory, so a real restart would lose the topics;
+        to clients a frozen broker is an outage like a restart or a network partition.
+        """
+        if self._process is not None and self.is_running:
+            self._process.send_signal(signal.SIGSTOP)
+            _log.info("broker on %s paused", self.bootstrap_servers)
+
+    def resume(self) -> None:
+        if self._process is not None and self.is_running:
+            self._process.send_signal(signal.SIGCONT)
+            _log.info("broker on %s resumed", self.bootstrap_servers)
+
     def __enter__(self) -> Self:
         self.start()
         return self

@@ -1,7 +1,8 @@
 """Store writer: citizen updates and conflicts into PostgreSQL, a batch per transaction.
 
-Writes are idempotent (see `popsync.adapters.store`), so a batch re-delivered
-after a crash leaves the tables exactly as one delivery would.
+Writes are idempotent and the consumed offsets are kept in the same transaction
+as the rows (see `popsync.adapters.store`), so a batch re-delivered after a crash
+leaves the tables exactly as one delivery would.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 
 from popsync import metrics
 from popsync.adapters.kafka import BatchProducer, OutboundMessage
-from popsync.adapters.store import CitizenStore, Database
+from popsync.adapters.store import CitizenStore, Consumed, Database
 from popsync.contract import models as m
 from popsync.contract.codec import Codec, DecodeError
 from popsync.deadletter import dead_letter
@@ -31,15 +32,15 @@ class StoreWriterStep:
 
     async def __call__(self, batch: Sequence[InboundMessage]) -> None:
         started = time.perf_counter()
-        updates: list[m.CitizenUpdate] = []
-        conflicts: list[m.MergeConflict] = []
+        consumed: list[Consumed] = []
         rejected: list[tuple[OutboundMessage, str]] = []
         for message in batch:
+            record: m.CitizenUpdate | m.MergeConflict | None = None
             try:
                 if message.topic == self._topics.conflicts:
-                    conflicts.append(CONFLICT_CODEC.decode(message.value))
+                    record = CONFLICT_CODEC.decode(message.value)
                 else:
-                    updates.append(UPDATE_CODEC.decode(message.value))
+                    record = UPDATE_CODEC.decode(message.value)
             except DecodeError as exc:
                 parked = dead_letter(
                     message,
@@ -49,13 +50,16 @@ class StoreWriterStep:
                     description=str(exc),
                 )
                 rejected.append((parked, exc.reason))
+            consumed.append(Consumed(message.topic, message.partition, message.offset, record))
         if rejected:
             await self._producer.send_all([parked for parked, _ in rejected])
-        await self._store.write(updates, conflicts)
+        result = await self._store.write(consumed)
         for _, reason in rejected:
             metrics.EVENTS_DEAD_LETTERED.labels(STAGE, reason).inc()
-        metrics.STORE_ROWS_WRITTEN.labels("citizen_history").inc(len(updates))
-        metrics.STORE_ROWS_WRITTEN.labels("citizen_conflicts").inc(len(conflicts))
+        conflicts = batch[0].topic == self._topics.conflicts
+        table = "citizen_conflicts" if conflicts else "citizen_history"
+        metrics.STORE_ROWS_WRITTEN.labels(table).inc(result.written)
+        metrics.DUPLICATES_SKIPPED.labels(STAGE).inc(result.skipped)
         metrics.EVENTS_CONSUMED.labels(STAGE, batch[0].topic).inc(len(batch))
         metrics.BATCH_SIZE.labels(STAGE).observe(len(batch))
         metrics.BATCH_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
@@ -64,7 +68,8 @@ class StoreWriterStep:
 def build(settings: Settings) -> Worker:
     app = make_app(settings, "store-writer")
     producer = BatchProducer(settings.kafka)
-    step = StoreWriterStep(settings, CitizenStore(Database(settings.postgres)), producer)
+    store = CitizenStore(Database(settings.postgres), settings.groups.store_writer)
+    step = StoreWriterStep(settings, store, producer)
     for topic in (settings.topics.citizen_updates, settings.topics.conflicts):
         register_batch_agent(app, topic, step, settings, f"{STAGE}:{topic}")
     return Worker(app, closers=[producer.close])

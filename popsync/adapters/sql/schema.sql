@@ -67,3 +67,15 @@ CREATE TABLE IF NOT EXISTS citizen_conflicts (
 );
 CREATE INDEX IF NOT EXISTS citizen_conflicts_open ON citizen_conflicts (conflict_code)
     WHERE resolved_at IS NULL;
+
+-- The store writer's consumed offsets, written in the same transaction as the
+-- rows: the next offset to apply per partition. Re-delivered records below it
+-- are skipped. A consumer-group reset to rebuild the store must clear it too.
+CREATE TABLE IF NOT EXISTS store_writer_offsets (
+    group_id     text NOT NULL,
+    topic        text NOT NULL,
+    partition    integer NOT NULL,
+    next_offset  bigint NOT NULL,
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (group_id, topic, partition)
+);

@@ -1,0 +1,14 @@
+"""Options shared by the whole test suite."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--crash-citizens",
+        type=int,
+        default=1500,
+        help="citizens simulated by the crash test (1,500 ≈ 8,000 events; 9,000 ≥ 50,000)",
+    )
