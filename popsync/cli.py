@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from popsync import dlq
 from popsync.contract import models as m
 from popsync.settings import WORKER_NAMES, Settings, WorkerName
 
@@ -117,6 +118,68 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _moment(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _dlq_selection(args: argparse.Namespace) -> dlq.Selection:
+    return dlq.Selection(
+        reasons=frozenset(args.reason),
+        stages=frozenset(args.stage),
+        sources=frozenset(source.value for source in args.source),
+        since=args.since,
+        until=args.until,
+        retryable=args.retryable,
+    )
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    try:
+        return dlq.list_dead_letters(Settings(), _dlq_selection(args), timeout=args.timeout)
+    except dlq.DlqError as exc:
+        print(f"popsync dlq list: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    selection = _dlq_selection(args)
+    if selection.everything and not args.all:
+        print("select dead letters to replay (see --help), or pass --all", file=sys.stderr)
+        return 2
+    try:
+        report = dlq.replay(Settings(), selection, dry_run=args.dry_run, timeout=args.timeout)
+    except dlq.DlqError as exc:
+        print(f"popsync dlq replay: {exc}", file=sys.stderr)
+        return 2
+    return 1 if report.failed else 0
+
+
+def _add_dlq_selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reason", action="append", default=[], type=str.upper, help="reason code (repeatable)"
+    )
+    parser.add_argument(
+        "--stage", action="append", default=[], choices=WORKER_NAMES, help="(repeatable)"
+    )
+    parser.add_argument(
+        "--source", action="append", default=[], type=_source, help="e.g. civil-status"
+    )
+    parser.add_argument("--since", type=_moment, help="failed at or after (ISO 8601; UTC)")
+    parser.add_argument("--until", type=_moment, help="failed before (ISO 8601; UTC)")
+    parser.add_argument(
+        "--retryable",
+        action="store_true",
+        help="only reasons that may pass unchanged later (clock skew, newer contract, bug fix)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=60, help="seconds to reach the end of the topic"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="popsync", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,6 +217,27 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database administration")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("migrate", help="apply the schema").set_defaults(func=cmd_db_migrate)
+
+    dead = sub.add_parser("dlq", help="inspect and replay dead letters")
+    dead_sub = dead.add_subparsers(dest="dlq_command", required=True)
+    dlq_list = dead_sub.add_parser(
+        "list",
+        help="counts of what is parked, by reason, stage, source and topic",
+        description="Read the dead-letter topic up to its current end and print counts "
+        "by reason, stage, source registry and original topic (no personal data).",
+    )
+    _add_dlq_selection(dlq_list)
+    dlq_list.set_defaults(func=cmd_dlq_list)
+    dlq_replay = dead_sub.add_parser(
+        "replay",
+        help="re-publish selected dead letters to their original topic after a fix",
+        description=dlq.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_dlq_selection(dlq_replay)
+    dlq_replay.add_argument("--all", action="store_true", help="replay every dead letter")
+    dlq_replay.add_argument("--dry-run", action="store_true", help="count, send nothing")
+    dlq_replay.set_defaults(func=cmd_dlq_replay)
 
     contract = sub.add_parser("contract", help="the Avro contract")
     contract_sub = contract.add_subparsers(dest="contract_command", required=True)

@@ -64,3 +64,15 @@ BATCH_SECONDS = Histogram(
     "Wall time to process one batch, outputs flushed and rows committed.",
     ["worker"],
 )
+DEAD_LETTER_WINDOW_RATIO = Gauge(
+    "popsync_dead_letter_window_ratio",
+    "Share of a worker's most recent messages (POPSYNC_DEAD_LETTER_LIMIT__WINDOW) that were "
+    "dead-lettered; the worker stops above POPSYNC_DEAD_LETTER_LIMIT__MAX_RATIO.",
+    ["stage"],
+)
+DEAD_LETTERS_IN_A_ROW = Gauge(
+    "popsync_dead_letters_in_a_row",
+    "Messages dead-lettered in a row by a worker; it stops at "
+    "POPSYNC_DEAD_LETTER_LIMIT__MAX_CONSECUTIVE.",
+    ["stage"],
+)

@@ -131,15 +131,16 @@ class EmbeddedStack:
 
     def isolated_settings(self, name: str, **overrides: Any) -> Settings:
         """Settings of a pipeline of its own on this stack: database, topics, groups `name`."""
-        topics = {
+        topics: dict[str, Any] = {
             field: f"{name}.{default}"
             for field, default in TopicSettings().model_dump().items()
             if isinstance(default, str)
         }
+        topics.update(overrides.pop("topics", {}))
         groups = {
             field: f"{name}-{default}" for field, default in GroupSettings().model_dump().items()
         }
-        return self.settings_for(name, **{"topics": topics, "groups": groups, **overrides})
+        return self.settings_for(name, topics=topics, groups=groups, **overrides)
 
     def prepare(self, settings: Settings) -> None:
         provision(settings)

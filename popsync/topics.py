@@ -6,6 +6,11 @@ from popsync.adapters.kafka_admin import TopicSpec
 from popsync.settings import Settings
 
 DAY_MS = 24 * 3600 * 1000
+# Largest event a registry may publish. A dead letter carries the original key and
+# value plus about 1 KB of facts, so its topic takes twice that and some: parking an
+# event can never fail for its size (which would stall the partition).
+MAX_EVENT_BYTES = 1024 * 1024
+MAX_DEAD_LETTER_BYTES = 2 * MAX_EVENT_BYTES + 64 * 1024
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
@@ -16,10 +21,19 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         return TopicSpec(name, t.partitions, t.replication_factor, config)
 
     return [
-        spec(t.registry_events, **{"retention.ms": str(30 * DAY_MS)}),
-        spec(t.validated_events, **{"retention.ms": str(7 * DAY_MS)}),
+        spec(
+            t.registry_events,
+            **{"retention.ms": str(30 * DAY_MS), "max.message.bytes": str(MAX_EVENT_BYTES)},
+        ),
+        spec(
+            t.validated_events,
+            **{"retention.ms": str(7 * DAY_MS), "max.message.bytes": str(MAX_EVENT_BYTES)},
+        ),
         # Dead letters are kept long enough for a fix and a replay.
-        spec(t.dead_letters, **{"retention.ms": str(90 * DAY_MS)}),
+        spec(
+            t.dead_letters,
+            **{"retention.ms": str(90 * DAY_MS), "max.message.bytes": str(MAX_DEAD_LETTER_BYTES)},
+        ),
         # Compacted: the latest snapshot per PIN stays forever; the lag keeps every
         # version readable for a week so the store writer's history has no gaps.
         spec(

@@ -10,5 +10,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--crash-citizens",
         type=int,
         default=1500,
-        help="citizens simulated by the crash test (1,500 ≈ 8,000 events; 9,000 ≥ 50,000)",
+        help="citizens simulated by the crash test (1,500 ≈ 8,000 events; 9,200 ≈ 50,000)",
+    )
+    parser.addoption(
+        "--crash-kills",
+        type=int,
+        default=2,
+        help="how many times the crash test kills each kind of worker",
     )

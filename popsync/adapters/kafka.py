@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaError, Message, Producer
 
 from popsync.settings import KafkaSettings
+from popsync.topics import MAX_DEAD_LETTER_BYTES
 
 Headers = list[tuple[str, str | bytes | None]]
 
@@ -25,6 +26,9 @@ def producer_config(kafka: KafkaSettings, **overrides: str | int) -> dict[str, s
         "acks": "all",
         "linger.ms": 5,
         "compression.type": "lz4",
+        # librdkafka's own cap (1,000,000 by default) must not be below the largest
+        # dead letter, or parking a large event would fail on every retry.
+        "message.max.bytes": MAX_DEAD_LETTER_BYTES + 64 * 1024,
         **overrides,
     }
 

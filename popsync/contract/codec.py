@@ -4,6 +4,9 @@ Each value is `C3 01` + the 8-byte CRC-64-AVRO fingerprint of the writer schema
 + the Avro binary body. The fingerprint names the writer schema without a
 registry round trip, so the embedded broker and Apache Kafka carry identical
 bytes; a reader resolves any writer version it knows to its own (reader) schema.
+
+A value that is not a readable record raises `DecodeError` with a reason code from
+`popsync.domain.reasons` (stage "decode"); nothing else escapes for bad bytes.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import io
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from fastavro import schemaless_reader, schemaless_writer
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from pydantic import ValidationError
 
 from popsync.contract import models
@@ -65,6 +68,7 @@ class Codec:
         known = (self.schema, *writers)
         self._writers: Mapping[bytes, ContractSchema] = {s.fingerprint: s for s in known}
         self._header = MAGIC + self.schema.fingerprint
+        self._plain_writers: dict[bytes, Any] = {}  # see _well_formed
 
     def encode(self, record: models.ContractModel) -> bytes:
         buffer = io.BytesIO()
@@ -92,7 +96,21 @@ class Codec:
                 return_record_name=True,
                 return_record_name_override=True,
             )
-        except (EOFError, ValueError, IndexError, TypeError, UnicodeDecodeError) as exc:
+        except (ValueError, OverflowError) as exc:  # UnicodeDecodeError is a ValueError
+            # Told apart only on this error path: is the body well-formed, so that just
+            # one value failed to convert (a misaligned read fails UTF-8 decoding too)?
+            if not self._well_formed(value, writer):
+                raise DecodeError(
+                    "AVRO_CORRUPT", f"Avro body unreadable: {type(exc).__name__}"
+                ) from exc
+            if isinstance(exc, UnicodeDecodeError):
+                raise DecodeError(
+                    "AVRO_INVALID_UTF8", "a string in the Avro body is not valid UTF-8"
+                ) from exc
+            raise DecodeError(
+                "AVRO_DATE_OUT_OF_RANGE", "a date or timestamp lies outside years 1-9999"
+            ) from exc
+        except (EOFError, IndexError, TypeError) as exc:
             raise DecodeError(
                 "AVRO_CORRUPT", f"Avro body unreadable: {type(exc).__name__}"
             ) from exc
@@ -102,9 +120,47 @@ class Codec:
             raise DecodeError("AVRO_CORRUPT", "Avro body is not a record")
         return datum
 
+    def _well_formed(self, value: bytes, writer: ContractSchema) -> bool:
+        """True if the body reads exactly, with strings as bytes and dates and timestamps as
+        plain numbers (the same binary encodings): then what failed was converting a value,
+        not the structure."""
+        plain = self._plain_writers.get(writer.fingerprint)
+        if plain is None:
+            plain = parse_schema(_uninterpreted(writer.parsed))
+            self._plain_writers[writer.fingerprint] = plain
+        buffer = io.BytesIO(value)
+        buffer.seek(HEADER_SIZE)
+        try:
+            schemaless_reader(buffer, plain, None)
+        except (EOFError, ValueError, OverflowError, IndexError, TypeError):
+            return False
+        return buffer.tell() == len(value)
+
     def decode(self, value: bytes | None) -> Any:
         """Bytes to the pydantic model of this codec."""
         return from_avro_datum(self.model, self.decode_datum(value))
+
+
+def _uninterpreted(schema: Any) -> Any:
+    """A parsed schema as plain JSON whose strings are `bytes` and whose logical types are
+    gone: it reads the same binary data without decoding UTF-8 or converting dates."""
+    if schema == "string":
+        return "bytes"
+    if isinstance(schema, list):
+        return [_uninterpreted(branch) for branch in schema]
+    if not isinstance(schema, dict):
+        return schema
+    plain: dict[str, Any] = {}
+    for key, item in schema.items():
+        if key == "logicalType" or key.startswith("__"):  # fastavro's parse bookkeeping
+            continue
+        if key in ("type", "items", "values"):
+            plain[key] = _uninterpreted(item)
+        elif key == "fields":
+            plain[key] = [_uninterpreted(f) for f in item]
+        else:
+            plain[key] = item
+    return plain
 
 
 def to_avro_datum(record: models.ContractModel) -> dict[str, Any]:
@@ -120,10 +176,10 @@ def from_avro_datum(model: type[M], datum: Mapping[str, Any]) -> M:
     """A decoded datum as a model; the named payload branch picks its model."""
     fields = dict(datum)
     payload = fields.get("payload")
-    if isinstance(payload, tuple):
-        name, body = payload
-        fields["payload"] = PAYLOAD_MODELS[name].model_validate(body)
     try:
+        if isinstance(payload, tuple):
+            name, body = payload
+            fields["payload"] = PAYLOAD_MODELS[name].model_validate(body)
         return model.model_validate(fields)
     except ValidationError as exc:
         raise DecodeError("CONTRACT_VIOLATION", describe_validation_error(exc)) from exc

@@ -27,6 +27,11 @@ __all__ = [
 ]
 
 MAX_NAME_LENGTH = 100
+# Raw input longer than this is rejected before any per-character work, so an absurdly long
+# value (a 1 MB "name") costs microseconds, not a second of the worker's event loop. Generous
+# enough for every name that normalizes to MAX_NAME_LENGTH: NFD triples Vietnamese letters
+# with two diacritics, and whitespace runs collapse.
+_MAX_RAW_NAME_LENGTH = 10 * MAX_NAME_LENGTH
 
 NAME_EMPTY = "NAME_EMPTY"
 NAME_CONTROL_CHARS = "NAME_CONTROL_CHARS"
@@ -101,6 +106,8 @@ def normalize_name(raw: str) -> str:
     Allowed: letters of any script with their diacritics, space, hyphen, apostrophe.
     Raises InvalidName. Idempotent, and NFC/NFD input give the same result.
     """
+    if len(raw) > _MAX_RAW_NAME_LENGTH:
+        raise InvalidName(NAME_TOO_LONG, f"name longer than {MAX_NAME_LENGTH} characters")
     text = unicodedata.normalize("NFC", raw)
     if any(unicodedata.category(ch) in _CONTROL_CATEGORIES for ch in text):
         raise InvalidName(NAME_CONTROL_CHARS, "name contains control or format characters")

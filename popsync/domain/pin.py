@@ -6,8 +6,9 @@ Layout of the 12 digits: PPP G YY NNNNNN
   YY      last two digits of the birth year
   NNNNNN  serial
 There is NO checksum, so structural validation plus consistency with the registered birth
-date and sex is all that can be checked. PINs are personal data: error messages and reprs
-show at most the masked form, and never the birth-year or gender digits.
+date and sex is all that can be checked. PINs are personal data: error messages (which
+become dead-letter texts) show no part of the PIN, reprs at most the masked form, never the
+birth-year or gender digits.
 """
 
 from __future__ import annotations
@@ -72,9 +73,10 @@ def mask_pin(text: str) -> str:
 def _validate(value: str) -> None:
     ok = isinstance(value, str) and len(value) == _PIN_LENGTH
     if not (ok and value.isascii() and value.isdigit()):
-        raise PinError(PIN_NOT_12_DIGITS, f"expected 12 ASCII digits, got {mask_pin(value)!r}")
+        got = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
+        raise PinError(PIN_NOT_12_DIGITS, f"expected 12 ASCII digits, got {got}")
     if not is_known_pin_province(value[:3]):
-        raise PinError(PIN_UNKNOWN_PROVINCE, f"unknown province prefix in {mask_pin(value)!r}")
+        raise PinError(PIN_UNKNOWN_PROVINCE, "province prefix is neither current nor legacy")
     if value[3] not in "012345":
         raise PinError(PIN_BAD_GENDER_CENTURY_DIGIT, "4th digit must be 0-5 (6-9 are unassigned)")
 

@@ -5,6 +5,9 @@ casing, legacy province codes mapped to the current 34 with the original kept
 where the contract has room for it) or raises `RuleViolation` with a
 machine-readable reason. Rules that need the citizen's state (death after a
 known birth date, moves after a death) belong to the merge, not here.
+
+Every reason code raised here is listed, with its description and whether a
+replay could pass, in `popsync.domain.reasons`; a test keeps the two in step.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from popsync.domain.provinces import UnknownProvinceCode, resolve_province
 
 MAX_TEXT_LENGTH = 200  # registry numbers, authorities, reasons
 MAX_ADDRESS_LENGTH = 300
+MAX_ID_LENGTH = 64  # event and correlation ids (UUIDs are 36)
 EARLIEST_DATE = date(1900, 1, 1)  # nothing a PIN can describe happened earlier
 _COMMUNE_CODE = re.compile(r"[0-9]{5}")  # ASCII only: \d would take other scripts' digits
 _CARD_NUMBER = re.compile(r"[0-9]{12}")
@@ -62,20 +66,24 @@ def _check_type_and_source(event: m.RegistryEvent) -> None:
             "SOURCE_NOT_AUTHORITATIVE",
             f"{event.source_registry.value} may not publish {event.event_type.value}",
         )
-    _check_text("event_id", event.event_id, 64)
+    _check_text("event_id", event.event_id, MAX_ID_LENGTH)
+    if event.correlation_id is not None:
+        _check_text("correlation_id", event.correlation_id, MAX_ID_LENGTH)
 
 
 def _check_subject(event: m.RegistryEvent, key: bytes | None) -> Pin:
     if event.subject_pin is None:
-        # PIN allocation for births without one is a separate capability.
-        raise RuleViolation("PIN_MISSING", "event has no subject PIN")
+        if isinstance(event.payload, m.BirthRegistered):
+            # PIN allocation for births without one is a separate capability.
+            raise RuleViolation("PIN_MISSING", "birth has no subject PIN yet")
+        raise RuleViolation("PIN_REQUIRED", "event other than a birth has no subject PIN")
     try:
         pin = parse_pin(event.subject_pin)
     except PinError as exc:
         raise RuleViolation(exc.reason, str(exc)) from exc
     if pin.value != event.subject_pin:  # padded: would otherwise name another citizen
         raise RuleViolation("PIN_NOT_12_DIGITS", "subject PIN has surrounding whitespace")
-    if key is None:
+    if not key:  # null or zero-length: either way no citizen to partition by
         raise RuleViolation("KEY_MISSING", "message has no key; the key must be the subject PIN")
     if key != event.subject_pin.encode():
         raise RuleViolation("KEY_PIN_MISMATCH", "message key differs from the subject PIN")
@@ -123,15 +131,24 @@ def _name(field: str, raw: str) -> str:
         raise RuleViolation(exc.reason, f"{field}: {exc}") from exc
 
 
+# Reason codes spelled out (not built from the field name) so that they can be found.
+_OTHER_PIN_REASONS: dict[str, tuple[str, str]] = {
+    "father_pin": ("FATHER_PIN_INVALID", "FATHER_PIN_IS_SUBJECT"),
+    "mother_pin": ("MOTHER_PIN_INVALID", "MOTHER_PIN_IS_SUBJECT"),
+    "spouse_pin": ("SPOUSE_PIN_INVALID", "SPOUSE_PIN_IS_SUBJECT"),
+}
+
+
 def _other_pin(field: str, raw: str | None, subject: Pin) -> str | None:
     if raw is None:
         return None
+    invalid, is_subject = _OTHER_PIN_REASONS[field]
     try:
         other = parse_pin(raw)
     except PinError as exc:
-        raise RuleViolation(f"{field.upper()}_INVALID", f"{field} is not a valid PIN") from exc
+        raise RuleViolation(invalid, f"{field} is not a valid PIN") from exc
     if other.value == subject.value:
-        raise RuleViolation(f"{field.upper()}_IS_SUBJECT", f"{field} equals the subject PIN")
+        raise RuleViolation(is_subject, f"{field} equals the subject PIN")
     return other.value
 
 
@@ -147,14 +164,20 @@ def _address(address: m.Address) -> m.Address:
         resolution = resolve_province(address.province_code)
     except UnknownProvinceCode as exc:
         raise RuleViolation("ADDRESS_PROVINCE_UNKNOWN", "address province code unknown") from exc
-    if not _COMMUNE_CODE.fullmatch(address.commune_code):
-        raise RuleViolation("COMMUNE_CODE_MALFORMED", "commune code is not 5 digits")
+    _check_commune("commune_code", address.commune_code)
     return m.Address(
         province_code=resolution.current.code,
         legacy_province_code=resolution.given_code if resolution.is_legacy else None,
         commune_code=address.commune_code,
         address_line=_check_text("address_line", address.address_line, MAX_ADDRESS_LENGTH),
     )
+
+
+def _check_commune(name: str, code: str) -> None:
+    # Shape only: no list of the post-2025 communes is bundled, so a well-formed but
+    # unknown code passes.
+    if not _COMMUNE_CODE.fullmatch(code):
+        raise RuleViolation("COMMUNE_CODE_MALFORMED", f"{name} is not 5 digits")
 
 
 def _sex(sex: m.Sex) -> Literal["M", "F"]:
@@ -167,6 +190,8 @@ def _birth(p: m.BirthRegistered, pin: Pin, latest: date) -> m.BirthRegistered:
         check_pin_matches(pin, p.birth_date, _sex(p.sex))
     except PinError as exc:
         raise RuleViolation(exc.reason, str(exc)) from exc
+    if p.birthplace_commune is not None:
+        _check_commune("birthplace_commune", p.birthplace_commune)
     return p.model_copy(
         update={
             "full_name": _name("full_name", p.full_name),

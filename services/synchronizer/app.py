@@ -25,7 +25,7 @@ from popsync.adapters.kafka import BatchProducer, OutboundMessage
 from popsync.adapters.store import Database, SyncStateStore
 from popsync.contract import models as m
 from popsync.contract.codec import Codec, DecodeError
-from popsync.deadletter import dead_letter
+from popsync.deadletter import DeadLetterLimit, Outcome, dead_letter
 from popsync.domain.merge import Applied, CitizenState, Conflict, Duplicate, apply_event
 from popsync.runtime import InboundMessage, Worker, make_app, register_batch_agent
 from popsync.settings import Settings
@@ -46,6 +46,7 @@ class BatchResult:
     conflict_codes: list[str] = field(default_factory=list)
     duplicates: int = 0
     dead_letter_reasons: list[str] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)  # for the dead-letter limit
     dirty: dict[str, tuple[int, list[bytes]]] = field(default_factory=dict)
 
 
@@ -61,10 +62,13 @@ class SynchronizerStep:
         self._producer = producer
         self._states = states
         self._clock = clock
+        self._limit = DeadLetterLimit(settings.dead_letter_limit, STAGE)
 
     async def __call__(self, batch: Sequence[InboundMessage]) -> None:
         started = time.perf_counter()
         decoded, result = self._decode(batch)
+        # Before sending: a worker stopped by the limit has sent nothing of this batch.
+        self._limit.observe(result.outcomes)
         stored = await self._states.load({event.subject_pin or "" for _, event in decoded})
         self.merge(decoded, stored, result)
         await self._producer.send_all(result.outputs)
@@ -93,8 +97,10 @@ class SynchronizerStep:
                     )
                 )
                 result.dead_letter_reasons.append(exc.reason)
+                result.outcomes.append((message, exc.reason))
                 continue
             decoded.append((message, event))
+            result.outcomes.append((message, None))
         return decoded, result
 
     def merge(

@@ -18,7 +18,7 @@ from popsync import metrics
 from popsync.adapters.kafka import BatchProducer, OutboundMessage
 from popsync.contract import models as m
 from popsync.contract.codec import Codec, DecodeError
-from popsync.deadletter import dead_letter
+from popsync.deadletter import DeadLetterLimit, dead_letter
 from popsync.domain.rules import RuleViolation, check_event
 from popsync.runtime import InboundMessage, Worker, make_app, register_batch_agent
 from popsync.settings import Settings
@@ -46,6 +46,7 @@ class ValidatorStep:
         self._skew = timedelta(seconds=settings.processing.future_skew_seconds)
         self._producer = producer
         self._clock = clock
+        self._limit = DeadLetterLimit(settings.dead_letter_limit, STAGE)
 
     def route(self, message: InboundMessage, now: datetime) -> Routed:
         """The one output for one input message."""
@@ -85,6 +86,8 @@ class ValidatorStep:
         started = time.perf_counter()
         now = self._clock()
         routed = [self.route(message, now) for message in batch]
+        # Before sending: a worker stopped by the limit has sent nothing of this batch.
+        self._limit.observe((msg, r.reason) for msg, r in zip(batch, routed, strict=True))
         await self._producer.send_all([r.output for r in routed])
         # Counted only once delivered, so a retried batch is not counted twice.
         for r in routed:

@@ -30,10 +30,9 @@ def pipeline(stack: EmbeddedStack) -> Iterator[Settings]:
     """Topics, schema and the three workers, shared by the pipeline tests."""
     settings = stack.settings_for("pipeline")
     stack.prepare(settings)
-    for name in WORKER_NAMES:
-        stack.start_worker(name, settings)
+    workers = [stack.start_worker(name, settings) for name in WORKER_NAMES]
     yield settings
-    for worker in stack.workers:
+    for worker in workers:
         assert worker.alive, f"worker {worker.name} died; see {worker.log_path}"
     stack.stop_workers()
 

@@ -5,8 +5,9 @@ undisturbed, once while workers are killed with SIGKILL and restarted, each kind
 in turn, several times. The `citizens`, `citizen_history` and `citizen_conflicts`
 tables of both runs must be equal: no event lost, no history row duplicated.
 
-Size: `--crash-citizens N` (default 1,500 citizens ≈ 8,000 events, for CI);
-`--crash-citizens 9000` gives ≥ 50,000 events (see README, RELIABILITY).
+Size: `--crash-citizens N` (default 1,500 citizens ≈ 8,000 events, for CI) and
+`--crash-kills K` (default 2 kills of each kind); `--crash-citizens 9200` gives
+over 50,000 events (see README, RELIABILITY).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from popsync.stack import EmbeddedStack, WorkerProcess, wait_until
 
 pytestmark = pytest.mark.integration
 
-KILLS_PER_KIND = 2
 SEED = 20250701
 
 # Columns that depend on wall time (applied_at, written_at, detected_at) are left out:
@@ -129,7 +129,9 @@ def stream(request: pytest.FixtureRequest) -> tuple[list[SimulatedMessage], date
 
 
 def test_kill_9_of_any_worker_changes_nothing_in_the_store(
-    stack: EmbeddedStack, stream: tuple[list[SimulatedMessage], datetime]
+    stack: EmbeddedStack,
+    stream: tuple[list[SimulatedMessage], datetime],
+    request: pytest.FixtureRequest,
 ) -> None:
     messages, now = stream
     undisturbed = stack.isolated_settings("crashref")
@@ -149,7 +151,8 @@ def test_kill_9_of_any_worker_changes_nothing_in_the_store(
     stack.prepare(crashed)
     pipeline = CrashingPipeline(stack, crashed)
     rng = random.Random(SEED)
-    kills: list[WorkerName] = [name for _ in range(KILLS_PER_KIND) for name in WORKER_NAMES]
+    kills_per_kind = int(request.config.getoption("--crash-kills"))
+    kills: list[WorkerName] = [name for _ in range(kills_per_kind) for name in WORKER_NAMES]
     parts = chunks(messages, len(kills) + 1)
     for part, victim in zip(parts, kills, strict=False):
         publish(crashed, part)
