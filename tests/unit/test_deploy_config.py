@@ -19,6 +19,7 @@ import pytest
 from pydantic import BaseModel
 
 from popsync.contract.schemas import SCHEMA_DIR_ENV
+from popsync.runtime import STOP_MARGIN_SECONDS
 from popsync.settings import WORKER_NAMES, Settings
 
 yaml = pytest.importorskip("yaml")
@@ -208,3 +209,18 @@ def test_production_replicas_never_exceed_partitions(monkeypatch: pytest.MonkeyP
             f"{deployment['metadata']['name']}: {replicas} replicas > "
             f"{settings.topics.partitions} partitions; the extra consumers would sit idle"
         )
+
+
+def test_pods_and_containers_wait_longer_than_a_drain() -> None:
+    """SIGKILL must not come before the worker's own grace period and watchdog are over."""
+    longest_drain = Settings().processing.shutdown_grace_seconds + STOP_MARGIN_SECONDS
+    periods = [
+        int(doc["terminationGracePeriodSeconds"])
+        for path in k8s_files()
+        for doc in walk(list(yaml.safe_load_all(path.read_text(encoding="utf-8"))))
+        if "terminationGracePeriodSeconds" in doc
+    ]
+    assert len(periods) == len(WORKER_NAMES)
+    assert min(periods) > longest_drain
+    compose_grace = compose()["x-popsync-worker"]["stop_grace_period"]
+    assert int(compose_grace.removesuffix("s")) > longest_drain
