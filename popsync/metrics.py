@@ -76,3 +76,33 @@ DEAD_LETTERS_IN_A_ROW = Gauge(
     "POPSYNC_DEAD_LETTER_LIMIT__MAX_CONSECUTIVE.",
     ["stage"],
 )
+EVENT_TO_STORE_SECONDS = Histogram(
+    "popsync_event_to_store_seconds",
+    "From the moment the registry recorded an event (recorded_at) to the commit of its "
+    "citizen update in the central store.",
+    ["source_registry"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
+CONSUMER_LAG = Gauge(
+    "popsync_consumer_lag_messages",
+    "Messages between a worker's position and the partition's high-water mark (from fetch "
+    "responses, not ListOffsets).",
+    ["worker", "topic", "partition"],
+)
+LAST_EVENT_TIMESTAMP = Gauge(
+    "popsync_last_event_recorded_timestamp_seconds",
+    "recorded_at (Unix time) of the newest event the validator has seen, per source registry "
+    "and current province: how fresh each registry's stream is.",
+    ["source_registry", "province"],
+)
+WORKER_UP = Gauge(
+    "popsync_worker_up",
+    "1 while the worker process runs its consumer loop.",
+    ["worker"],
+)
+WORKER_READY = Gauge(
+    "popsync_worker_ready",
+    "1 when the worker has partitions assigned and its lag is below "
+    "POPSYNC_OBSERVABILITY__READY_MAX_LAG (what /readyz answers).",
+    ["worker"],
+)

@@ -102,6 +102,16 @@ class DeadLetterLimitSettings(_Section):
     max_consecutive: int = Field(200, ge=1, description="Stop after this many parked in a row")
 
 
+class ObservabilitySettings(_Section):
+    """The HTTP endpoint of every worker: /metrics, /healthz, /readyz."""
+
+    bind_host: str = Field("0.0.0.0", description="Interface of the endpoint")  # noqa: S104
+    port: int = Field(9400, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz")
+    ready_max_lag: int = Field(
+        10_000, ge=0, description="/readyz fails while the consumer lag exceeds this"
+    )
+
+
 class Settings(BaseSettings):
     """popsync settings; immutable once read."""
 
@@ -115,4 +125,5 @@ class Settings(BaseSettings):
     postgres: PostgresSettings = PostgresSettings()
     processing: ProcessingSettings = ProcessingSettings()
     dead_letter_limit: DeadLetterLimitSettings = DeadLetterLimitSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
