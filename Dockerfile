@@ -50,7 +50,11 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /var/lib/popsync
 USER 10001:10001
 
-# No HEALTHCHECK yet: workers expose no endpoint. It comes with the metrics endpoint.
+# Workers serve /metrics, /healthz and /readyz on POPSYNC_OBSERVABILITY__PORT (9400).
+# No HEALTHCHECK here: the same image runs one-shot commands (`topics create`,
+# `db migrate`) that serve nothing; docker-compose.yml gives the workers theirs, and
+# Kubernetes probes /healthz and /readyz.
+EXPOSE 9400
 # Exec form: popsync is PID 1 and gets SIGTERM directly; mode's worker stops faust cleanly.
 ENTRYPOINT ["popsync"]
 CMD ["--help"]

@@ -10,4 +10,8 @@ test:            ## unit and integration tests (real broker and PostgreSQL)
 demo:            ## the whole pipeline on embedded services
 	popsync demo
 generate:        ## regenerate pydantic models from schemas/avro
-	popsync contract generate
+	python -m popsync.contract.codegen
+.PHONY: bench bench-matching
+bench: bench-matching  ## run every benchmark; figures in bench/results/ (see bench/README.md)
+bench-matching:  ## record matching: precision, recall, review band -> bench/results/matching.json
+	python -m bench.matching

@@ -35,8 +35,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = Settings()
     name: WorkerName = args.name
-    if name != "validator":
-        migrate(settings)  # idempotent; workers that write PostgreSQL own its schema
+    migrate(settings)  # idempotent; every worker writes PostgreSQL (the validator: identity)
     module = importlib.import_module(SERVICE_MODULES[name])
     run_worker(module.build(settings), settings)
     return 0
@@ -114,7 +113,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from popsync.demo import run_demo
 
     return run_demo(
-        citizens=args.citizens, seed=args.seed, workdir=args.workdir, timeout=args.timeout
+        citizens=args.citizens,
+        seed=args.seed,
+        workdir=args.workdir,
+        timeout=args.timeout,
+        with_prometheus=args.with_prometheus,
     )
 
 
@@ -158,6 +161,44 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def cmd_review_list(_: argparse.Namespace) -> int:
+    import psycopg
+
+    from popsync import review
+
+    try:
+        return review.list_reviews(Settings())
+    except psycopg.Error as exc:
+        print(f"popsync review list: database error: {_first_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def cmd_review_resolve(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from popsync import review
+    from popsync.adapters.kafka import DeliveryFailed
+
+    try:
+        resolution = review.resolve(Settings(), args.id, link=args.link, operator=args.operator)
+    except review.ReviewError as exc:
+        print(f"popsync review resolve: {exc}", file=sys.stderr)
+        return 2
+    except DeliveryFailed as exc:
+        print(f"popsync review resolve: not sent, nothing marked: {exc}", file=sys.stderr)
+        return 1
+    except psycopg.Error as exc:
+        print(f"popsync review resolve: database error: {_first_line(exc)}", file=sys.stderr)
+        return 1
+    print(review.describe(resolution))
+    return 0
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _add_dlq_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reason", action="append", default=[], type=str.upper, help="reason code (repeatable)"
@@ -189,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=2025)
     demo.add_argument("--workdir", type=Path, default=None, help="default: a temp dir")
     demo.add_argument("--timeout", type=float, default=600, help="seconds to converge")
+    demo.add_argument(
+        "--with-prometheus",
+        action="store_true",
+        help="also run Prometheus (`prometheus` on PATH) scraping every worker's /metrics",
+    )
     demo.set_defaults(func=cmd_demo)
 
     worker = sub.add_parser("worker", help="run one worker (config from POPSYNC_* env)")
@@ -238,6 +284,29 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_replay.add_argument("--all", action="store_true", help="replay every dead letter")
     dlq_replay.add_argument("--dry-run", action="store_true", help="count, send nothing")
     dlq_replay.set_defaults(func=cmd_dlq_replay)
+
+    reviews = sub.add_parser(
+        "review", help="sector records waiting for an operator to confirm or reject a match"
+    )
+    reviews_sub = reviews.add_subparsers(dest="review_command", required=True)
+    reviews_sub.add_parser(
+        "list",
+        help="pending reviews: id, source, age, best score, candidates (PINs masked)",
+    ).set_defaults(func=cmd_review_list)
+    resolve = reviews_sub.add_parser(
+        "resolve",
+        help="settle a pending review: link the record to a citizen, or reject it",
+        description="Settle one pending review. --link PIN re-publishes the sector record with "
+        "that subject PIN (a new event id derived from the review id, correlation id = the "
+        "review id), so it reaches the citizen's history; --reject reports it unmatched. A "
+        "review is settled once: an unknown or settled id exits with code 2.",
+    )
+    resolve.add_argument("id", help="review id (as `popsync review list` shows it)")
+    decision = resolve.add_mutually_exclusive_group(required=True)
+    decision.add_argument("--link", metavar="PIN", help="the citizen the record is about")
+    decision.add_argument("--reject", action="store_true", help="no citizen: report unmatched")
+    resolve.add_argument("--operator", help="who decides (default: $USER)")
+    resolve.set_defaults(func=cmd_review_resolve)
 
     contract = sub.add_parser("contract", help="the Avro contract")
     contract_sub = contract.add_subparsers(dest="contract_command", required=True)

@@ -3,7 +3,9 @@
 Starts a Kafka-protocol broker and PostgreSQL, creates the topics and schema,
 runs one process per worker, publishes a simulated stream from many registries
 and provinces, waits until the store has converged, checks the store against a
-reference fold of the same stream, and prints a summary.
+reference fold of the same stream, and prints a summary. With `--with-prometheus` it
+also runs a real Prometheus (the `prometheus` binary on PATH) scraping every worker's
+`/metrics`, prints its URL, and checks a PromQL count against the published stream.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
@@ -28,6 +31,8 @@ from popsync.adapters.kafka import BatchProducer
 from popsync.contract import models as m
 from popsync.domain.merge import fold
 from popsync.domain.rules import RuleViolation, check_event
+from popsync.embedded.prometheus import JOB as PROMETHEUS_JOB
+from popsync.embedded.prometheus import EmbeddedPrometheus, PrometheusStartError
 from popsync.publisher import Publisher
 from popsync.settings import WORKER_NAMES, Settings
 from popsync.simulate.generator import SimulatedMessage, simulate
@@ -44,6 +49,7 @@ class Expectation:
     duplicates: int = 0
     conflicts: int = 0
     snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reasons: Counter[str] = field(default_factory=Counter)  # of the invalid events
 
 
 def expect(messages: Sequence[SimulatedMessage], now: datetime, skew: timedelta) -> Expectation:
@@ -53,8 +59,9 @@ def expect(messages: Sequence[SimulatedMessage], now: datetime, skew: timedelta)
     for message in messages:
         try:
             event = check_event(message.event, message.key, now, skew)
-        except RuleViolation:
+        except RuleViolation as violation:
             result.invalid += 1
+            result.reasons[violation.reason] += 1
             continue
         events = per_citizen.setdefault(event.subject_pin or "", {})
         if event.event_id in events:
@@ -124,27 +131,50 @@ def _raise_interrupt(_: int, __: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def run_demo(citizens: int, seed: int, workdir: Path | None, timeout: float) -> int:
+def run_demo(
+    citizens: int,
+    seed: int,
+    workdir: Path | None,
+    timeout: float,
+    with_prometheus: bool = False,
+) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)  # stop cleanly on SIGTERM as on Ctrl-C
     root = workdir or Path(tempfile.mkdtemp(prefix="popsync-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     print(f"popsync demo: {citizens} citizens, seed {seed}; logs and data in {root}")
     stack = EmbeddedStack(root)
+    prometheus = EmbeddedPrometheus(root / "prometheus") if with_prometheus else None
     try:
-        return _run(stack, citizens, seed, timeout)
+        return _run(stack, citizens, seed, timeout, prometheus)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping workers, broker and database", file=sys.stderr)
         return 130
     finally:
+        if prometheus is not None:
+            prometheus.stop()
         stack.stop()
 
 
-def _run(stack: EmbeddedStack, citizens: int, seed: int, timeout: float) -> int:
+def _run(
+    stack: EmbeddedStack,
+    citizens: int,
+    seed: int,
+    timeout: float,
+    prometheus: EmbeddedPrometheus | None = None,
+) -> int:
     stack.start()
     settings = stack.settings_for("popsync")
     stack.prepare(settings)
     for name in WORKER_NAMES:
         stack.start_worker(name, settings)
+    if prometheus is not None:
+        prometheus.set_targets((worker.name, worker.target) for worker in stack.workers)
+        try:
+            prometheus.start()
+        except PrometheusStartError as exc:
+            print(f"popsync demo: {exc}", file=sys.stderr)
+            return 1
+        print(f"Prometheus: {prometheus.url} (job {PROMETHEUS_JOB}, scraping every worker)")
 
     now = datetime.now(UTC)
     messages = simulate(citizens, seed=seed, now=now)
@@ -175,7 +205,8 @@ def _run(stack: EmbeddedStack, citizens: int, seed: int, timeout: float) -> int:
     matching = store_matches(dsn, expected.snapshots)
 
     _print_summary(expected, dead_letters, counts, matching, elapsed)
-    ok = (
+    scraped = prometheus is None or _check_prometheus(prometheus, expected.published)
+    ok = scraped and (
         converged
         and counts.history == expected.history_rows
         and counts.open_conflicts == expected.conflicts
@@ -185,6 +216,23 @@ def _run(stack: EmbeddedStack, citizens: int, seed: int, timeout: float) -> int:
     if not ok:
         print("demo did NOT converge to the expected state", file=sys.stderr)
     return 0 if ok else 1
+
+
+PROMQL_CONSUMED = f'sum(popsync_events_consumed_total{{job="{PROMETHEUS_JOB}",worker="validator"}})'
+
+
+def _check_prometheus(prometheus: EmbeddedPrometheus, published: int, timeout: float = 30) -> bool:
+    """Ask Prometheus what the validator consumed: every published event, once scraped."""
+    deadline = time.monotonic() + timeout
+    value = prometheus.value(PROMQL_CONSUMED)
+    while value != published and time.monotonic() < deadline:
+        time.sleep(1)
+        value = prometheus.value(PROMQL_CONSUMED)
+    shown = "no result" if value is None else f"{value:,.0f}"
+    verdict = "OK" if value == published else "MISMATCH"
+    print(f"  {'PromQL check':<24}{PROMQL_CONSUMED} = {shown} (published {published:,}): {verdict}")
+    print(f"  {'Prometheus':<24}{prometheus.url}/graph?g0.expr={quote(PROMQL_CONSUMED)}")
+    return value == published
 
 
 def _print_summary(

@@ -106,3 +106,9 @@ WORKER_READY = Gauge(
     "POPSYNC_OBSERVABILITY__READY_MAX_LAG (what /readyz answers).",
     ["worker"],
 )
+MATCH_OUTCOMES = Counter(
+    "popsync_match_outcomes_total",
+    "Sector records without a PIN, by how the validator's matcher decided them: LINKED "
+    "(linked automatically), REVIEW (sent to the review queue), UNMATCHED (reported).",
+    ["source_registry", "outcome"],
+)

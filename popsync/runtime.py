@@ -25,6 +25,7 @@ re-delivered and re-applied idempotently. A watchdog ends the process
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import functools
 import logging
@@ -44,7 +45,7 @@ import faust
 from confluent_kafka import Consumer, TopicPartition
 from faust.types import AppT
 
-from popsync import metrics
+from popsync import metrics, observability
 from popsync.settings import KafkaSettings, Settings, WorkerName
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,12 @@ BatchStep = Callable[[Sequence[InboundMessage]], Awaitable[None]]
 PartitionKey = tuple[str, int]  # (topic, partition)
 
 
+_worker_names: weakref.WeakKeyDictionary[faust.App, WorkerName] = weakref.WeakKeyDictionary()
+
+
 def make_app(settings: Settings, worker: WorkerName) -> faust.App:
     """A faust app for one worker kind; every instance of it joins one group."""
-    return faust.App(
+    app = faust.App(
         settings.groups.for_worker(worker),
         broker=[f"kafka://{host}" for host in settings.kafka.bootstrap_servers.split(",")],
         broker_client_id=f"{settings.kafka.client_id}-{worker}",
@@ -106,6 +110,8 @@ def make_app(settings: Settings, worker: WorkerName) -> faust.App:
         stream_wait_empty=True,
         store="memory://",
     )
+    _worker_names[app] = worker
+    return app
 
 
 def faust_credentials(kafka: KafkaSettings) -> Any:
@@ -229,6 +235,7 @@ def register_batch_agent(
     """Feed batches of `topic_name` to `step`, retrying it until it succeeds."""
     processing = settings.processing
     drain = drain_controller(app)
+    worker = _worker_names.get(app, label)  # the metrics' `worker` label, whatever the topic
 
     @app.agent(raw_topic(app, topic_name), name=label)
     async def consume(stream: Any) -> None:
@@ -243,7 +250,9 @@ def register_batch_agent(
             batch = [_inbound(event) for event in events]
             with drain.batch():
                 try:
-                    await retry_until_done(functools.partial(step, batch), label, settings)
+                    await retry_until_done(
+                        functools.partial(step, batch), label, settings, worker=worker
+                    )
                 except asyncio.CancelledError:
                     log.error("%s: stopped while a batch was not yet durable", label)
                     _exit_without_commit(EXIT_UNFINISHED_BATCH)
@@ -299,25 +308,38 @@ def _inbound(event: Any) -> InboundMessage:
     )
 
 
+_waiting: collections.Counter[str] = collections.Counter()  # agents backing off, per worker
+
+
 async def retry_until_done(
-    attempt: Callable[[], Awaitable[None]], label: str, settings: Settings
+    attempt: Callable[[], Awaitable[None]],
+    label: str,
+    settings: Settings,
+    worker: str | None = None,
 ) -> None:
     """Run `attempt` until it succeeds, backing off exponentially between faults.
 
     Only infrastructure faults reach here (steps route bad events themselves);
-    those pass, so waiting is right and skipping would lose events.
+    those pass, so waiting is right and skipping would lose events. `label` names
+    the agent in logs; metrics count per `worker` (default: `label`), waiting while
+    any of its agents is.
     """
+    worker = worker or label
     delay = settings.processing.retry_initial_seconds
     failures = 0
     while True:
         try:
             await attempt()
         except (asyncio.CancelledError, StopWorker):
+            if failures:
+                _waiting[worker] -= 1
             raise
         except Exception as exc:
             failures += 1
-            metrics.STEP_RETRIES.labels(label).inc()
-            metrics.WAITING_FOR_INFRASTRUCTURE.labels(label).set(1)
+            metrics.STEP_RETRIES.labels(worker).inc()
+            if failures == 1:
+                _waiting[worker] += 1
+            metrics.WAITING_FOR_INFRASTRUCTURE.labels(worker).set(1)
             log.warning(
                 "%s: step failed (%s: %s), attempt %d; waiting %.1fs before retrying",
                 label,
@@ -330,7 +352,8 @@ async def retry_until_done(
             delay = min(delay * 2, settings.processing.retry_max_seconds)
         else:
             if failures:
-                metrics.WAITING_FOR_INFRASTRUCTURE.labels(label).set(0)
+                _waiting[worker] -= 1
+                metrics.WAITING_FOR_INFRASTRUCTURE.labels(worker).set(int(_waiting[worker] > 0))
                 log.info("%s: step succeeded after %d retries", label, failures)
             return
 
@@ -502,8 +525,23 @@ class Worker:
 
 
 def run_worker(worker: Worker, settings: Settings) -> None:
-    """Run a worker in the foreground until SIGTERM/SIGINT, then drain (see module doc)."""
+    """Run a worker in the foreground until SIGTERM/SIGINT, then drain (see module doc).
+
+    Its HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, see `popsync.observability`)
+    serves from before faust starts until the worker has stopped.
+    """
     controller = drain_controller(worker.app)
+    health = observability.Health(_worker_names[worker.app], settings.observability.ready_max_lag)
+    endpoint = observability.Endpoint(
+        settings.observability.bind_host, settings.observability.port, health
+    ).start()
+
+    async def watch() -> None:
+        await observability.watch(
+            worker.app, health, lambda: controller.durable, lambda: controller.draining
+        )
+
+    worker.app.task(watch)  # starts once the app has started; ends with it
     runner = DrainingWorker(
         worker.app,
         controller=controller,
@@ -518,6 +556,8 @@ def run_worker(worker: Worker, settings: Settings) -> None:
         exit_code = done.code
         raise
     finally:
+        health.stopped()
+        endpoint.stop()
         for close in worker.closers:
             close()
         if controller.began_at is not None:

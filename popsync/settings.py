@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from popsync.identity.matching import MatchThresholds
+
 WorkerName = Literal["validator", "synchronizer", "store-writer"]
 WORKER_NAMES: tuple[WorkerName, ...] = ("validator", "synchronizer", "store-writer")
 
@@ -55,6 +57,15 @@ class TopicSettings(_Section):
     dead_letters: str = "popsync.dead-letters.v1"
     citizen_updates: str = "popsync.citizen-updates.v1"
     conflicts: str = "popsync.conflicts.v1"
+    identity_assigned: str = Field(
+        "popsync.identity-assigned.v1", description="PINs allocated to births, for registries"
+    )
+    match_reviews: str = Field(
+        "popsync.match-reviews.v1", description="Sector records awaiting an operator's decision"
+    )
+    unmatched_records: str = Field(
+        "popsync.unmatched-records.v1", description="Sector records no citizen matches"
+    )
     partitions: int = Field(6, ge=1, description="Partitions of every popsync topic")
     replication_factor: int = Field(1, ge=1, description="3 in production")
 
@@ -126,4 +137,7 @@ class Settings(BaseSettings):
     processing: ProcessingSettings = ProcessingSettings()
     dead_letter_limit: DeadLetterLimitSettings = DeadLetterLimitSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
+    # Thresholds of sector-record matching, in bits: POPSYNC_MATCHING__AUTO_LINK, __REVIEW,
+    # __MARGIN (popsync.identity.MatchThresholds).
+    matching: MatchThresholds = MatchThresholds()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,6 +33,17 @@ log = logging.getLogger(__name__)
 # A short session timeout: a group join waits about half of it on the embedded
 # broker (see shared notes); production keeps its own value.
 EMBEDDED_SESSION_TIMEOUT_MS = 6000
+
+
+LOCALHOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A port free on this host now (racy by nature; fine for local processes)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOCALHOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -64,11 +76,20 @@ def provision(settings: Settings) -> None:
 
 
 class WorkerProcess:
-    """One `popsync worker NAME` subprocess, its output in a log file."""
+    """One `popsync worker NAME` subprocess, its output in a log file.
+
+    Several workers share this host, so each gets a free port of its own on 127.0.0.1
+    for its `/metrics`, `/healthz` and `/readyz` (`base_url`, `metrics_url`).
+    """
 
     def __init__(self, name: WorkerName, settings: Settings, log_path: Path) -> None:
         self.name = name
         self.log_path = log_path
+        self.port = free_port()
+        endpoint = {"bind_host": LOCALHOST, "port": self.port}
+        settings = settings.model_copy(
+            update={"observability": settings.observability.model_copy(update=endpoint)}
+        )
         env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("ab")
@@ -83,6 +104,19 @@ class WorkerProcess:
     @property
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    @property
+    def target(self) -> str:
+        """host:port of the worker's HTTP endpoint, as a Prometheus target."""
+        return f"{LOCALHOST}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.target}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.base_url}/metrics"
 
     def stop(self, timeout: float = 30) -> int | None:
         """SIGTERM, then SIGKILL after `timeout`; the exit code."""

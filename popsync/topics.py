@@ -41,4 +41,10 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
             **{"cleanup.policy": "compact", "min.compaction.lag.ms": str(7 * DAY_MS)},
         ),
         spec(t.conflicts, **{"retention.ms": str(90 * DAY_MS)}),
+        # Registries read their allocated PINs from here; kept as long as the input.
+        spec(t.identity_assigned, **{"retention.ms": str(30 * DAY_MS)}),
+        # Reviews stay in PostgreSQL (`match_reviews`) until resolved; the topic notifies.
+        spec(t.match_reviews, **{"retention.ms": str(90 * DAY_MS)}),
+        # Sector databases read the records to correct from here.
+        spec(t.unmatched_records, **{"retention.ms": str(90 * DAY_MS)}),
     ]

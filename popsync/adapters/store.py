@@ -18,7 +18,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -228,6 +228,7 @@ class Consumed:
 class WriteResult:
     written: int
     skipped: int  # already applied by an earlier delivery
+    records: tuple[m.CitizenUpdate | m.MergeConflict, ...] = field(default=(), compare=False)
 
 
 _CLAIM_PARTITIONS = """
@@ -265,8 +266,9 @@ class CitizenStore:
             for topic in sorted({c.topic for c in batch}):
                 of_topic = [c for c in batch if c.topic == topic]
                 fresh += await self._claim(cur, topic, of_topic)
-            await self._write_rows(cur, [c.record for c in fresh if c.record is not None])
-        return WriteResult(written=len(fresh), skipped=len(batch) - len(fresh))
+            records = tuple(c.record for c in fresh if c.record is not None)
+            await self._write_rows(cur, records)
+        return WriteResult(written=len(fresh), skipped=len(batch) - len(fresh), records=records)
 
     async def _claim(
         self, cur: psycopg.AsyncCursor[Any], topic: str, batch: Sequence[Consumed]

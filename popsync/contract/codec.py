@@ -22,6 +22,7 @@ from popsync.contract import models
 from popsync.contract.schemas import (
     ContractSchema,
     contract_schema,
+    earlier_versions,
     full_name,
     raw_schema,
     short_name,
@@ -65,7 +66,7 @@ class Codec:
     def __init__(self, model: type[M], writers: tuple[ContractSchema, ...] = ()) -> None:
         self.model = model
         self.schema = contract_schema(short_name(model.AVRO_NAME))
-        known = (self.schema, *writers)
+        known = (self.schema, *earlier_versions(self.schema.name), *writers)
         self._writers: Mapping[bytes, ContractSchema] = {s.fingerprint: s for s in known}
         self._header = MAGIC + self.schema.fingerprint
         self._plain_writers: dict[bytes, Any] = {}  # see _well_formed

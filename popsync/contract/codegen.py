@@ -162,3 +162,9 @@ def write(path: Path = GENERATED_PATH) -> bool:
         return False
     path.write_text(text, encoding="utf-8")
     return True
+
+
+if __name__ == "__main__":
+    # Works even while models.py is stale, when importing the CLI (which needs the
+    # codec, which needs the models) cannot.
+    print("models.py regenerated" if write() else "models.py up to date")

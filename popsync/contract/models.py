@@ -115,6 +115,8 @@ class EventType(StrEnum):
     TEMPORARY_RESIDENCE_REGISTERED = "TEMPORARY_RESIDENCE_REGISTERED"
     RESIDENCE_DEREGISTERED = "RESIDENCE_DEREGISTERED"
     ID_CARD_ISSUED = "ID_CARD_ISSUED"
+    DEATH_ANNULLED = "DEATH_ANNULLED"
+    SECTOR_RECORD_REGISTERED = "SECTOR_RECORD_REGISTERED"
     UNKNOWN = "UNKNOWN"
 
 
@@ -143,6 +145,7 @@ class CitizenUpdate(ContractModel):
     source_registry: SourceRegistry = Field(description='Registry of that event.')
     occurred_at: AwareDatetime = Field(description='When that event happened in law.')
     applied_at: AwareDatetime = Field(description='When the synchronizer applied it.')
+    recorded_at: AwareDatetime | None = Field(default=None, description='When the local registry recorded that event (its recorded_at), for the event-to-store latency; null in updates written before this field existed.')
 
 
 class CivilStatusChangeKind(StrEnum):
@@ -166,6 +169,7 @@ class CivilStatusChanged(ContractModel):
     corrected_sex: Sex | None = Field(default=None, description='Corrected sex, for a correction.')
     effective_date: date = Field(description='Date the change took legal effect.')
     decision_number: str = Field(description='Number of the decision that made the change.')
+    previous_pin: str | None = Field(default=None, description='For a CORRECTION of the PIN itself: the PIN the citizen was known by before; it becomes an alias of the subject PIN.')
 
 
 class DeadLetter(ContractModel):
@@ -185,6 +189,16 @@ class DeadLetter(ContractModel):
     source_registry: str | None = Field(default=None, description='Source registry, when known.')
     source_province: str | None = Field(default=None, description='Source province code, when known.')
     failed_at: AwareDatetime = Field(description='When the message was dead-lettered.')
+
+
+class DeathAnnulled(ContractModel):
+    """Civil status: a court decision annulled a death registration. The registration is void from the start: the citizen is alive again, and events it had blocked apply."""
+
+    AVRO_NAME: ClassVar[str] = "vn.gov.popsync.DeathAnnulled"
+
+    death_registration_number: str = Field(description='Number of the death registration the decision annuls.')
+    court_decision_number: str = Field(description='Number of the court decision.')
+    decision_date: date = Field(description='Date the decision took legal effect.')
 
 
 class DeathRegistered(ContractModel):
@@ -213,6 +227,20 @@ class IdCardIssued(ContractModel):
     AVRO_NAME: ClassVar[str] = "vn.gov.popsync.IdCardIssued"
 
     card: IdCard = Field(description='The issued card.')
+    previous_id_number: str | None = Field(default=None, description='Number of the identity document this card replaces when it was not the PIN (a 9-digit CMND); it becomes an alias of the citizen.')
+
+
+class IdentityAssigned(ContractModel):
+    """A new personal identification number allocated for a birth that was registered without one, sent back so that the registering registry learns it."""
+
+    AVRO_NAME: ClassVar[str] = "vn.gov.popsync.IdentityAssigned"
+
+    pin: str = Field(description='The allocated PIN: registering province, gender/century digit, birth year, serial.')
+    event_id: str = Field(description='The birth registration event the PIN was allocated for; the same event always gets the same PIN.')
+    source_registry: SourceRegistry = Field(description='Registry that sent the birth registration.')
+    source_province: str = Field(description='Current code of the registering province (its 3-digit form opens the PIN).')
+    registration_number: str = Field(description="The registry's birth registration number, by which it finds its record.")
+    assigned_at: AwareDatetime = Field(description='When the PIN was allocated (the first time; a replay keeps the PIN).')
 
 
 class MarriageRegistered(ContractModel):
@@ -224,6 +252,31 @@ class MarriageRegistered(ContractModel):
     spouse_full_name: str = Field(description='Full name of the spouse, NFC.')
     marriage_date: date = Field(description='Date the marriage was registered.')
     registration_number: str = Field(description='Number of the marriage registration.')
+
+
+class MatchCandidate(ContractModel):
+    """A citizen a sector record may be about, with the matcher's score."""
+
+    AVRO_NAME: ClassVar[str] = "vn.gov.popsync.MatchCandidate"
+
+    pin: str = Field(description='PIN of the candidate citizen.')
+    score: float = Field(description="Match score in bits (sum of the field comparisons' log2 likelihood ratios); higher is more likely the same person.")
+
+
+class MatchReview(ContractModel):
+    """A sector record without PIN whose best match lies between the review and the auto-link thresholds (or is ambiguous): an operator decides (`popsync review resolve`)."""
+
+    AVRO_NAME: ClassVar[str] = "vn.gov.popsync.MatchReview"
+
+    review_id: str = Field(description="Id of the pending review (the record's event id): what `popsync review resolve` takes.")
+    event_id: str = Field(description='Event id of the sector record under review.')
+    source_registry: SourceRegistry = Field(description='Sector database that sent the record.')
+    source_province: str = Field(description='Current code of the sending province.')
+    candidates: list[MatchCandidate] = Field(description='The top candidates, best first.')
+    score: float = Field(description='Score of the best candidate, in bits.')
+    method: str = Field(description='Matching pass that sent the record to review: ALIAS, EXACT or PROBABILISTIC.')
+    reason: str = Field(description='Reason code of the decision (popsync.identity.REASONS), e.g. BETWEEN_THRESHOLDS, EXACT_AMBIGUOUS.')
+    created_at: AwareDatetime = Field(description='When the review was opened (the first time; a re-delivered record keeps it).')
 
 
 class MergeConflict(ContractModel):
@@ -268,6 +321,20 @@ class ResidenceDeregistered(ContractModel):
     reason: str = Field(description='Legal ground for the deregistration, as sent.')
 
 
+class SectorRecordRegistered(ContractModel):
+    """A sector database (social insurance, civil servants) registered or updated its record of a person. It changes no citizen field (sector databases own none): it joins the citizen's events for the audit. Sent without subject_pin when the sector does not know the PIN: the validator then matches it to a citizen (linked, sent to review, or reported unmatched)."""
+
+    AVRO_NAME: ClassVar[str] = "vn.gov.popsync.SectorRecordRegistered"
+
+    record_number: str = Field(description="The sector database's own id of the record (e.g. a social insurance book number), by which it finds its record.")
+    full_name: str = Field(description='Full name as the sector database holds it, NFC; may lack diacritics or carry typos.')
+    birth_date: date = Field(description='Date of birth as the sector database holds it.')
+    sex: Sex = Field(description='Sex as the sector database holds it.')
+    birthplace_province: str | None = Field(default=None, description='Province code of the birthplace (current or legacy), when the record has one.')
+    hometown_province: str | None = Field(default=None, description="Province code of the hometown (quê quán: the family's place of origin; current or legacy), when the record has one.")
+    legacy_id: str | None = Field(default=None, description="The person's 9-digit CMND (identity-card number before PINs) as the record holds it, when it has one; matched against the citizens' aliases.")
+
+
 class TemporaryResidenceRegistered(ContractModel):
     """Residence: a temporary residence was registered (replaces the previous one)."""
 
@@ -287,10 +354,27 @@ class RegistryEvent(ContractModel):
     event_type: EventType = Field(description="Kind of change; must match the payload's record type.")
     source_registry: SourceRegistry = Field(description='Registry that produced the event; must be authoritative for the event type.')
     source_province: str = Field(description='Province code of the publishing local registry (current, or legacy as still sent by old systems).')
-    subject_pin: str | None = Field(default=None, description='12-digit personal identification number of the citizen the event is about; also the message key. Null only for a birth still awaiting a PIN.')
+    subject_pin: str | None = Field(default=None, description='12-digit personal identification number of the citizen the event is about; also the message key. Null only for a birth still awaiting a PIN, or a sector record (SECTOR_RECORD_REGISTERED) the validator matches to a citizen.')
+    subject_legacy_id: str | None = Field(default=None, description="A legacy identifier of the subject (a 9-digit CMND, or a PIN replaced by a correction) for a registry that does not know the current PIN; resolved to the current PIN through the citizen's aliases. On validated events: the identifier that was resolved.")
     occurred_at: AwareDatetime = Field(description='When the change happened in law (UTC instant); later occurred_at wins within an authority.')
     recorded_at: AwareDatetime = Field(description='When the local registry recorded the change (UTC instant).')
     source_sequence: int = Field(description='Monotonic sequence number of this event within its source registry and province.')
     schema_version: int = Field(default=1, description='Version of this contract the publisher wrote.')
     correlation_id: str | None = Field(default=None, description='Id tying together events of one administrative procedure, for tracing.')
-    payload: BirthRegistered | DeathRegistered | MarriageRegistered | DivorceRecorded | CivilStatusChanged | PermanentResidenceRegistered | TemporaryResidenceRegistered | ResidenceDeregistered | IdCardIssued = Field(description='Typed body of the change; its record type matches event_type.')
+    payload: BirthRegistered | DeathRegistered | MarriageRegistered | DivorceRecorded | CivilStatusChanged | PermanentResidenceRegistered | TemporaryResidenceRegistered | ResidenceDeregistered | IdCardIssued | DeathAnnulled | SectorRecordRegistered = Field(description='Typed body of the change; its record type matches event_type.')
+
+
+class UnmatchedRecord(ContractModel):
+    """A sector record without PIN that no citizen matches: below the review threshold, or rejected by an operator in review. Reported so that the sector database can correct its record."""
+
+    AVRO_NAME: ClassVar[str] = "vn.gov.popsync.UnmatchedRecord"
+
+    event_id: str = Field(description='Event id of the unmatched sector record.')
+    source_registry: SourceRegistry = Field(description='Sector database that sent the record.')
+    source_province: str = Field(description='Current code of the sending province.')
+    record_number: str = Field(description="The sector database's id of the record, by which it finds it.")
+    reason: str = Field(description="Reason code: the matcher's (BELOW_REVIEW, NO_CANDIDATE) or REVIEW_REJECTED.")
+    score: float = Field(description='Score of the best candidate in bits; 0 when there was none.')
+    decided_by: str = Field(description='popsync for an automatic decision, else the operator who rejected the review.')
+    decided_at: AwareDatetime = Field(description='When it was decided (the first time; a re-delivered record keeps it).')
+    review_id: str | None = Field(default=None, description='The review an operator rejected, when the record went through review.')

@@ -13,13 +13,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastavro import parse_schema
 from fastavro.schema import fingerprint, load_schema, to_parsing_canonical_form
 
 NAMESPACE = "vn.gov.popsync"
 SCHEMA_DIR_ENV = "POPSYNC_SCHEMA_DIR"
 
 # Records that travel on a topic on their own; the others are parts of them.
-TOP_LEVEL_RECORDS = ("RegistryEvent", "CitizenUpdate", "MergeConflict", "DeadLetter")
+TOP_LEVEL_RECORDS = (
+    "RegistryEvent",
+    "CitizenUpdate",
+    "MergeConflict",
+    "DeadLetter",
+    "IdentityAssigned",
+    "MatchReview",
+    "UnmatchedRecord",
+)
 
 
 def schema_dir() -> Path:
@@ -70,3 +79,24 @@ def contract_schema(name: str) -> ContractSchema:
     canonical = to_parsing_canonical_form(parsed)
     digest = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
     return ContractSchema(name=short_name(name), parsed=parsed, fingerprint=digest)
+
+
+PREVIOUS_DIR = "previous"
+
+
+@functools.cache
+def earlier_versions(name: str) -> tuple[ContractSchema, ...]:
+    """Earlier writer versions of a top-level record that readers must still resolve.
+
+    A changed schema changes the fingerprint in every value written with it, so when a
+    record gains a field, the version it replaces is kept under `previous/` as one
+    self-contained schema (`<full name>.v<N>.avsc`, the types it uses inlined): records
+    written before the change (a compacted topic keeps them) stay readable.
+    """
+    found = []
+    for path in sorted((schema_dir() / PREVIOUS_DIR).glob(f"{full_name(name)}.v*.avsc")):
+        parsed = parse_schema(json.loads(path.read_text(encoding="utf-8")))
+        canonical = to_parsing_canonical_form(parsed)
+        digest = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
+        found.append(ContractSchema(name=short_name(name), parsed=parsed, fingerprint=digest))
+    return tuple(found)

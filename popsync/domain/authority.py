@@ -1,8 +1,10 @@
-"""Which registry is the authority for which event types and citizen fields.
+"""Which registries are the authority for which event types and citizen fields.
 
 One table for the concept: the validator rejects an event from a registry that
 is not authoritative for its type, and the merge only lets an event set the
-fields its registry owns.
+fields its registry owns. Most event types have one authority; a sector record
+comes from either sector database (social insurance, civil servants), which own
+no citizen field.
 """
 
 from __future__ import annotations
@@ -11,16 +13,22 @@ from collections.abc import Mapping
 
 from popsync.contract.models import EventType, SourceRegistry
 
-EVENT_AUTHORITY: Mapping[EventType, SourceRegistry] = {
-    EventType.BIRTH_REGISTERED: SourceRegistry.CIVIL_STATUS,
-    EventType.DEATH_REGISTERED: SourceRegistry.CIVIL_STATUS,
-    EventType.MARRIAGE_REGISTERED: SourceRegistry.CIVIL_STATUS,
-    EventType.DIVORCE_RECORDED: SourceRegistry.CIVIL_STATUS,
-    EventType.CIVIL_STATUS_CHANGED: SourceRegistry.CIVIL_STATUS,
-    EventType.PERMANENT_RESIDENCE_REGISTERED: SourceRegistry.RESIDENCE,
-    EventType.TEMPORARY_RESIDENCE_REGISTERED: SourceRegistry.RESIDENCE,
-    EventType.RESIDENCE_DEREGISTERED: SourceRegistry.RESIDENCE,
-    EventType.ID_CARD_ISSUED: SourceRegistry.ID_CARD,
+_CIVIL_STATUS = frozenset({SourceRegistry.CIVIL_STATUS})
+_RESIDENCE = frozenset({SourceRegistry.RESIDENCE})
+_SECTORS = frozenset({SourceRegistry.SOCIAL_INSURANCE, SourceRegistry.CIVIL_SERVANT})
+
+EVENT_AUTHORITY: Mapping[EventType, frozenset[SourceRegistry]] = {
+    EventType.BIRTH_REGISTERED: _CIVIL_STATUS,
+    EventType.DEATH_REGISTERED: _CIVIL_STATUS,
+    EventType.DEATH_ANNULLED: _CIVIL_STATUS,
+    EventType.MARRIAGE_REGISTERED: _CIVIL_STATUS,
+    EventType.DIVORCE_RECORDED: _CIVIL_STATUS,
+    EventType.CIVIL_STATUS_CHANGED: _CIVIL_STATUS,
+    EventType.PERMANENT_RESIDENCE_REGISTERED: _RESIDENCE,
+    EventType.TEMPORARY_RESIDENCE_REGISTERED: _RESIDENCE,
+    EventType.RESIDENCE_DEREGISTERED: _RESIDENCE,
+    EventType.ID_CARD_ISSUED: frozenset({SourceRegistry.ID_CARD}),
+    EventType.SECTOR_RECORD_REGISTERED: _SECTORS,
 }
 
 FIELD_AUTHORITY: Mapping[str, SourceRegistry] = {
@@ -45,6 +53,11 @@ FIELD_AUTHORITY: Mapping[str, SourceRegistry] = {
 }
 
 
-def authority_for(event_type: EventType) -> SourceRegistry | None:
-    """The registry allowed to publish `event_type`; None for an unknown type."""
-    return EVENT_AUTHORITY.get(event_type)
+def authorities_for(event_type: EventType) -> frozenset[SourceRegistry]:
+    """The registries allowed to publish `event_type`; empty for an unknown type."""
+    return EVENT_AUTHORITY.get(event_type, frozenset())
+
+
+def may_publish(source: SourceRegistry, event_type: EventType) -> bool:
+    """Whether `source` is an authority for `event_type`."""
+    return source in authorities_for(event_type)

@@ -21,7 +21,7 @@ with every new event and is the same for every arrival order.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -145,8 +145,13 @@ def fold(
     # A late-registered birth still bounds events that happened before it was recorded.
     births = [e.payload.birth_date for e in ordered if isinstance(e.payload, m.BirthRegistered)]
     registered_birth = births[0] if births else None
+    annulled = _annulled_deaths(ordered)
     for event in ordered:
+        if event.event_id in annulled:
+            continue  # void from the start: as if it had never been registered
         conflict = _precondition_failure(snapshot, event, snapshot.birth_date or registered_birth)
+        if conflict is None and isinstance(event.payload, m.DeathAnnulled):
+            conflict = _annulment_failure(event.payload, ordered)
         if conflict is None:
             changes = _RULES[type(event.payload)](snapshot, event.payload)
             conflict = _authority_failure(event, changes)
@@ -155,6 +160,33 @@ def fold(
             continue
         snapshot = snapshot.model_copy(update=changes)
     return snapshot, conflicts
+
+
+def _annulled_deaths(events: Sequence[m.RegistryEvent]) -> set[str]:
+    """Ids of the death registrations a court decision in the set annulled."""
+    numbers = {
+        e.payload.death_registration_number
+        for e in events
+        if isinstance(e.payload, m.DeathAnnulled)
+    }
+    return {
+        e.event_id
+        for e in events
+        if isinstance(e.payload, m.DeathRegistered) and e.payload.registration_number in numbers
+    }
+
+
+def _annulment_failure(
+    annulment: m.DeathAnnulled, events: Sequence[m.RegistryEvent]
+) -> Conflict | None:
+    # Until the annulled registration arrives, the decision has nothing to act on; the
+    # conflict resolves itself when it does.
+    for e in events:
+        if isinstance(e.payload, m.DeathRegistered) and (
+            e.payload.registration_number == annulment.death_registration_number
+        ):
+            return None
+    return Conflict("NO_DEATH_TO_ANNUL", "no death registration with the annulled number")
 
 
 def changed_fields(before: m.CitizenSnapshot, after: m.CitizenSnapshot) -> tuple[str, ...]:
@@ -180,7 +212,8 @@ def _precondition_failure(
     if snapshot.life_status is m.LifeStatus.DECEASED:
         if isinstance(payload, m.DeathRegistered):
             return Conflict("DEATH_ALREADY_REGISTERED", "a death is already registered")
-        if not isinstance(payload, m.CivilStatusChanged):
+        # Corrections, and a court annulling the death itself, still apply.
+        if not isinstance(payload, m.CivilStatusChanged | m.DeathAnnulled):
             return Conflict("SUBJECT_DECEASED", "event dated after the citizen's death")
     if (
         isinstance(payload, m.DeathRegistered)
@@ -261,9 +294,18 @@ def _id_card(_: m.CitizenSnapshot, p: m.IdCardIssued) -> Changes:
     return {"id_card": p.card}
 
 
+def _death_annulled(_: m.CitizenSnapshot, __: m.DeathAnnulled) -> Changes:
+    return {}  # its effect is that the annulled death is skipped by `fold`
+
+
+def _sector_record(_: m.CitizenSnapshot, __: m.SectorRecordRegistered) -> Changes:
+    return {}  # sector databases own no citizen field: the record joins the set, for the audit
+
+
 _RULES: Mapping[type[Any], Callable[[m.CitizenSnapshot, Any], Changes]] = {
     m.BirthRegistered: _birth,
     m.DeathRegistered: _death,
+    m.DeathAnnulled: _death_annulled,
     m.MarriageRegistered: _marriage,
     m.DivorceRecorded: _divorce,
     m.CivilStatusChanged: _civil_status_change,
@@ -271,4 +313,5 @@ _RULES: Mapping[type[Any], Callable[[m.CitizenSnapshot, Any], Changes]] = {
     m.TemporaryResidenceRegistered: _temporary,
     m.ResidenceDeregistered: _deregistered,
     m.IdCardIssued: _id_card,
+    m.SectorRecordRegistered: _sector_record,
 }

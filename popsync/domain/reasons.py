@@ -4,8 +4,8 @@ Each `Reason` names the stage that raises it, says in one line what was wrong (n
 with personal data) and whether it is *retryable*: whether the very same bytes could
 pass later without the registry sending a corrected event, because time catches up
 with a clock skew (`*_IN_FUTURE`), because a newer contract version or a missing
-capability gets deployed (`UNKNOWN_SCHEMA`, the `*_UNKNOWN` enum defaults,
-`PIN_MISSING` until PIN allocation exists) or because a bug gets fixed
+capability gets deployed (`UNKNOWN_SCHEMA`, the `*_UNKNOWN` enum defaults) or
+because a bug gets fixed
 (`INTERNAL_ERROR`). Every other reason is permanent: only a corrected event from the
 registry helps, so replaying its dead letters is pointless.
 
@@ -95,11 +95,10 @@ REASONS: Mapping[str, Reason] = _index(
         ),
         # ---- rules: message key and subject PIN ---------------------------------------------
         _rule(
-            "PIN_MISSING",
-            "a birth without a subject PIN (passes once PIN allocation exists)",
-            retryable=True,
+            "PIN_REQUIRED",
+            "an event other than a birth or a sector record has no subject PIN (a birth "
+            "without one gets a PIN allocated instead, a sector record is matched to a citizen)",
         ),
-        _rule("PIN_REQUIRED", "an event other than a birth has no subject PIN"),
         _rule(
             "PIN_NOT_12_DIGITS",
             "a PIN that is not exactly 12 ASCII digits (letters, wrong length, digits of "
@@ -134,6 +133,9 @@ REASONS: Mapping[str, Reason] = _index(
         # ---- rules: places ------------------------------------------------------------------
         _rule("SOURCE_PROVINCE_UNKNOWN", "source province code never existed (current or legacy)"),
         _rule("BIRTHPLACE_PROVINCE_UNKNOWN", "birthplace province code never existed"),
+        _rule(
+            "HOMETOWN_PROVINCE_UNKNOWN", "a sector record's hometown province code never existed"
+        ),
         _rule("DEATH_PLACE_PROVINCE_UNKNOWN", "death place province code never existed"),
         _rule("ADDRESS_PROVINCE_UNKNOWN", "address province code never existed"),
         _rule("COMMUNE_CODE_MALFORMED", "a commune code is not 5 ASCII digits"),
@@ -185,6 +187,20 @@ REASONS: Mapping[str, Reason] = _index(
         _rule("MOTHER_PIN_IS_SUBJECT", "mother's PIN is the subject's own"),
         _rule("SPOUSE_PIN_INVALID", "spouse's PIN is not a valid PIN"),
         _rule("SPOUSE_PIN_IS_SUBJECT", "spouse's PIN is the subject's own"),
+        _rule("PREVIOUS_PIN_INVALID", "a corrected PIN's previous PIN is not a valid PIN"),
+        _rule("PREVIOUS_PIN_IS_SUBJECT", "a corrected PIN's previous PIN is the subject's own"),
+        # ---- rules: aliases (legacy identifiers) --------------------------------------------
+        _rule(
+            "LEGACY_ID_MALFORMED",
+            "a legacy identifier that is not a 9-digit CMND (or, naming the subject, a "
+            "12-digit former PIN)",
+        ),
+        _rule(
+            "ALIAS_UNKNOWN",
+            "the subject is named by a legacy identifier no citizen is known by yet (passes "
+            "once the event that declares the alias has been processed)",
+            retryable=True,
+        ),
         # ---- rules: civil-status changes ----------------------------------------------------
         _rule(
             "CHANGE_KIND_UNKNOWN",
@@ -194,6 +210,11 @@ REASONS: Mapping[str, Reason] = _index(
         ),
         _rule("CHANGE_WITHOUT_VALUE", "a civil-status change carries none of its new values"),
         # ---- worker -------------------------------------------------------------------------
+        Reason(
+            "ALIAS_TAKEN",
+            "worker",
+            "the event declares an alias that already names another citizen",
+        ),
         Reason(
             "INTERNAL_ERROR",
             "worker",

@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 from popsync.contract import models as m
 from popsync.contract.codec import payload_record_for
-from popsync.domain.authority import authority_for
+from popsync.domain.aliases import is_legacy_id
+from popsync.domain.authority import may_publish
 from popsync.domain.legal_time import legal_date
 from popsync.domain.names import InvalidName, normalize_name
 from popsync.domain.pin import Pin, PinError, check_pin_matches, parse_pin
@@ -31,6 +32,7 @@ MAX_ID_LENGTH = 64  # event and correlation ids (UUIDs are 36)
 EARLIEST_DATE = date(1900, 1, 1)  # nothing a PIN can describe happened earlier
 _COMMUNE_CODE = re.compile(r"[0-9]{5}")  # ASCII only: \d would take other scripts' digits
 _CARD_NUMBER = re.compile(r"[0-9]{12}")
+_CMND = re.compile(r"[0-9]{9}")  # the identity-card number before PINs
 
 
 class RuleViolation(ValueError):
@@ -44,7 +46,11 @@ class RuleViolation(ValueError):
 def check_event(
     event: m.RegistryEvent, key: bytes | None, now: datetime, future_skew: timedelta
 ) -> m.RegistryEvent:
-    """The event, normalized, if every rule holds; else RuleViolation."""
+    """The event, normalized, if every rule holds; else RuleViolation.
+
+    A sector record without subject PIN passes with none: the validator matches it to a
+    citizen next (`popsync.identity`); every other event has its PIN checked here.
+    """
     _check_type_and_source(event)
     pin = _check_subject(event, key)
     latest = now + future_skew
@@ -61,7 +67,7 @@ def _check_type_and_source(event: m.RegistryEvent) -> None:
         raise RuleViolation("PAYLOAD_TYPE_MISMATCH", "payload record does not match event type")
     if event.source_registry is m.SourceRegistry.UNKNOWN:
         raise RuleViolation("SOURCE_UNKNOWN", "source registry unknown to this contract version")
-    if authority_for(event.event_type) is not event.source_registry:
+    if not may_publish(event.source_registry, event.event_type):
         raise RuleViolation(
             "SOURCE_NOT_AUTHORITATIVE",
             f"{event.source_registry.value} may not publish {event.event_type.value}",
@@ -71,12 +77,21 @@ def _check_type_and_source(event: m.RegistryEvent) -> None:
         _check_text("correlation_id", event.correlation_id, MAX_ID_LENGTH)
 
 
-def _check_subject(event: m.RegistryEvent, key: bytes | None) -> Pin:
+def _check_subject(event: m.RegistryEvent, key: bytes | None) -> Pin | None:
+    """The subject's PIN, checked with the message key; None only for a sector record the
+    validator matches to a citizen afterwards (it has no PIN, so any key will do)."""
     if event.subject_pin is None:
-        if isinstance(event.payload, m.BirthRegistered):
-            # PIN allocation for births without one is a separate capability.
-            raise RuleViolation("PIN_MISSING", "birth has no subject PIN yet")
-        raise RuleViolation("PIN_REQUIRED", "event other than a birth has no subject PIN")
+        # A birth without one is checked with a provisional PIN and then gets a real
+        # one (popsync.domain.allocation); a known alias was resolved to the PIN before
+        # the rules; a sector record without one is matched (popsync.identity); every
+        # other event must name its subject.
+        if event.subject_legacy_id is None and isinstance(event.payload, m.SectorRecordRegistered):
+            return None
+        if event.subject_legacy_id is None:
+            raise RuleViolation("PIN_REQUIRED", "event has no subject PIN")
+        if not is_legacy_id(event.subject_legacy_id):
+            raise RuleViolation("LEGACY_ID_MALFORMED", "subject legacy id is not 9 or 12 digits")
+        raise RuleViolation("ALIAS_UNKNOWN", "no citizen is known by the subject legacy id")
     try:
         pin = parse_pin(event.subject_pin)
     except PinError as exc:
@@ -136,6 +151,7 @@ _OTHER_PIN_REASONS: dict[str, tuple[str, str]] = {
     "father_pin": ("FATHER_PIN_INVALID", "FATHER_PIN_IS_SUBJECT"),
     "mother_pin": ("MOTHER_PIN_INVALID", "MOTHER_PIN_IS_SUBJECT"),
     "spouse_pin": ("SPOUSE_PIN_INVALID", "SPOUSE_PIN_IS_SUBJECT"),
+    "previous_pin": ("PREVIOUS_PIN_INVALID", "PREVIOUS_PIN_IS_SUBJECT"),
 }
 
 
@@ -227,6 +243,19 @@ def _death(p: m.DeathRegistered, pin: Pin, latest: date) -> m.DeathRegistered:
     )
 
 
+def _death_annulled(p: m.DeathAnnulled, pin: Pin, latest: date) -> m.DeathAnnulled:
+    _check_date("decision_date", p.decision_date, latest)
+    _check_not_before_birth_year("decision_date", p.decision_date, pin)
+    return p.model_copy(
+        update={
+            "death_registration_number": _check_text(
+                "death_registration_number", p.death_registration_number
+            ),
+            "court_decision_number": _check_text("court_decision_number", p.court_decision_number),
+        }
+    )
+
+
 def _marriage(p: m.MarriageRegistered, pin: Pin, latest: date) -> m.MarriageRegistered:
     _check_date("marriage_date", p.marriage_date, latest)
     _check_not_before_birth_year("marriage_date", p.marriage_date, pin)
@@ -258,6 +287,7 @@ _CHANGE_REQUIRES: dict[m.CivilStatusChangeKind, tuple[str, ...]] = {
         "new_ethnicity",
         "corrected_birth_date",
         "corrected_sex",
+        "previous_pin",
     ),
 }
 
@@ -278,6 +308,8 @@ def _civil_status(p: m.CivilStatusChanged, pin: Pin, latest: date) -> m.CivilSta
         update["new_full_name"] = _name("new_full_name", p.new_full_name)
     if p.new_ethnicity is not None:
         update["new_ethnicity"] = _check_text("new_ethnicity", p.new_ethnicity)
+    if p.previous_pin is not None:
+        update["previous_pin"] = _other_pin("previous_pin", p.previous_pin, pin)
     return p.model_copy(update=update)
 
 
@@ -305,6 +337,29 @@ def _deregistered(p: m.ResidenceDeregistered, pin: Pin, latest: date) -> m.Resid
     return p.model_copy(update={"reason": _check_text("reason", p.reason)})
 
 
+def _sector_record(
+    p: m.SectorRecordRegistered, _: Pin | None, latest: date
+) -> m.SectorRecordRegistered:
+    # Not checked against the subject PIN (birth year, sex): sector data is often wrong where
+    # the PIN is right, and it sets no citizen field; an operator may link a record whose
+    # birth date has its day and month swapped.
+    _check_date("birth_date", p.birth_date, latest)
+    if p.legacy_id is not None and not _CMND.fullmatch(p.legacy_id):
+        raise RuleViolation("LEGACY_ID_MALFORMED", "sector record legacy id is not a 9-digit CMND")
+    return p.model_copy(
+        update={
+            "record_number": _check_text("record_number", p.record_number),
+            "full_name": _name("full_name", p.full_name),
+            "birthplace_province": None
+            if p.birthplace_province is None
+            else _current_province(p.birthplace_province, "BIRTHPLACE_PROVINCE_UNKNOWN"),
+            "hometown_province": None
+            if p.hometown_province is None
+            else _current_province(p.hometown_province, "HOMETOWN_PROVINCE_UNKNOWN"),
+        }
+    )
+
+
 def _id_card(p: m.IdCardIssued, pin: Pin, latest: date) -> m.IdCardIssued:
     card = p.card
     if not _CARD_NUMBER.fullmatch(card.card_number):
@@ -314,12 +369,15 @@ def _id_card(p: m.IdCardIssued, pin: Pin, latest: date) -> m.IdCardIssued:
     if card.expiry_date is not None and card.expiry_date <= card.issue_date:
         raise RuleViolation("EXPIRY_BEFORE_ISSUE", "card expires before it is issued")
     authority = _check_text("issuing_authority", card.issuing_authority)
+    if p.previous_id_number is not None and not _CMND.fullmatch(p.previous_id_number):
+        raise RuleViolation("LEGACY_ID_MALFORMED", "previous id number is not a 9-digit CMND")
     return p.model_copy(update={"card": card.model_copy(update={"issuing_authority": authority})})
 
 
 _PAYLOAD_RULES: dict[type[Any], Any] = {
     m.BirthRegistered: _birth,
     m.DeathRegistered: _death,
+    m.DeathAnnulled: _death_annulled,
     m.MarriageRegistered: _marriage,
     m.DivorceRecorded: _divorce,
     m.CivilStatusChanged: _civil_status,
@@ -327,4 +385,5 @@ _PAYLOAD_RULES: dict[type[Any], Any] = {
     m.TemporaryResidenceRegistered: _temporary,
     m.ResidenceDeregistered: _deregistered,
     m.IdCardIssued: _id_card,
+    m.SectorRecordRegistered: _sector_record,
 }

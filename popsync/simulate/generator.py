@@ -1,15 +1,17 @@
 """Seeded, realistic stream of registry events for demos, load tests and pipeline tests.
 
 Every simulated citizen lives a coherent life (birth, residences, identity cards, marriages,
-divorces, name changes, death) that `popsync.domain.merge.fold` applies without a conflict.
+divorces, name changes, death, and for some a social insurance or civil servant record that
+carries the PIN) that `popsync.domain.merge.fold` applies without a conflict.
 On top of that the stream has what real registries produce: legacy province codes, arrival
 out of order, re-sends of the same event, and a known share of invalid events, each labelled
 with the exact reason `popsync.domain.rules.check_event` rejects it for. So a pipeline test
 can assert the outcome of every single message instead of eyeballing totals.
 
 Deterministic for a seed and `now`: the master `random.Random(seed)` seeds one generator for
-the life stories, one for the invalid events and one for the stream shaping, so changing the
-invalid/duplicate/reorder ratios never changes who the citizens are or what happens to them.
+the life stories, one for the invalid events, one for the stream shaping and one for the
+sector records, so changing the invalid/duplicate/reorder ratios never changes who the
+citizens are or what happens to them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import gc
 import itertools
 import json
 import random
+import unicodedata
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -58,6 +61,8 @@ Payload: TypeAlias = (
     | m.TemporaryResidenceRegistered
     | m.ResidenceDeregistered
     | m.IdCardIssued
+    | m.DeathAnnulled
+    | m.SectorRecordRegistered
 )
 
 MERGER_DATE = date(2025, 7, 1)  # 63 provinces became 34 (Resolution 202/2025/QH15)
@@ -67,6 +72,7 @@ _MINISTRY_ISSUES_FROM = date(2024, 7, 1)  # Identification Law 2023: cards issue
 _JOINT_BIRTH_PROCEDURE_FROM = date(2016, 1, 1)  # birth + residence registered in one procedure
 _PIN_LEGACY_SHARE = 0.30  # of people born before the merger, born in a merged-away province
 _DEATH_SHARE = 0.05
+_WRONGLY_DECLARED_DEAD_SHARE = 0.003  # a death registered in error, annulled by a court
 _MARRYING_SHARE = 0.85
 _DIVORCE_SHARE = 0.12
 _REMARRY_SHARE = 0.45
@@ -79,6 +85,10 @@ _MINISTRY = "Bộ Công an"
 _TEMPORARY_END_REASONS = ("Chấm dứt tạm trú theo đề nghị", "Đã chuyển đi nơi khác",
                           "Hết thời hạn tạm trú")  # fmt: skip
 _EMIGRATION_REASON = "Định cư ở nước ngoài"
+_SOCIAL_INSURANCE_SHARE = 0.30  # of adults: a social insurance record (employment)
+_CIVIL_SERVANT_SHARE = 0.05  # of adults: a civil servant record
+_SECTOR_RECORDS_FROM = date(1995, 1, 1)  # social insurance as it is today started in 1995
+_SECTOR_WITHOUT_MARKS = 0.15  # sector systems that drop the diacritics
 _DAY = timedelta(days=1)
 
 
@@ -260,6 +270,20 @@ def _uuid(rng: random.Random) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
+def _sole_authority(event_type: m.EventType) -> m.SourceRegistry:
+    """The one registry that publishes ``event_type`` (sector records name theirs)."""
+    (registry,) = EVENT_AUTHORITY[event_type]
+    return registry
+
+
+def _without_marks(name: str) -> str:
+    """A name as a system without Vietnamese diacritics stores it (đ -> d)."""
+    stripped = "".join(
+        ch for ch in unicodedata.normalize("NFD", name) if unicodedata.category(ch) != "Mn"
+    )
+    return unicodedata.normalize("NFC", stripped.replace("đ", "d").replace("Đ", "D"))
+
+
 class _World:
     """Builds the citizens and their valid events, phase by phase, from one generator."""
 
@@ -282,20 +306,24 @@ class _World:
         *,
         office: bool = True,
         correlation_id: str | None = None,
+        registry: m.SourceRegistry | None = None,
+        rng: random.Random | None = None,
     ) -> None:
-        """Queue one valid event, published by the registry that is authoritative for it."""
-        occurred_at = self.clock.occurred(self.rng, day, office=office)
+        """Queue one valid event, published by the registry that is authoritative for it
+        (``registry`` where several are); drawn from ``rng`` (default: the stories')."""
+        rng = rng or self.rng
+        occurred_at = self.clock.occurred(rng, day, office=office)
         self.drafts.append(
             _Draft(
-                recorded_at=self.clock.recorded(self.rng, occurred_at),
+                recorded_at=self.clock.recorded(rng, occurred_at),
                 order=len(self.drafts),
-                registry=EVENT_AUTHORITY[event_type],
+                registry=registry or _sole_authority(event_type),
                 province=province,
                 event_type=event_type,
                 pin=citizen.pin,
                 occurred_at=occurred_at,
                 payload=payload,
-                event_id=_uuid(self.rng),
+                event_id=_uuid(rng),
                 correlation_id=correlation_id,
                 key=citizen.key,
                 expected_reason=None,
@@ -738,6 +766,70 @@ class _World:
             self.emit(
                 citizen, m.EventType.DEATH_REGISTERED, province, citizen.death, death, office=False
             )
+        elif rng.random() < _WRONGLY_DECLARED_DEAD_SHARE:
+            self._annulled_death(citizen)
+
+    def _annulled_death(self, citizen: _Citizen) -> None:
+        """A death registered in error (e.g. a namesake's) and annulled by a court later."""
+        rng = self.rng
+        first, last = citizen.birth + 365 * _DAY, citizen.end - 120 * _DAY
+        if first >= last:
+            return
+        declared = _between(rng, first, last)
+        province = citizen.place_at(declared).code
+        number = f"{between_ints(rng, 1, 1500)}/{declared.year}"
+        death = m.DeathRegistered.model_construct(
+            death_date=declared, death_place_province=province, registration_number=number
+        )
+        self.emit(citizen, m.EventType.DEATH_REGISTERED, province, declared, death, office=False)
+        decided = declared + between_ints(rng, 30, 110) * _DAY
+        annulment = m.DeathAnnulled.model_construct(
+            death_registration_number=number,
+            court_decision_number=f"{between_ints(rng, 1, 900)}/{decided.year}/QĐ-TA",
+            decision_date=decided,
+        )
+        self.emit(citizen, m.EventType.DEATH_ANNULLED, province, decided, annulment)
+
+    # ---- phase 6: sector records (from a generator of their own: the stories stay the same)
+
+    def sector_records(self, citizen: _Citizen, rng: random.Random) -> None:
+        """A social insurance or civil servant record for some adults, registered when they
+        started working (from 1995, before 60), with the PIN: sector data as such systems hold
+        it (the name of the day, sometimes without diacritics; the birthplace not always)."""
+        first = max(_add_years(citizen.birth, 18), _SECTOR_RECORDS_FROM)
+        last = min(_add_years(citizen.birth, 60), citizen.end - _DAY)
+        draw = rng.random()
+        if first > last or draw >= _SOCIAL_INSURANCE_SHARE + _CIVIL_SERVANT_SHARE:
+            return
+        social = draw < _SOCIAL_INSURANCE_SHARE
+        day = _between(rng, first, last)
+        name = citizen.name_at(day).full
+        if rng.random() < _SECTOR_WITHOUT_MARKS:
+            name = _without_marks(name)
+        number = (
+            f"{citizen.birth_place.code[-2:]}{between_ints(rng, 0, 10**8 - 1):08d}"
+            if social
+            else f"CC-{between_ints(rng, 1, 999_999):06d}"
+        )
+        record = m.SectorRecordRegistered.model_construct(
+            record_number=number,
+            full_name=name,
+            birth_date=citizen.birth,
+            sex=m.Sex(citizen.sex),
+            birthplace_province=citizen.birth_place.code if rng.random() < 0.7 else None,
+            hometown_province=None,
+            legacy_id=None,
+        )
+        registry = m.SourceRegistry.SOCIAL_INSURANCE if social else m.SourceRegistry.CIVIL_SERVANT
+        self.emit(
+            citizen,
+            m.EventType.SECTOR_RECORD_REGISTERED,
+            citizen.place_at(day).code,
+            day,
+            record,
+            registry=registry,
+            rng=rng,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -771,7 +863,7 @@ class _Invalid:
         return _Draft(
             recorded_at=recorded_at or self.clock.recorded(self.rng, occurred),
             order=-1,
-            registry=registry or EVENT_AUTHORITY[event_type],
+            registry=registry or _sole_authority(event_type),
             province=citizen.place_at(min(day, citizen.end - _DAY)).code,
             event_type=event_type,
             pin=subject,
@@ -1109,6 +1201,7 @@ def _build(
     )
     master = random.Random(seed)
     story_rng, invalid_rng, stream_rng = (random.Random(master.getrandbits(64)) for _ in range(3))
+    sector_rng = random.Random(master.getrandbits(64))  # drawn last: the others stay the same
 
     world = _World(story_rng, clock)
     world.populate(citizens)
@@ -1120,6 +1213,8 @@ def _build(
     world.renames()
     for citizen in world.citizens:
         world.civil_status(citizen)
+    for citizen in world.citizens:
+        world.sector_records(citizen, sector_rng)
     drafts = world.drafts
 
     valid_count = len(drafts)

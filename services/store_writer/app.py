@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
-from popsync import metrics
+from popsync import metrics, observability
 from popsync.adapters.kafka import BatchProducer, OutboundMessage
 from popsync.adapters.store import CitizenStore, Consumed, Database
 from popsync.contract import models as m
@@ -54,11 +55,12 @@ class StoreWriterStep:
         if rejected:
             await self._producer.send_all([parked for parked, _ in rejected])
         result = await self._store.write(consumed)
+        observability.observe_event_to_store(result.records, datetime.now(UTC))  # committed
         for _, reason in rejected:
             metrics.EVENTS_DEAD_LETTERED.labels(STAGE, reason).inc()
         conflicts = batch[0].topic == self._topics.conflicts
         table = "citizen_conflicts" if conflicts else "citizen_history"
-        metrics.STORE_ROWS_WRITTEN.labels(table).inc(result.written)
+        metrics.STORE_ROWS_WRITTEN.labels(table).inc(len(result.records))
         metrics.DUPLICATES_SKIPPED.labels(STAGE).inc(result.skipped)
         metrics.EVENTS_CONSUMED.labels(STAGE, batch[0].topic).inc(len(batch))
         metrics.BATCH_SIZE.labels(STAGE).observe(len(batch))

@@ -151,6 +151,7 @@ class SynchronizerStep:
             source_registry=event.source_registry,
             occurred_at=event.occurred_at,
             applied_at=now,
+            recorded_at=event.recorded_at,
         )
         key = update.pin.encode()
         return OutboundMessage(self._topics.citizen_updates, key, UPDATE_CODEC.encode(update))

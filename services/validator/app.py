@@ -1,7 +1,10 @@
 """Validator: decode, check the contract and the domain rules, normalize, route.
 
 Every input message leaves exactly one output: the normalized event on the
-validated topic, or a dead letter with its original bytes and the reason.
+validated topic, or a dead letter with its original bytes and the reason; a
+valid sector record without PIN is matched to a citizen first
+(`popsync.sector_matching`) and goes on linked to it, or to the review queue,
+or is reported unmatched.
 An unexpected exception while checking one event dead-letters that event
 (reason INTERNAL_ERROR) instead of skipping it or stopping the partition.
 """
@@ -10,22 +13,36 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from popsync import metrics
+from popsync import metrics, observability
 from popsync.adapters.kafka import BatchProducer, OutboundMessage
+from popsync.adapters.matching_store import PostgresMatchingStore
+from popsync.adapters.pins import PostgresAliasDirectory, PostgresPinAllocator
+from popsync.adapters.store import Database
 from popsync.contract import models as m
 from popsync.contract.codec import Codec, DecodeError
 from popsync.deadletter import DeadLetterLimit, dead_letter
+from popsync.domain.aliases import AliasDirectory, declared_aliases, subject_reference
+from popsync.domain.allocation import (
+    PinAllocator,
+    allocation_request,
+    birth_without_pin,
+    provisional_pin,
+)
 from popsync.domain.rules import RuleViolation, check_event
+from popsync.identity.decisions import MatchingStore
+from popsync.identity.matching import MatchOutcome
 from popsync.runtime import InboundMessage, Worker, make_app, register_batch_agent
+from popsync.sector_matching import SectorMatching, needs_match
 from popsync.settings import Settings
 
 log = logging.getLogger(__name__)
 STAGE = "validator"
 EVENT_CODEC = Codec(m.RegistryEvent)
+IDENTITY_CODEC = Codec(m.IdentityAssigned)
 
 
 @dataclass(frozen=True)
@@ -33,6 +50,9 @@ class Routed:
     output: OutboundMessage
     reason: str | None  # None: validated
     event: m.RegistryEvent | None
+    needs_pin: bool = False  # a valid birth without a PIN: `output` is completed later
+    needs_match: bool = False  # a valid sector record without a PIN: matched later
+    match_outcome: MatchOutcome | None = None  # how a sector record without a PIN went
 
 
 class ValidatorStep:
@@ -40,20 +60,44 @@ class ValidatorStep:
         self,
         settings: Settings,
         producer: BatchProducer,
+        allocator: PinAllocator,
+        aliases: AliasDirectory,
+        matching: MatchingStore,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._topics = settings.topics
+        self._allocator = allocator
+        self._aliases = aliases
+        self._matching = SectorMatching(settings.topics, settings.matching, matching)
         self._skew = timedelta(seconds=settings.processing.future_skew_seconds)
         self._producer = producer
         self._clock = clock
         self._limit = DeadLetterLimit(settings.dead_letter_limit, STAGE)
 
-    def route(self, message: InboundMessage, now: datetime) -> Routed:
-        """The one output for one input message."""
+    def route(
+        self,
+        message: InboundMessage,
+        now: datetime,
+        aliases: Mapping[str, str] | None = None,
+        decoded: m.RegistryEvent | Exception | None = None,
+    ) -> Routed:
+        """The one output for one input message; `aliases` resolve legacy identifiers,
+        `decoded` is the message's value already decoded (or why it cannot be)."""
         event: m.RegistryEvent | None = None
+        needs_pin = False
         try:
-            event = EVENT_CODEC.decode(message.value)
-            normalized = check_event(event, message.key, now, self._skew)
+            if decoded is None:
+                decoded = _decode(message)
+            if isinstance(decoded, Exception):
+                raise decoded
+            event = decoded
+            checked, key = _resolve_subject(event, message.key, aliases or {})
+            birth = birth_without_pin(event)
+            if birth is not None:  # checked with a provisional PIN; the serial comes after
+                provisional = provisional_pin(event.source_province, birth)
+                checked = event.model_copy(update={"subject_pin": provisional})
+                key, needs_pin = provisional.encode(), True
+            normalized = check_event(checked, key, now, self._skew)
         except (DecodeError, RuleViolation) as exc:
             return self._reject(message, exc.reason, str(exc), event)
         except Exception as exc:  # a bug must park the event, not lose it
@@ -64,10 +108,64 @@ class ValidatorStep:
                 message.offset,
             )
             return self._reject(message, "INTERNAL_ERROR", type(exc).__name__, event)
-        output = OutboundMessage(
-            self._topics.validated_events, message.key, EVENT_CODEC.encode(normalized)
-        )
-        return Routed(output, None, normalized)
+        output = self._validated(normalized)
+        return Routed(output, None, normalized, needs_pin, needs_match(normalized))
+
+    def _validated(self, event: m.RegistryEvent) -> OutboundMessage:
+        key = event.subject_pin.encode() if event.subject_pin else None
+        return OutboundMessage(self._topics.validated_events, key, EVENT_CODEC.encode(event))
+
+    async def _allocate_pins(self, routed: list[Routed], now: datetime) -> list[OutboundMessage]:
+        """Give each valid birth without a PIN its PIN (re-keyed by it); tell the registry."""
+        births = {
+            i: (r.event, r.event.payload)
+            for i, r in enumerate(routed)
+            if r.needs_pin and r.event and isinstance(r.event.payload, m.BirthRegistered)
+        }
+        if not births:
+            return []
+        requests = [
+            allocation_request(event.event_id, event.source_province, birth)
+            for event, birth in births.values()
+        ]
+        pins = await self._allocator.allocate(requests)
+        notices: list[OutboundMessage] = []
+        for i, (event, birth) in births.items():
+            pin = pins[event.event_id]
+            with_pin = event.model_copy(update={"subject_pin": pin})
+            routed[i] = Routed(self._validated(with_pin), None, with_pin)
+            notice = m.IdentityAssigned(
+                pin=pin,
+                event_id=event.event_id,
+                source_registry=event.source_registry,
+                source_province=event.source_province,
+                registration_number=birth.registration_number,
+                assigned_at=now,
+            )
+            notices.append(
+                OutboundMessage(
+                    self._topics.identity_assigned, pin.encode(), IDENTITY_CODEC.encode(notice)
+                )
+            )
+        return notices
+
+    async def _match_records(
+        self, batch: Sequence[InboundMessage], routed: list[Routed], now: datetime
+    ) -> None:
+        """Route each valid sector record without a PIN by the matcher's decision."""
+        positions: list[int] = []
+        records: list[tuple[InboundMessage, m.RegistryEvent]] = []
+        for i, r in enumerate(routed):
+            if r.needs_match and r.event is not None:
+                positions.append(i)
+                records.append((batch[i], r.event))
+        results = await self._matching(records, now)
+        for i, (message, event), result in zip(positions, records, results, strict=True):
+            if isinstance(result, Exception):  # a bug: park the record, keep the batch going
+                routed[i] = self._reject(message, "INTERNAL_ERROR", type(result).__name__, event)
+            else:
+                outcome = result.decision.outcome
+                routed[i] = Routed(result.output, None, result.event, match_outcome=outcome)
 
     def _reject(
         self, message: InboundMessage, reason: str, text: str, event: m.RegistryEvent | None
@@ -82,29 +180,97 @@ class ValidatorStep:
         )
         return Routed(output, reason, event)
 
+    async def _route_all(self, batch: Sequence[InboundMessage], now: datetime) -> list[Routed]:
+        """Route a batch with its aliases resolved, registering the aliases it declares.
+
+        An event naming an alias declared earlier in the same batch is routed again
+        once that alias is registered.
+        """
+        decoded = [_decode(message) for message in batch]
+        references = [
+            ref for d in decoded if isinstance(d, m.RegistryEvent) and (ref := subject_reference(d))
+        ]
+        aliases = dict(await self._aliases.resolve(references))
+        routed = [self.route(msg, now, aliases, d) for msg, d in zip(batch, decoded, strict=True)]
+        declared = [
+            a for r in routed if r.reason is None and r.event for a in declared_aliases(r.event)
+        ]
+        if not declared:
+            return routed
+        stored = await self._aliases.register(declared)
+        taken = {a.event_id for a in declared if stored[a.alias] != a.pin}
+        aliases.update(stored)
+        for i, (message, r) in enumerate(zip(batch, routed, strict=True)):
+            if r.event is not None and r.event.event_id in taken:
+                text = "a declared alias already names another citizen"
+                routed[i] = self._reject(message, "ALIAS_TAKEN", text, r.event)
+            elif r.reason == "ALIAS_UNKNOWN":
+                routed[i] = self.route(message, now, aliases, decoded[i])
+        return routed
+
     async def __call__(self, batch: Sequence[InboundMessage]) -> None:
         started = time.perf_counter()
         now = self._clock()
-        routed = [self.route(message, now) for message in batch]
+        routed = await self._route_all(batch, now)
         # Before sending: a worker stopped by the limit has sent nothing of this batch.
         self._limit.observe((msg, r.reason) for msg, r in zip(batch, routed, strict=True))
-        await self._producer.send_all([r.output for r in routed])
+        notices = await self._allocate_pins(routed, now)
+        await self._match_records(batch, routed, now)
+        await self._producer.send_all([r.output for r in routed] + notices)
         # Counted only once delivered, so a retried batch is not counted twice.
         for r in routed:
             if r.reason is not None:
                 metrics.EVENTS_DEAD_LETTERED.labels(STAGE, r.reason).inc()
-            elif r.event is not None:
-                metrics.EVENTS_VALIDATED.labels(
-                    r.event.event_type.value, r.event.source_registry.value
-                ).inc()
+                continue
+            if r.event is None:
+                continue
+            source = r.event.source_registry.value
+            if r.match_outcome is not None:
+                metrics.MATCH_OUTCOMES.labels(source, r.match_outcome.value).inc()
+            if r.match_outcome in (None, MatchOutcome.LINKED):
+                metrics.EVENTS_VALIDATED.labels(r.event.event_type.value, source).inc()
+        observability.record_freshness(r.event for r in routed if r.reason is None and r.event)
         metrics.EVENTS_CONSUMED.labels(STAGE, self._topics.registry_events).inc(len(batch))
         metrics.BATCH_SIZE.labels(STAGE).observe(len(batch))
         metrics.BATCH_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
 
 
+def _decode(message: InboundMessage) -> m.RegistryEvent | Exception:
+    """The event, or the exception decoding raised (`route` turns it into a dead letter)."""
+    try:
+        event: m.RegistryEvent = EVENT_CODEC.decode(message.value)
+    except Exception as exc:  # a bug in decoding must park the message, not stop the batch
+        return exc
+    return event
+
+
+def _resolve_subject(
+    event: m.RegistryEvent, key: bytes | None, aliases: Mapping[str, str]
+) -> tuple[m.RegistryEvent, bytes | None]:
+    """The event (and its expected key) with an alias of its subject replaced by the PIN.
+
+    The registry keyed the message by the identifier it knows; the key is checked
+    against that, then becomes the current PIN, so the citizen's partition is used.
+    """
+    reference = subject_reference(event)
+    current = aliases.get(reference) if reference else None
+    if current is None or current == event.subject_pin:
+        return event, key
+    resolved = event.model_copy(update={"subject_pin": current, "subject_legacy_id": reference})
+    same_key = key is not None and reference is not None and key == reference.encode()
+    return resolved, current.encode() if same_key else key
+
+
 def build(settings: Settings) -> Worker:
     app = make_app(settings, "validator")
     producer = BatchProducer(settings.kafka)
-    step = ValidatorStep(settings, producer)
+    db = Database(settings.postgres)
+    step = ValidatorStep(
+        settings,
+        producer,
+        PostgresPinAllocator(db),
+        PostgresAliasDirectory(db),
+        PostgresMatchingStore(db),
+    )
     register_batch_agent(app, settings.topics.registry_events, step, settings, STAGE)
     return Worker(app, closers=[producer.close])

@@ -40,9 +40,12 @@ from popsync.contract.codec import (
     to_avro_datum,
 )
 from popsync.contract.json_form import event_to_json
+from popsync.domain.aliases import InMemoryAliasDirectory
+from popsync.domain.allocation import InMemoryPinAllocator
 from popsync.domain.merge import Applied, CitizenState, Duplicate, Rejected, apply_event, fold
 from popsync.domain.pin import make_pin
 from popsync.domain.reasons import CONFLICTS, REASONS, is_retryable
+from popsync.identity.decisions import InMemoryMatchingStore
 from popsync.runtime import InboundMessage
 from popsync.settings import Settings
 
@@ -62,6 +65,7 @@ NOT_CONSTRUCTIBLE = {
     "CONTRACT_VIOLATION": "models are generated from the schemas (test_contract), so every "
     "datum fastavro decodes validates; `popsync publish` raises it for JSON lines",
     "INTERNAL_ERROR": "only a bug raises it; test_an_unexpected_error_is_dead_lettered injects one",
+    "ALIAS_TAKEN": "needs the alias directory's state; tests/unit/test_aliases.py covers it",
 }
 
 
@@ -95,8 +99,9 @@ def splice(value: bytes, at: int, old: bytes, new: bytes) -> bytes:
 
 
 def occurred_at_offset(event: m.RegistryEvent) -> int:
-    """Where occurred_at starts: after event_id, two enums, source_province, subject_pin."""
-    assert event.subject_pin is not None
+    """Where occurred_at starts: after event_id, two enums, source_province, subject_pin
+    and a null subject_legacy_id."""
+    assert event.subject_pin is not None and event.subject_legacy_id is None
     return (
         HEADER_SIZE
         + len(avro_string(event.event_id))
@@ -104,6 +109,7 @@ def occurred_at_offset(event: m.RegistryEvent) -> int:
         + len(avro_string(event.source_province))
         + 1  # union branch of subject_pin
         + len(avro_string(event.subject_pin))
+        + 1  # union branch of subject_legacy_id (null)
     )
 
 
@@ -290,6 +296,25 @@ class Citizens:
             m.IdCardIssued(card=card),
             date(2021, 8, 1),
             pin,
+        )
+
+    def sector_record(self, *, with_pin: bool = True, **changes: Any) -> m.RegistryEvent:
+        """A social insurance record; without a PIN it is for the validator to match."""
+        payload = m.SectorRecordRegistered(
+            record_number="7912345678",
+            full_name=NAME,
+            birth_date=BIRTH,
+            sex=m.Sex.F,
+            birthplace_province="79",
+            hometown_province="52",
+            legacy_id="023456789",
+        ).model_copy(update=changes)
+        return self.event(
+            m.EventType.SECTOR_RECORD_REGISTERED,
+            m.SourceRegistry.SOCIAL_INSURANCE,
+            payload,
+            date(2024, 3, 1),
+            self.pin() if with_pin else None,
         )
 
 
@@ -492,11 +517,6 @@ KINDS: tuple[Kind, ...] = (
         "key_with_trailing_newline",
         "KEY_PIN_MISMATCH",
         lambda c: (lambda e: keyed((e.subject_pin or "").encode() + b"\n", e))(c.birth()),
-    ),
-    Kind(
-        "birth_without_pin",
-        "PIN_MISSING",
-        lambda c: keyed(None, envelope(c.birth(), subject_pin=None)),
     ),
     Kind(
         "move_without_pin",
@@ -793,6 +813,57 @@ KINDS: tuple[Kind, ...] = (
         "SPOUSE_PIN_IS_SUBJECT",
         lambda c: (lambda e: sent(spoil(e, spouse_pin=e.subject_pin)))(c.divorce()),
     ),
+    Kind(
+        "correction_previous_pin_malformed",
+        "PREVIOUS_PIN_INVALID",
+        lambda c: sent(spoil(c.name_change(), previous_pin="07920300012X")),
+    ),
+    Kind(
+        "correction_previous_pin_is_the_subject",
+        "PREVIOUS_PIN_IS_SUBJECT",
+        lambda c: (lambda e: sent(spoil(e, previous_pin=e.subject_pin)))(c.name_change()),
+    ),
+    # ---- aliases ---------------------------------------------------------------------------
+    Kind(
+        "subject_legacy_id_of_five_digits",
+        "LEGACY_ID_MALFORMED",
+        lambda c: keyed(b"12345", envelope(c.move(), subject_pin=None, subject_legacy_id="12345")),
+    ),
+    Kind(
+        "subject_named_by_an_unknown_cmnd",
+        "ALIAS_UNKNOWN",
+        lambda c: keyed(
+            b"023456789", envelope(c.move(), subject_pin=None, subject_legacy_id="023456789")
+        ),
+    ),
+    Kind(
+        "card_replacing_a_malformed_cmnd",
+        "LEGACY_ID_MALFORMED",
+        lambda c: sent(spoil(c.card(), previous_id_number="02345678A")),
+    ),
+    # ---- sector records (social insurance, civil servants) ---------------------------------
+    Kind(
+        "sector_record_from_the_residence_registry",
+        "SOURCE_NOT_AUTHORITATIVE",
+        lambda c: sent(envelope(c.sector_record(), source_registry=m.SourceRegistry.RESIDENCE)),
+    ),
+    Kind(
+        "sector_record_hometown_province_never_existed",
+        "HOMETOWN_PROVINCE_UNKNOWN",
+        lambda c: sent(spoil(c.sector_record(), hometown_province="99")),
+    ),
+    Kind(
+        "sector_record_without_pin_with_a_cmnd_of_ten_digits",
+        "LEGACY_ID_MALFORMED",
+        lambda c: keyed(
+            b"7912345678", spoil(c.sector_record(with_pin=False), legacy_id="0234567890")
+        ),
+    ),
+    Kind(
+        "sector_record_without_pin_with_digits_in_the_name",
+        "NAME_BAD_CHARACTERS",
+        lambda c: keyed(None, spoil(c.sector_record(with_pin=False), full_name="Lương Thị 2")),
+    ),
     # ---- civil-status changes --------------------------------------------------------------
     Kind(
         "change_kind_unknown",
@@ -839,7 +910,13 @@ class RecordingProducer:
 
 
 SETTINGS = Settings()
-STEP = ValidatorStep(SETTINGS, producer=RecordingProducer())  # type: ignore[arg-type]
+STEP = ValidatorStep(
+    SETTINGS,
+    producer=RecordingProducer(),
+    allocator=InMemoryPinAllocator(),
+    aliases=InMemoryAliasDirectory(),
+    matching=InMemoryMatchingStore(),
+)  # type: ignore[arg-type]
 TOPICS = SETTINGS.topics
 
 
@@ -914,7 +991,14 @@ def test_a_batch_of_every_kind_and_good_events_gives_one_output_per_input_in_ord
         batch.append(inbound(bad.key, bad.value, offset=len(batch)))
         expected.append(bad.reason)
     producer = RecordingProducer()
-    step = ValidatorStep(SETTINGS, producer=producer, clock=lambda: NOW)  # type: ignore[arg-type]
+    step = ValidatorStep(  # type: ignore[arg-type]
+        SETTINGS,
+        producer=producer,
+        allocator=InMemoryPinAllocator(),
+        aliases=InMemoryAliasDirectory(),
+        matching=InMemoryMatchingStore(),
+        clock=lambda: NOW,
+    )
 
     asyncio.run(step(batch))
 
@@ -1034,10 +1118,10 @@ def test_death_before_the_birth_date_in_the_birth_year_is_a_conflict() -> None:
 RETRYABLE = {
     "UNKNOWN_SCHEMA",
     "CONTRACT_VIOLATION",
-    "PIN_MISSING",
     "EVENT_TYPE_UNKNOWN",
     "SOURCE_UNKNOWN",
     "CHANGE_KIND_UNKNOWN",
+    "ALIAS_UNKNOWN",
     "OCCURRED_IN_FUTURE",
     "RECORDED_IN_FUTURE",
     "DATE_IN_FUTURE",

@@ -147,3 +147,31 @@ def test_json_form_names_the_broken_field_without_its_value() -> None:
     assert info.value.reason == "CONTRACT_VIOLATION"
     assert "birth_date" in str(info.value)
     assert "not-a-date" not in str(info.value)
+
+
+def test_every_earlier_writer_version_is_still_readable() -> None:
+    """Values written with a kept earlier schema (`schemas/avro/previous/`) decode today."""
+    import io
+
+    from fastavro import schemaless_writer
+
+    from popsync.contract.codec import MAGIC
+    from popsync.contract.schemas import earlier_versions
+
+    old_birth = {
+        **birth_event().model_dump(mode="python", exclude={"payload", "subject_legacy_id"}),
+        "event_type": "BIRTH_REGISTERED",
+        "source_registry": "CIVIL_STATUS",
+        "payload": (
+            "vn.gov.popsync.BirthRegistered",
+            {**birth_event().payload.model_dump(mode="python"), "sex": "M"},
+        ),
+    }
+    (v1,) = earlier_versions("RegistryEvent")
+    assert v1.fingerprint.hex() == "4dd595ff2705d43a"  # RegistryEvent before DEATH_ANNULLED
+    buffer = io.BytesIO()
+    buffer.write(MAGIC + v1.fingerprint)
+    schemaless_writer(buffer, v1.parsed, old_birth)
+    assert Codec(m.RegistryEvent).decode(buffer.getvalue()) == birth_event()
+    for name in ("MergeConflict", "CitizenUpdate"):
+        assert earlier_versions(name), f"{name}: the released version must stay readable"

@@ -17,6 +17,9 @@ from popsync.adapters.kafka import OutboundMessage
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
 from popsync.deadletter import DEAD_LETTER_CODEC, DeadLetterLimit, dead_letter
+from popsync.domain.aliases import InMemoryAliasDirectory
+from popsync.domain.allocation import InMemoryPinAllocator
+from popsync.identity.decisions import InMemoryMatchingStore
 from popsync.runtime import InboundMessage, StopWorker
 from popsync.settings import DeadLetterLimitSettings, Settings
 from tests.unit.test_contract import birth_event
@@ -125,7 +128,14 @@ def small_limit_settings(**limit_fields: Any) -> Settings:
 def test_the_validator_stops_before_sending_anything_of_the_batch() -> None:
     producer = RecordingProducer()
     now = datetime(2026, 11, 23, tzinfo=UTC)
-    step = ValidatorStep(small_limit_settings(), producer, clock=lambda: now)  # type: ignore[arg-type]
+    step = ValidatorStep(  # type: ignore[arg-type]
+        small_limit_settings(),
+        producer,
+        InMemoryPinAllocator(),
+        InMemoryAliasDirectory(),
+        InMemoryMatchingStore(),
+        clock=lambda: now,
+    )
     good = Codec(m.RegistryEvent).encode(birth_event())
     asyncio.run(step([message(good), message(b"junk"), message(good)]))
     assert len(producer.sent) == 3

@@ -37,6 +37,7 @@ def event(
         m.PermanentResidenceRegistered: m.EventType.PERMANENT_RESIDENCE_REGISTERED,
         m.IdCardIssued: m.EventType.ID_CARD_ISSUED,
         m.CivilStatusChanged: m.EventType.CIVIL_STATUS_CHANGED,
+        m.DeathAnnulled: m.EventType.DEATH_ANNULLED,
     }[type(payload)]
     return m.RegistryEvent(
         event_id=event_id,
@@ -231,3 +232,50 @@ def test_legal_dates_are_read_in_vietnam_time() -> None:
     )
     _, conflicts = fold(PIN, [birth(), early])
     assert not conflicts
+
+
+def annulment(n: int, day: date, number: str = "D") -> m.RegistryEvent:
+    payload = m.DeathAnnulled(
+        death_registration_number=number, court_decision_number="12/2024/QĐ-TA", decision_date=day
+    )
+    return event(f"ev-{n}", day, payload, CS)
+
+
+def test_an_annulled_death_reactivates_the_citizen_and_releases_what_it_blocked() -> None:
+    blocked = move(3, date(2024, 6, 1), "26737")
+    state = apply_all([birth(), death(2, date(2024, 1, 1)), blocked])
+    assert state.current().life_status is m.LifeStatus.DECEASED
+    assert {c.code for c in state.conflicts.values()} == {"SUBJECT_DECEASED"}
+    outcome = apply_event(state, annulment(4, date(2024, 9, 1)))
+    assert isinstance(outcome, Applied)
+    assert outcome.snapshot.life_status is m.LifeStatus.ALIVE
+    assert outcome.snapshot.death_date is None
+    assert outcome.snapshot.permanent_residence == address("26737")  # void from the start
+    assert set(outcome.changed_fields) == {"life_status", "death_date", "permanent_residence"}
+    assert list(outcome.resolved_conflicts) == ["ev-3"]
+    later = apply_event(outcome.state, move(5, date(2025, 1, 1), "26740"))
+    assert isinstance(later, Applied) and not later.new_conflicts
+
+
+def test_an_annulment_only_voids_the_death_it_names() -> None:
+    state = apply_all([birth(), death(2, date(2024, 1, 1)), annulment(3, date(2024, 2, 1), "X")])
+    assert state.current().life_status is m.LifeStatus.DECEASED
+    assert {k: c.code for k, c in state.conflicts.items()} == {"ev-3": "NO_DEATH_TO_ANNUL"}
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    order=st.permutations(
+        [
+            birth(),
+            death(2, date(2024, 1, 1)),
+            annulment(3, date(2024, 3, 1)),
+            move(4, date(2024, 6, 1), "26737"),
+        ]
+    )
+)
+def test_an_annulment_arriving_before_its_death_converges_too(order: list[m.RegistryEvent]) -> None:
+    state = apply_all(order)
+    assert state.current().life_status is m.LifeStatus.ALIVE
+    assert state.current().permanent_residence == address("26737")
+    assert not state.conflicts

@@ -71,7 +71,7 @@ def test_legacy_source_province_is_mapped() -> None:
     [
         (birth_event(), None, "KEY_MISSING"),
         (birth_event(), b"079203000124", "KEY_PIN_MISMATCH"),
-        (birth_event(subject_pin=None), KEY, "PIN_MISSING"),
+        (birth_event(subject_pin=None), KEY, "PIN_REQUIRED"),
         (birth_event(subject_pin="07920300012X"), KEY, "PIN_NOT_12_DIGITS"),
         (birth_event(subject_pin="0792030001"), KEY, "PIN_NOT_12_DIGITS"),
         (birth_event(subject_pin="099203000123"), b"099203000123", "PIN_UNKNOWN_PROVINCE"),

@@ -79,3 +79,64 @@ CREATE TABLE IF NOT EXISTS store_writer_offsets (
     updated_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (group_id, topic, partition)
 );
+
+-- PIN allocation for births registered without a PIN (popsync/adapters/pins.py):
+-- serials handed out per prefix (province, gender/century digit, birth year), and
+-- the PIN each birth event got, so that a replayed birth gets the same PIN.
+CREATE TABLE IF NOT EXISTS pin_serials (
+    prefix     text PRIMARY KEY,
+    allocated  integer NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pin_allocations (
+    event_id      text PRIMARY KEY,
+    pin           text NOT NULL UNIQUE,
+    allocated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- Aliases (popsync/domain/aliases.py): a legacy identifier (9-digit CMND, or a PIN
+-- replaced by a correction) and the current PIN it resolves to.
+CREATE TABLE IF NOT EXISTS citizen_aliases (
+    alias       text PRIMARY KEY,
+    pin         text NOT NULL,
+    kind        text NOT NULL,
+    event_id    text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS citizen_aliases_pin ON citizen_aliases (pin);
+
+-- Sector records without PIN (popsync/adapters/matching_store.py). Candidates are loaded
+-- by birth date; match_decisions holds the matcher's decision per record event (a
+-- re-delivered record gets it back) and the operators' links; match_reviews the records
+-- an operator settles with `popsync review` (PENDING, then RESOLVED or REJECTED).
+CREATE INDEX IF NOT EXISTS citizens_birth_date ON citizens (birth_date);
+CREATE TABLE IF NOT EXISTS match_decisions (
+    event_id         text PRIMARY KEY,
+    source_registry  text NOT NULL,
+    outcome          text NOT NULL,               -- LINKED, REVIEW, UNMATCHED
+    method           text NOT NULL,               -- ALIAS, EXACT, PROBABILISTIC, NONE, OPERATOR
+    reason           text NOT NULL,
+    score            double precision NOT NULL,
+    pin              text,
+    candidates       jsonb NOT NULL,              -- [[pin, score], ...], best first
+    decided_by       text NOT NULL,               -- 'popsync', or the operator
+    decided_at       timestamptz NOT NULL,
+    audit            jsonb NOT NULL,              -- scores, levels, codes: no personal data
+    review_id        text                         -- an operator's decision: its review
+);
+CREATE TABLE IF NOT EXISTS match_reviews (
+    review_id            text PRIMARY KEY,         -- the record's event id
+    event_id             text NOT NULL,
+    source_registry      text NOT NULL,
+    source_province      text NOT NULL,
+    status               text NOT NULL,            -- PENDING, RESOLVED, REJECTED
+    original_topic       text NOT NULL,
+    original_key         bytea,
+    original_value       bytea NOT NULL,
+    created_at           timestamptz NOT NULL,
+    pin                  text,                     -- RESOLVED: the citizen linked
+    decided_by           text,
+    decided_at           timestamptz,
+    resolution_event_id  text                      -- RESOLVED: the event that links it
+);
+CREATE INDEX IF NOT EXISTS match_reviews_pending ON match_reviews (created_at)
+    WHERE status = 'PENDING';

@@ -1,0 +1,1 @@
+"""Benchmarks of popsync: ``python -m bench.<name>``."""
