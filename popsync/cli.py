@@ -117,7 +117,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         workdir=args.workdir,
         timeout=args.timeout,
-        with_prometheus=args.with_prometheus,
+        with_prometheus=args.with_prometheus or args.metrics_plot is not None,
+        metrics_plot=args.metrics_plot,
     )
 
 
@@ -234,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--with-prometheus",
         action="store_true",
         help="also run Prometheus (`prometheus` on PATH) scraping every worker's /metrics",
+    )
+    demo.add_argument(
+        "--metrics-plot",
+        type=Path,
+        default=None,
+        help="draw the run's throughput, lag and latency from Prometheus into this PNG "
+        "(implies --with-prometheus; needs matplotlib, extra `plot`)",
     )
     demo.set_defaults(func=cmd_demo)
 

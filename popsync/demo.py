@@ -137,6 +137,7 @@ def run_demo(
     workdir: Path | None,
     timeout: float,
     with_prometheus: bool = False,
+    metrics_plot: Path | None = None,
 ) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)  # stop cleanly on SIGTERM as on Ctrl-C
     root = workdir or Path(tempfile.mkdtemp(prefix="popsync-demo-"))
@@ -145,7 +146,7 @@ def run_demo(
     stack = EmbeddedStack(root)
     prometheus = EmbeddedPrometheus(root / "prometheus") if with_prometheus else None
     try:
-        return _run(stack, citizens, seed, timeout, prometheus)
+        return _run(stack, citizens, seed, timeout, prometheus, metrics_plot)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping workers, broker and database", file=sys.stderr)
         return 130
@@ -161,6 +162,7 @@ def _run(
     seed: int,
     timeout: float,
     prometheus: EmbeddedPrometheus | None = None,
+    metrics_plot: Path | None = None,
 ) -> int:
     stack.start()
     settings = stack.settings_for("popsync")
@@ -181,7 +183,7 @@ def _run(
     skew = timedelta(seconds=settings.processing.future_skew_seconds)
     expected = expect(messages, now, skew)
 
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     publisher = Publisher(BatchProducer(settings.kafka), settings.topics.registry_events)
     publisher.publish((message.key, message.event) for message in messages)
     dsn = settings.postgres.dsn.get_secret_value()
@@ -206,6 +208,8 @@ def _run(
 
     _print_summary(expected, dead_letters, counts, matching, elapsed)
     scraped = prometheus is None or _check_prometheus(prometheus, expected.published)
+    if prometheus is not None and metrics_plot is not None:
+        _plot(prometheus, started_at, metrics_plot, f"{expected.published:,} events, seed {seed}")
     ok = scraped and (
         converged
         and counts.history == expected.history_rows
@@ -219,6 +223,14 @@ def _run(
 
 
 PROMQL_CONSUMED = f'sum(popsync_events_consumed_total{{job="{PROMETHEUS_JOB}",worker="validator"}})'
+
+
+def _plot(prometheus: EmbeddedPrometheus, started_at: float, path: Path, subtitle: str) -> None:
+    from popsync import metrics_plot
+
+    panels = metrics_plot.collect(prometheus, started_at - 5, time.time())
+    metrics_plot.draw(panels, path, subtitle)
+    print(f"  {'metrics plot':<24}{path}")
 
 
 def _check_prometheus(prometheus: EmbeddedPrometheus, published: int, timeout: float = 30) -> bool:

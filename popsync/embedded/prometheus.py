@@ -222,6 +222,16 @@ class EmbeddedPrometheus:
         result: list[dict[str, Any]] = data["result"]
         return result
 
+    def query_range(
+        self, promql: str, start: float, end: float, step: float = 1.0
+    ) -> list[dict[str, Any]]:
+        """A range query's matrix: [{"metric": {...}, "values": [[t, "v"], ...]}, ...]."""
+        data = self._get(
+            "/api/v1/query_range", query=promql, start=str(start), end=str(end), step=str(step)
+        )
+        result: list[dict[str, Any]] = data["result"]
+        return result
+
     def value(self, promql: str) -> float | None:
         """The single value of a query such as `sum(...)`; None if it has no result yet."""
         result = self.query(promql)
