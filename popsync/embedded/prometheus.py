@@ -23,10 +23,11 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Any
 
 __all__ = ["EmbeddedPrometheus", "PrometheusStartError", "prometheus_binary"]
+
+from popsync.embedded._service import EmbeddedService
 
 _log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def target_groups(targets: Iterable[Target]) -> list[dict[str, Any]]:
     ]
 
 
-class EmbeddedPrometheus:
+class EmbeddedPrometheus(EmbeddedService):
     """One Prometheus process on 127.0.0.1 scraping `targets`, for this object's lifetime."""
 
     def __init__(
@@ -185,18 +186,6 @@ class EmbeddedPrometheus:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # --- HTTP API ----------------------------------------------------------------------
 

@@ -212,10 +212,12 @@ class ValidatorStep:
         started = time.perf_counter()
         now = self._clock()
         routed = await self._route_all(batch, now)
-        # Before sending: a worker stopped by the limit has sent nothing of this batch.
-        self._limit.observe((msg, r.reason) for msg, r in zip(batch, routed, strict=True))
         notices = await self._allocate_pins(routed, now)
         await self._match_records(batch, routed, now)
+        # Once every step has routed the batch (PIN allocation and matching only store
+        # idempotent decisions), and before sending: a worker stopped by the limit has
+        # sent nothing of this batch.
+        self._limit.observe((msg, r.reason) for msg, r in zip(batch, routed, strict=True))
         await self._producer.send_all([r.output for r in routed] + notices)
         # Counted only once delivered, so a retried batch is not counted twice.
         for r in routed:

@@ -9,20 +9,16 @@ from typing import Any
 import psycopg
 import pytest
 
-from popsync.adapters.kafka import BatchProducer
+from popsync.adapters.kafka import BatchProducer, read_to_end
 from popsync.publisher import Publisher
 from popsync.settings import WORKER_NAMES, Settings
-from popsync.stack import EmbeddedStack
+from popsync.stack import EmbeddedStack, embedded_stack
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
-    running = EmbeddedStack(tmp_path_factory.mktemp("stack"), fast_postgres=True)
-    running.start()
-    try:
+    with embedded_stack(tmp_path_factory.mktemp("stack"), fast_postgres=True) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="session")
@@ -61,4 +57,19 @@ def eventually(probe: Callable[[], Any], timeout: float = 60.0) -> Any:
         result = probe()
         if result or time.monotonic() > deadline:
             return result
+        time.sleep(0.25)
+
+
+def read_until(
+    settings: Settings,
+    topic: str,
+    enough: Callable[[list[bytes | None]], bool],
+    timeout: float = 60.0,
+) -> list[bytes | None]:
+    """The values of `topic`, re-read to its end until `enough` of them have arrived."""
+    deadline = time.monotonic() + timeout
+    while True:
+        values = [value for _, _, value in read_to_end(settings.kafka, topic, timeout)]
+        if enough(values) or time.monotonic() > deadline:
+            return values
         time.sleep(0.25)

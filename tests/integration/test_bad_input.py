@@ -13,14 +13,12 @@ letters it finds from offset 0, gets instead of its own.
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from popsync.adapters.kafka import BatchProducer
 from popsync.contract import models as m
@@ -30,7 +28,7 @@ from popsync.publisher import Publisher
 from popsync.settings import WORKER_NAMES, Settings
 from popsync.stack import EmbeddedStack, WorkerProcess
 from popsync.topics import MAX_EVENT_BYTES
-from tests.integration.conftest import eventually
+from tests.integration.conftest import eventually, read_until
 from tests.unit.test_bad_input_catalogue import Citizens, bad_messages
 
 pytestmark = pytest.mark.integration
@@ -63,29 +61,18 @@ def read_dead_letters(
     settings: Settings, wanted: set[Sent], timeout: float
 ) -> dict[Sent, m.DeadLetter]:
     """Dead letters whose original (key, value) is in `wanted`, read from every partition."""
-    consumer = Consumer(
-        {
-            **settings.kafka.librdkafka(),
-            "group.id": f"{NAME}-reader-{time.time()}",
-            "enable.auto.commit": "false",
+    codec = Codec(m.DeadLetter)
+
+    def found(values: list[bytes | None]) -> dict[Sent, m.DeadLetter]:
+        letters = (codec.decode(value) for value in values)
+        return {
+            (letter.original_key, letter.original_value): letter
+            for letter in letters
+            if (letter.original_key, letter.original_value) in wanted
         }
-    )
+
     topic = settings.topics.dead_letters
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.topics.partitions)])
-    codec, found = Codec(m.DeadLetter), {}
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and len(found) < len(wanted):
-            message = consumer.poll(0.5)
-            if message is None or message.error():
-                continue
-            letter = codec.decode(message.value())
-            original = (letter.original_key, letter.original_value)
-            if original in wanted:
-                found[original] = letter
-    finally:
-        consumer.close()
-    return found
+    return found(read_until(settings, topic, lambda v: len(found(v)) >= len(wanted), timeout))
 
 
 def test_every_kind_of_bad_input_is_dead_lettered_and_good_events_flow_on(

@@ -20,9 +20,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from popsync.adapters.kafka import BatchProducer
+from popsync.adapters.kafka import BatchProducer, read_to_end
 from popsync.demo import Expectation, expect
 from popsync.publisher import Publisher
 from popsync.settings import WORKER_NAMES, Settings, WorkerName
@@ -60,29 +59,7 @@ def history_rows(settings: Settings) -> int:
 
 def topic_size(settings: Settings, topic: str) -> int:
     """Messages in `topic`, read to the end (fetch high-water marks, not ListOffsets)."""
-    consumer = Consumer(
-        {
-            **settings.kafka.librdkafka(),
-            "group.id": f"crash-count-{time.time()}",
-            "enable.auto.commit": "false",
-            "enable.partition.eof": "true",
-        }
-    )
-    partitions = settings.topics.partitions
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    count, finished = 0, set()
-    deadline = time.monotonic() + 60
-    try:
-        while len(finished) < partitions and time.monotonic() < deadline:
-            for message in consumer.consume(1000, 0.5):
-                error = message.error()
-                if error is None:
-                    count += 1
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    finished.add(message.partition())
-    finally:
-        consumer.close()
-    return count
+    return sum(1 for _ in read_to_end(settings.kafka, topic, timeout=60))
 
 
 def chunks(messages: Sequence[SimulatedMessage], count: int) -> list[Sequence[SimulatedMessage]]:

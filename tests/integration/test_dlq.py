@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from popsync import dlq
-from popsync.adapters.kafka import BatchProducer, OutboundMessage
+from popsync.adapters.kafka import BatchProducer, OutboundMessage, read_to_end
 from popsync.contract import models as m
 from popsync.deadletter import DEAD_LETTER_CODEC
 from popsync.domain.legal_time import legal_date
@@ -95,7 +95,7 @@ def parked(settings: Settings) -> list[m.DeadLetter]:
 
 def dead_letter_records(settings: Settings) -> list[bytes | None]:
     """Every record on the dead-letter topic, repeats included (`scan` counts those once)."""
-    return [v for _, _, v in dlq.iter_topic(settings.kafka, settings.topics.dead_letters, 30)]
+    return [v for _, _, v in read_to_end(settings.kafka, settings.topics.dead_letters, 30)]
 
 
 def popsync_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -251,13 +251,13 @@ def test_the_limit_stops_the_worker_before_it_sends_and_nothing_is_lost(
     assert "dead-letter limit reached in validator: 10 messages in a row" in log
     assert "BAD_MAGIC=" in log and good not in log
     assert dead_letter_records(settings) == []  # the stopped batch sent nothing
-    assert not list(dlq.iter_topic(settings.kafka, settings.topics.validated_events, 30))
+    assert not list(read_to_end(settings.kafka, settings.topics.validated_events, 30))
 
     limit = DeadLetterLimitSettings(window=1000, max_consecutive=1000)
     higher = settings.model_copy(update={"dead_letter_limit": limit})
     with workers(stack, higher, ("validator",), "-dlqlimit-raised"):
         validated = eventually(
-            lambda: list(dlq.iter_topic(settings.kafka, settings.topics.validated_events, 30))
+            lambda: list(read_to_end(settings.kafka, settings.topics.validated_events, 30))
         )
     assert len(validated) == 1  # the good message, after the 15 bad ones (one partition)
     letters = [DEAD_LETTER_CODEC.decode(value) for value in dead_letter_records(settings)]
@@ -313,7 +313,7 @@ def test_dlq_list_counts_what_is_parked_and_replay_skips_empty_values(
     assert empty.returncode == 0, empty.stderr
     assert "skipped 3 with no original value" in empty.stdout
     assert "replayed 0 of 3 selected dead letters" in empty.stdout
-    registry = list(dlq.iter_topic(settings.kafka, settings.topics.registry_events, 30))
+    registry = list(read_to_end(settings.kafka, settings.topics.registry_events, 30))
     assert len(registry) == len(messages)  # neither command sent anything
 
     shown = listed.stdout + listed.stderr + residence.stdout + dry.stdout + empty.stdout

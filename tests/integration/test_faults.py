@@ -18,7 +18,7 @@ from popsync.demo import expect, store_counts, store_matches
 from popsync.publisher import Publisher
 from popsync.settings import WORKER_NAMES, Settings
 from popsync.simulate.generator import simulate
-from popsync.stack import EmbeddedStack, WorkerProcess, wait_until
+from popsync.stack import EmbeddedStack, WorkerProcess, embedded_stack, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -28,12 +28,8 @@ OUTAGE_SECONDS = 12
 
 @pytest.fixture(scope="module")
 def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
-    running = EmbeddedStack(tmp_path_factory.mktemp("faults"), fast_postgres=True)
-    running.start()
-    try:
+    with embedded_stack(tmp_path_factory.mktemp("faults"), fast_postgres=True) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def run_through_outage(

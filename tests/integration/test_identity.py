@@ -11,7 +11,6 @@ from datetime import UTC, date, datetime
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from popsync.adapters.kafka import BatchProducer
 from popsync.adapters.pins import PostgresPinAllocator
@@ -23,7 +22,7 @@ from popsync.domain.pin import make_pin
 from popsync.publisher import Publisher
 from popsync.settings import Settings
 from popsync.stack import EmbeddedStack, WorkerProcess
-from tests.integration.conftest import Query, eventually
+from tests.integration.conftest import Query, eventually, read_until
 from tests.integration.test_pipeline import birth, citizen, death, envelope, move, publish
 
 pytestmark = pytest.mark.integration
@@ -91,25 +90,9 @@ def stored_pins(settings: Settings, event_ids: list[str]) -> dict[str, str]:
 
 
 def read_notices(settings: Settings, wanted: int, timeout: float = 60) -> list[m.IdentityAssigned]:
-    consumer = Consumer(
-        {
-            **settings.kafka.librdkafka(),
-            "group.id": f"identity-reader-{time.time()}",
-            "enable.auto.commit": "false",
-        }
-    )
     topic = settings.topics.identity_assigned
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.topics.partitions)])
-    found: list[m.IdentityAssigned] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(found) < wanted and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is not None and not message.error():
-                found.append(NOTICES.decode(message.value()))
-    finally:
-        consumer.close()
-    return found
+    values = read_until(settings, topic, lambda v: len(v) >= wanted, timeout)
+    return [NOTICES.decode(value) for value in values]
 
 
 def test_births_without_a_pin_get_unique_pins_from_two_validators_and_replays_keep_them(

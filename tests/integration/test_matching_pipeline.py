@@ -16,7 +16,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from popsync.adapters.kafka import BatchProducer
 from popsync.contract import models as m
@@ -26,7 +25,7 @@ from popsync.identity.decisions import operator_event_id
 from popsync.publisher import Publisher
 from popsync.settings import Settings
 from popsync.stack import EmbeddedStack, WorkerProcess, settings_env
-from tests.integration.conftest import eventually
+from tests.integration.conftest import eventually, read_until
 
 pytestmark = pytest.mark.integration
 
@@ -107,24 +106,8 @@ def rows(settings: Settings, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
 
 def read_topic(settings: Settings, topic: str, codec: Codec, wanted: int) -> list[Any]:
-    consumer = Consumer(
-        {
-            **settings.kafka.librdkafka(),
-            "group.id": f"matching-reader-{time.time_ns()}",
-            "enable.auto.commit": "false",
-        }
-    )
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.topics.partitions)])
-    found: list[Any] = []
-    deadline = time.monotonic() + 30
-    try:
-        while len(found) < wanted and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is not None and not message.error():
-                found.append(codec.decode(message.value()))
-    finally:
-        consumer.close()
-    return found
+    values = read_until(settings, topic, lambda v: len(v) >= wanted, timeout=30)
+    return [codec.decode(value) for value in values]
 
 
 def popsync(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
@@ -22,7 +21,7 @@ from popsync.domain.pin import make_pin
 from popsync.publisher import Publisher
 from popsync.settings import Settings
 from popsync.stack import settings_env
-from tests.integration.conftest import Query, eventually
+from tests.integration.conftest import Query, eventually, read_until
 
 pytestmark = pytest.mark.integration
 
@@ -121,25 +120,8 @@ def citizen(query: Query, pin: str, version: int) -> tuple[Any, ...] | None:
 
 
 def read_dead_letters(settings: Settings, wanted: int, timeout: float = 60) -> list[m.DeadLetter]:
-    consumer = Consumer(
-        {
-            **settings.kafka.librdkafka(),
-            "group.id": f"t-{time.time()}",
-            "enable.auto.commit": "false",
-        }
-    )
-    topic = settings.topics.dead_letters
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.topics.partitions)])
-    codec, found = Codec(m.DeadLetter), []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and len(found) < wanted:
-            message = consumer.poll(0.5)
-            if message is not None and not message.error():
-                found.append(codec.decode(message.value()))
-    finally:
-        consumer.close()
-    return found
+    values = read_until(settings, settings.topics.dead_letters, lambda v: len(v) >= wanted, timeout)
+    return [Codec(m.DeadLetter).decode(value) for value in values]
 
 
 def test_birth_creates_a_citizen(publisher: Publisher, query: Query) -> None:
