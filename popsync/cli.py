@@ -109,6 +109,18 @@ def cmd_contract_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """The harness lives in the checkout's `bench/` (not installed): run it from there."""
+    checkout = Path(__file__).resolve().parents[1]
+    if not (checkout / "bench" / "pipeline").is_dir():
+        print("popsync bench: needs a source checkout (bench/ beside popsync/)", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(checkout))
+    from bench.pipeline.__main__ import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from popsync.demo import run_demo
 
@@ -245,6 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
 
+    bench = sub.add_parser(
+        "bench",
+        help="throughput and latency: floor, naive and popsync on one stream "
+        "(options: popsync bench --help)",
+        add_help=False,
+    )
+    bench.set_defaults(func=cmd_bench)
+
     worker = sub.add_parser("worker", help="run one worker (config from POPSYNC_* env)")
     worker.add_argument("name", choices=WORKER_NAMES)
     worker.set_defaults(func=cmd_worker)
@@ -325,7 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # `bench` hands every option to the harness's own parser.
+    args = parser.parse_args(argv[:1]) if argv[:1] == ["bench"] else parser.parse_args(argv)
+    if args.command == "bench":
+        args.bench_args = argv[1:]
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -94,6 +94,13 @@ class ProcessingSettings(_Section):
     retry_initial_seconds: float = Field(0.5, gt=0, description="First backoff on a fault")
     retry_max_seconds: float = Field(30.0, gt=0, description="Longest backoff on a fault")
     future_skew_seconds: int = Field(300, ge=0, description="Clock skew tolerated for 'future'")
+    state_cache_citizens: int = Field(
+        8_000,
+        ge=0,
+        description="Citizens whose decoded state the synchronizer keeps in memory (LRU, "
+        "about 18 KB each as measured); checked against the stored version on every use, "
+        "so it is never stale",
+    )
     shutdown_grace_seconds: float = Field(
         20.0,
         gt=0,

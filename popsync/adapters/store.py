@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
@@ -81,83 +81,174 @@ class Database:
         await self._discard()
 
 
+@dataclass(frozen=True)
+class StoredState:
+    """A citizen's persisted synchronizer state; `events` is None when the caller's copy of
+    this version is current (see `SyncStateStore.load`)."""
+
+    version: int
+    events: list[bytes] | None
+
+
 class SyncStateStore:
     """Each citizen's accepted events, as the synchronizer persists them."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def load(self, pins: Iterable[str]) -> dict[str, list[bytes]]:
+    async def load(self, known: Mapping[str, int | None]) -> dict[str, StoredState]:
+        """The stored state of each pin of `known`, which maps a pin to the version the
+        caller already holds (None: none). The events of a version the caller holds are
+        not sent back, so a warm cache costs one small query per batch."""
+        pins = list(known)
+        versions = [-1 if known[pin] is None else known[pin] for pin in pins]
         async with self._db.transaction() as cur:
             await cur.execute(
-                "SELECT pin, events FROM sync_citizen_state WHERE pin = ANY(%s)", (list(pins),)
+                """
+                SELECT s.pin, s.version,
+                       CASE WHEN s.version = k.version THEN NULL ELSE s.events END
+                  FROM sync_citizen_state s
+                  JOIN unnest(%s::text[], %s::bigint[]) AS k(pin, version) USING (pin)
+                """,
+                (pins, versions),
             )
-            return {pin: list(events) for pin, events in await cur.fetchall()}
+            return {
+                pin: StoredState(version, None if events is None else list(events))
+                for pin, version, events in await cur.fetchall()
+            }
 
     async def save(self, states: Mapping[str, tuple[int, Sequence[bytes]]]) -> None:
         if not states:
             return
         async with self._db.transaction() as cur:
-            await cur.executemany(
-                """
-                INSERT INTO sync_citizen_state (pin, version, events) VALUES (%s, %s, %s)
-                ON CONFLICT (pin) DO UPDATE
-                   SET version = excluded.version, events = excluded.events, updated_at = now()
-                 WHERE sync_citizen_state.version < excluded.version
-                """,
+            await cur.execute(_STAGE_SYNC_STATE)
+            await _copy(
+                cur,
+                "stage_sync_state",
+                _SYNC_STATE_COLUMNS,
                 [(pin, version, list(events)) for pin, (version, events) in states.items()],
             )
+            await cur.execute(_UPSERT_SYNC_STATE)
 
 
-_CITIZEN_COLUMNS = (
-    "pin",
-    "version",
-    "full_name",
-    "birth_date",
-    "sex",
-    "ethnicity",
-    "nationality",
-    "birthplace_province",
-    "marital_status",
-    "spouse_pin",
-    "life_status",
-    "death_date",
-    "permanent_province",
-    "permanent_commune",
-    "temporary_province",
-    "temporary_commune",
-    "id_card_number",
-    "snapshot",
-    "last_event_id",
-    "last_event_at",
-)
-_UPSERT_CITIZEN = f"""
-    INSERT INTO citizens ({", ".join(_CITIZEN_COLUMNS)})
-    VALUES ({", ".join(["%s"] * len(_CITIZEN_COLUMNS))})
-    ON CONFLICT (pin) DO UPDATE SET
-        {", ".join(f"{c} = excluded.{c}" for c in _CITIZEN_COLUMNS[1:])}, updated_at = now()
-    WHERE citizens.version < excluded.version
-"""  # noqa: S608 - column names are constants above, values are parameters
-_INSERT_HISTORY = """
-    INSERT INTO citizen_history (pin, version, event_id, event_type, source_registry,
-                                 changed_fields, changes, occurred_at, applied_at)
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
-    ON CONFLICT (pin, version) DO NOTHING
+# Staged columns and their types: the binary COPY needs them (see `_copy`).
+_CITIZEN_COLUMNS = {
+    "pin": "text",
+    "version": "int8",
+    "full_name": "text",
+    "birth_date": "date",
+    "sex": "text",
+    "ethnicity": "text",
+    "nationality": "text",
+    "birthplace_province": "text",
+    "marital_status": "text",
+    "spouse_pin": "text",
+    "life_status": "text",
+    "death_date": "date",
+    "permanent_province": "text",
+    "permanent_commune": "text",
+    "temporary_province": "text",
+    "temporary_commune": "text",
+    "id_card_number": "text",
+    "snapshot": "jsonb",
+    "last_event_id": "text",
+    "last_event_at": "timestamptz",
+}
+_HISTORY_COLUMNS = {  # written_at is left to the table's default
+    "pin": "text",
+    "version": "int8",
+    "event_id": "text",
+    "event_type": "text",
+    "source_registry": "text",
+    "changed_fields": "text[]",
+    "changes": "jsonb",
+    "occurred_at": "timestamptz",
+    "applied_at": "timestamptz",
+}
+_CONFLICT_COLUMNS = {
+    "pin": "text",
+    "event_id": "text",
+    "event_type": "text",
+    "source_registry": "text",
+    "conflict_code": "text",
+    "message": "text",
+    "occurred_at": "timestamptz",
+    "detected_at": "timestamptz",
+    "resolved_at": "timestamptz",
+}
+_SYNC_STATE_COLUMNS = {"pin": "text", "version": "int8", "events": "bytea[]"}
+
+# A batch is COPYed into staging tables, then moved with one INSERT … SELECT … ON CONFLICT
+# per table: far cheaper than one statement per row. They are TEMP (private to the
+# connection, emptied at commit) and declared in every transaction that uses them, so a new
+# connection (the Database reconnects after a failure) needs no setup; when they exist this
+# is a catalog lookup. They have no keys: rows are made unique per key in Python before the
+# COPY (`_batch_rows`), since DO UPDATE cannot touch one row twice in a statement. Each
+# INSERT … SELECT takes its rows in key order, so concurrent writers lock rows in one order.
+_STAGE_ROWS = """
+    CREATE TEMP TABLE IF NOT EXISTS stage_citizens (LIKE citizens INCLUDING DEFAULTS)
+        ON COMMIT DELETE ROWS;
+    CREATE TEMP TABLE IF NOT EXISTS stage_history (LIKE citizen_history INCLUDING DEFAULTS)
+        ON COMMIT DELETE ROWS;
+    CREATE TEMP TABLE IF NOT EXISTS stage_conflicts (LIKE citizen_conflicts INCLUDING DEFAULTS)
+        ON COMMIT DELETE ROWS;
 """
+_STAGE_SYNC_STATE = """
+    CREATE TEMP TABLE IF NOT EXISTS stage_sync_state (LIKE sync_citizen_state INCLUDING DEFAULTS)
+        ON COMMIT DELETE ROWS
+"""
+_UPSERT_SYNC_STATE = """
+    INSERT INTO sync_citizen_state (pin, version, events)
+    SELECT pin, version, events FROM pg_temp.stage_sync_state ORDER BY pin
+    ON CONFLICT (pin) DO UPDATE
+       SET version = excluded.version, events = excluded.events, updated_at = now()
+     WHERE sync_citizen_state.version < excluded.version
+"""
+_UPSERT_CITIZENS = f"""
+    INSERT INTO citizens ({", ".join(_CITIZEN_COLUMNS)})
+    SELECT {", ".join(_CITIZEN_COLUMNS)} FROM pg_temp.stage_citizens ORDER BY pin
+    ON CONFLICT (pin) DO UPDATE SET
+        {", ".join(f"{c} = excluded.{c}" for c in _CITIZEN_COLUMNS if c != "pin")},
+        updated_at = now()
+    WHERE citizens.version < excluded.version
+"""  # noqa: S608 - column names are constants above
+_INSERT_HISTORY = f"""
+    INSERT INTO citizen_history ({", ".join(_HISTORY_COLUMNS)})
+    SELECT {", ".join(_HISTORY_COLUMNS)} FROM pg_temp.stage_history ORDER BY pin, version
+    ON CONFLICT (pin, version) DO NOTHING
+"""  # noqa: S608 - column names are constants above
 # The newest record of an event's conflict wins; a re-delivered older one changes nothing
-# (records of one batch share a time and are written in order, hence <=).
-_UPSERT_CONFLICT = """
-    INSERT INTO citizen_conflicts (pin, event_id, event_type, source_registry, conflict_code,
-                                   message, occurred_at, detected_at, resolved_at)
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+# (records of one batch share a time and come in order, hence <=; see `_batch_rows`).
+_UPSERT_CONFLICTS = f"""
+    INSERT INTO citizen_conflicts ({", ".join(_CONFLICT_COLUMNS)})
+    SELECT {", ".join(_CONFLICT_COLUMNS)} FROM pg_temp.stage_conflicts ORDER BY pin, event_id
     ON CONFLICT (pin, event_id) DO UPDATE SET
         conflict_code = excluded.conflict_code, message = excluded.message,
         detected_at = excluded.detected_at, resolved_at = excluded.resolved_at
     WHERE citizen_conflicts.detected_at <= excluded.detected_at
-"""
+"""  # noqa: S608 - column names are constants above
 
 
-def _citizen_row(update: m.CitizenUpdate) -> tuple[Any, ...]:
+async def _copy(
+    cur: psycopg.AsyncCursor[Any],
+    table: str,
+    columns: Mapping[str, str],
+    rows: Sequence[Sequence[Any]],
+) -> None:
+    """COPY `rows` into the staging table `table`, whose `columns` map name to type.
+
+    Binary format: measured faster than text here (2,000 citizen and history rows in about
+    2/3 of the time), and bytea needs no hex encoding.
+    """
+    query = f"COPY pg_temp.{table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+    async with cur.copy(query) as copy:
+        copy.set_types(list(columns.values()))
+        for row in rows:
+            await copy.write_row(row)
+
+
+def _citizen_row(update: m.CitizenUpdate, snapshot: dict[str, Any]) -> tuple[Any, ...]:
+    """The citizens row; `snapshot` is `update.snapshot` dumped in JSON mode."""
     s = update.snapshot
     permanent, temporary = s.permanent_residence, s.temporary_residence
     return (
@@ -178,14 +269,14 @@ def _citizen_row(update: m.CitizenUpdate) -> tuple[Any, ...]:
         temporary and temporary.province_code,
         temporary and temporary.commune_code,
         s.id_card and s.id_card.card_number,
-        Jsonb(s.model_dump(mode="json")),
+        Jsonb(snapshot),
         update.event_id,
         update.occurred_at,
     )
 
 
-def _history_row(update: m.CitizenUpdate) -> tuple[Any, ...]:
-    snapshot = update.snapshot.model_dump(mode="json")
+def _history_row(update: m.CitizenUpdate, snapshot: dict[str, Any]) -> tuple[Any, ...]:
+    """The citizen_history row; `snapshot` is `update.snapshot` dumped in JSON mode."""
     changes = {name: snapshot[name] for name in update.changed_fields}
     return (
         update.pin,
@@ -212,6 +303,43 @@ def _conflict_row(conflict: m.MergeConflict) -> tuple[Any, ...]:
         conflict.detected_at,
         conflict.detected_at if conflict.resolved else None,
     )
+
+
+@dataclass
+class _BatchRows:
+    history: list[tuple[Any, ...]] = field(default_factory=list)
+    citizens: list[tuple[Any, ...]] = field(default_factory=list)
+    conflicts: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+def _batch_rows(records: Sequence[m.CitizenUpdate | m.MergeConflict]) -> _BatchRows:
+    """The rows of a batch, one per key, as the row-by-row statements used to leave them.
+
+    history: the first record of a (pin, version) (DO NOTHING kept the first of a re-emit);
+    citizens: each pin's highest version, its first record on a tie;
+    conflicts: of the records of a (pin, event_id), the newest, the last on a tie.
+    """
+    history: dict[tuple[str, int], m.CitizenUpdate] = {}
+    latest: dict[str, m.CitizenUpdate] = {}
+    conflicts: dict[tuple[str, str], m.MergeConflict] = {}
+    for record in records:
+        if isinstance(record, m.CitizenUpdate):
+            history.setdefault((record.pin, record.version), record)
+            known = latest.get(record.pin)
+            if known is None or known.version < record.version:
+                latest[record.pin] = record
+        else:
+            key = (record.pin, record.event_id)
+            seen = conflicts.get(key)
+            if seen is None or seen.detected_at <= record.detected_at:
+                conflicts[key] = record
+    rows = _BatchRows(conflicts=[_conflict_row(c) for c in conflicts.values()])
+    for update in history.values():
+        snapshot = update.snapshot.model_dump(mode="json")  # once for both rows: a hot spot
+        rows.history.append(_history_row(update, snapshot))
+        if latest[update.pin] is update:
+            rows.citizens.append(_citizen_row(update, snapshot))
+    return rows
 
 
 @dataclass(frozen=True)
@@ -290,14 +418,18 @@ class CitizenStore:
     async def _write_rows(
         self, cur: psycopg.AsyncCursor[Any], records: Sequence[m.CitizenUpdate | m.MergeConflict]
     ) -> None:
-        updates = [r for r in records if isinstance(r, m.CitizenUpdate)]
-        conflicts = [r for r in records if isinstance(r, m.MergeConflict)]
-        latest: dict[str, m.CitizenUpdate] = {}
-        for update in updates:
-            if update.pin not in latest or latest[update.pin].version < update.version:
-                latest[update.pin] = update
-        if updates:
-            await cur.executemany(_INSERT_HISTORY, [_history_row(u) for u in updates])
-            await cur.executemany(_UPSERT_CITIZEN, [_citizen_row(u) for u in latest.values()])
-        if conflicts:
-            await cur.executemany(_UPSERT_CONFLICT, [_conflict_row(c) for c in conflicts])
+        if not records:
+            return
+        rows = _batch_rows(records)
+        await cur.execute(_STAGE_ROWS)
+        moves: list[str] = []
+        for table, columns, staged, move in (
+            ("stage_history", _HISTORY_COLUMNS, rows.history, _INSERT_HISTORY),
+            ("stage_citizens", _CITIZEN_COLUMNS, rows.citizens, _UPSERT_CITIZENS),
+            ("stage_conflicts", _CONFLICT_COLUMNS, rows.conflicts, _UPSERT_CONFLICTS),
+        ):
+            if staged:
+                await _copy(cur, table, columns, staged)
+                moves.append(move)
+        # No parameters: one round trip for all of them (simple query protocol).
+        await cur.execute(";".join(moves))

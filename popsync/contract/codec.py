@@ -167,7 +167,9 @@ def _uninterpreted(schema: Any) -> Any:
 def to_avro_datum(record: models.ContractModel) -> dict[str, Any]:
     """A model as the dict fastavro writes; a payload union branch is named explicitly."""
     datum = record.model_dump(mode="python")
-    payload = getattr(record, "payload", None)
+    # Not getattr(record, "payload", None): a model without the field raises inside
+    # pydantic's __getattr__ first, a measured hot spot when encoding updates.
+    payload = record.__dict__.get("payload")
     if isinstance(payload, models.ContractModel) and type(payload).AVRO_NAME in PAYLOAD_MODELS:
         datum["payload"] = (payload.AVRO_NAME, datum["payload"])
     return datum

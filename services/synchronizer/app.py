@@ -2,11 +2,12 @@
 
 One batch, in this order (each step idempotent, so a crash anywhere only
 repeats work):
-1. load the touched citizens' accepted events from PostgreSQL;
+1. load the touched citizens' accepted events from PostgreSQL (only their versions
+   when the in-memory cache holds those versions, see `states`);
 2. merge each event (`popsync.domain.merge`): an update per applied event, a
    conflict record per newly surfaced conflict, nothing for a duplicate;
 3. send updates and conflicts and wait until the broker has them all;
-4. save the new states (a state only moves forward in version);
+4. save the new states (a state only moves forward in version), then cache them;
 5. return, so faust acks and later commits the batch's offsets.
 A crash between 3 and 4 re-emits the same updates with the same versions on
 restart; the store writer ignores versions it already has.
@@ -29,6 +30,8 @@ from popsync.deadletter import DeadLetterLimit, Outcome, dead_letter
 from popsync.domain.merge import Applied, CitizenState, Conflict, Duplicate, apply_event
 from popsync.runtime import InboundMessage, Worker, make_app, register_batch_agent
 from popsync.settings import Settings
+
+from .states import Known, StateCache
 
 log = logging.getLogger(__name__)
 STAGE = "synchronizer"
@@ -63,17 +66,38 @@ class SynchronizerStep:
         self._states = states
         self._clock = clock
         self._limit = DeadLetterLimit(settings.dead_letter_limit, STAGE)
+        self._cache = StateCache(settings.processing.state_cache_citizens)
 
     async def __call__(self, batch: Sequence[InboundMessage]) -> None:
         started = time.perf_counter()
         decoded, result = self._decode(batch)
         # Before sending: a worker stopped by the limit has sent nothing of this batch.
         self._limit.observe(result.outcomes)
-        stored = await self._states.load({event.subject_pin or "" for _, event in decoded})
-        self.merge(decoded, stored, result)
+        states = await self._load({event.subject_pin or "" for _, event in decoded})
+        self.merge(decoded, states, result)
         await self._producer.send_all(result.outputs)
         await self._states.save(result.dirty)
+        for pin, known in states.items():  # only once saved: the cache mirrors the store
+            self._cache.put(pin, known)
         self._count(batch, result, started)
+
+    async def _load(self, pins: set[str]) -> dict[str, Known]:
+        """Each citizen's current state: from the cache when the store holds that version."""
+        stored = await self._states.load({pin: self._cache.version(pin) for pin in pins})
+        states: dict[str, Known] = {}
+        for pin in pins:
+            entry = stored.get(pin)
+            if entry is None:
+                states[pin] = Known(CitizenState(pin), {})
+            elif entry.events is not None:
+                states[pin] = _rebuild(pin, entry.events)
+            elif (cached := self._cache.get(pin, entry.version)) is not None:
+                states[pin] = cached
+        missing = pins - states.keys()  # evicted meanwhile: ask for the events themselves
+        if missing:
+            again = await self._states.load(dict.fromkeys(missing))
+            states.update((pin, _rebuild(pin, again[pin].events or [])) for pin in missing)
+        return states
 
     def _decode(
         self, batch: Sequence[InboundMessage]
@@ -106,20 +130,15 @@ class SynchronizerStep:
     def merge(
         self,
         decoded: Sequence[tuple[InboundMessage, m.RegistryEvent]],
-        stored: dict[str, list[bytes]],
+        states: dict[str, Known],
         result: BatchResult,
     ) -> None:
-        """Apply the batch's events in arrival order to states loaded from the store."""
+        """Apply the batch's events in arrival order to the citizens' current states."""
         now = self._clock()
-        raw: dict[str, dict[str, bytes]] = {}
-        states: dict[str, CitizenState] = {}
         for message, event in decoded:
             pin = event.subject_pin or ""
-            if pin not in states:
-                events = [EVENT_CODEC.decode(value) for value in stored.get(pin, [])]
-                states[pin] = CitizenState.from_events(pin, events)
-                raw[pin] = {e.event_id: v for e, v in zip(events, stored.get(pin, []), strict=True)}
-            outcome = apply_event(states[pin], event)
+            known = states[pin]
+            outcome = apply_event(known.state, event)
             if isinstance(outcome, Duplicate):
                 result.duplicates += 1
                 continue
@@ -127,9 +146,10 @@ class SynchronizerStep:
                 result.outputs.append(self._conflict(event, outcome.conflict, now))
                 result.conflict_codes.append(outcome.conflict.code)
                 continue
-            states[pin] = outcome.state
-            raw[pin][event.event_id] = message.value or b""
-            result.dirty[pin] = (outcome.version, list(raw[pin].values()))
+            # A new dict: the cached one must stay as stored until this batch is saved.
+            raw = {**known.raw, event.event_id: message.value or b""}
+            states[pin] = Known(outcome.state, raw)
+            result.dirty[pin] = (outcome.version, list(raw.values()))
             result.applied.append(event)
             result.outputs.append(self._update(event, outcome, now))
             for event_id, conflict in outcome.new_conflicts.items():
@@ -186,6 +206,13 @@ class SynchronizerStep:
         metrics.DUPLICATES_SKIPPED.labels(STAGE).inc(result.duplicates)
         metrics.BATCH_SIZE.labels(STAGE).observe(len(batch))
         metrics.BATCH_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
+
+
+def _rebuild(pin: str, stored: Sequence[bytes]) -> Known:
+    """A citizen's state from its stored events (validated bytes, so they decode)."""
+    events = [EVENT_CODEC.decode(value) for value in stored]
+    raw = {event.event_id: value for event, value in zip(events, stored, strict=True)}
+    return Known(CitizenState.from_events(pin, events), raw)
 
 
 def build(settings: Settings) -> Worker:

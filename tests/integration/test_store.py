@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
 
-from popsync.adapters.store import CitizenStore, Consumed, Database, WriteResult
+from popsync.adapters import store
+from popsync.adapters.store import CitizenStore, Consumed, Database, SyncStateStore, WriteResult
 from popsync.contract import models as m
 from popsync.settings import Settings
 from popsync.stack import EmbeddedStack, migrate
@@ -105,3 +106,232 @@ def test_an_older_version_never_overwrites_a_newer_one(settings: Settings) -> No
     assert rows(settings, "SELECT version, full_name FROM citizens WHERE pin = %s", pin) == [
         (2, "Đỗ Minh Khoa")
     ]
+
+
+def conflict(pin: str, event_id: str, *, resolved: bool, seconds: int = 0) -> m.MergeConflict:
+    return m.MergeConflict(
+        pin=pin,
+        event_id=event_id,
+        event_type=m.EventType.DIVORCE_RECORDED,
+        source_registry=m.SourceRegistry.CIVIL_STATUS,
+        conflict_code="NOT_MARRIED",
+        message="resolved" if resolved else "open",
+        resolved=resolved,
+        occurred_at=AT,
+        detected_at=AT + timedelta(seconds=seconds),
+    )
+
+
+def test_a_version_twice_in_one_batch_is_written_once(settings: Settings) -> None:
+    # A synchronizer re-emit can put the same (pin, version) twice in one batch.
+    pin = "079190000004"
+    first, again = update(pin, 1, "Vũ Thị Lan"), update(pin, 1, "Vũ Thị Lan")
+    result = write(settings, "g5", [Consumed(TOPIC, 4, 0, first), Consumed(TOPIC, 4, 1, again)])
+    assert result == WriteResult(written=2, skipped=0)
+    assert rows(settings, "SELECT version FROM citizen_history WHERE pin = %s", pin) == [(1,)]
+    assert rows(settings, "SELECT version, full_name FROM citizens WHERE pin = %s", pin) == [
+        (1, "Vũ Thị Lan")
+    ]
+
+
+def test_two_versions_of_a_citizen_in_one_batch(settings: Settings) -> None:
+    pin = "079190000005"
+    batch = [  # out of order: the higher version must still win
+        Consumed(TOPIC, 5, 0, update(pin, 2, "Trần Văn Bình")),
+        Consumed(TOPIC, 5, 1, update(pin, 1, "Tran Van Binh")),
+    ]
+    write(settings, "g6", batch)
+    assert rows(settings, "SELECT version, full_name FROM citizens WHERE pin = %s", pin) == [
+        (2, "Trần Văn Bình")
+    ]
+    history = rows(
+        settings,
+        "SELECT version, changes, written_at IS NOT NULL FROM citizen_history"
+        " WHERE pin = %s ORDER BY version",
+        pin,
+    )
+    assert history == [
+        (1, {"full_name": "Tran Van Binh"}, True),
+        (2, {"full_name": "Trần Văn Bình"}, True),
+    ]
+
+
+def test_a_conflict_and_its_resolution_in_one_batch_the_resolution_wins(
+    settings: Settings,
+) -> None:
+    pin = "079190000006"
+    batch = [
+        Consumed(TOPIC, 6, 0, conflict(pin, "divorce-1", resolved=False)),
+        Consumed(TOPIC, 6, 1, conflict(pin, "divorce-1", resolved=True)),  # same detected_at
+        Consumed(TOPIC, 6, 2, conflict(pin, "divorce-2", resolved=False)),
+    ]
+    write(settings, "g7", batch)
+    found = rows(
+        settings,
+        "SELECT event_id, message, resolved_at FROM citizen_conflicts WHERE pin = %s ORDER BY 1",
+        pin,
+    )
+    assert found == [("divorce-1", "resolved", AT), ("divorce-2", "open", None)]
+    # An older record re-delivered later (another group: no stored offsets) reopens nothing.
+    write(
+        settings,
+        "g8",
+        [Consumed(TOPIC, 6, 0, conflict(pin, "divorce-1", resolved=False, seconds=-1))],
+    )
+    assert rows(
+        settings,
+        "SELECT message FROM citizen_conflicts WHERE pin = %s AND event_id = %s",
+        pin,
+        "divorce-1",
+    ) == [("resolved",)]
+
+
+def test_a_big_batch_is_written_in_full(settings: Settings) -> None:
+    pins = [f"0792100{i:05d}" for i in range(1000)]
+    records: list[m.CitizenUpdate | m.MergeConflict] = []
+    for pin in pins:
+        snapshot = m.CitizenSnapshot(
+            pin=pin,
+            full_name=f'Ngô \\ "Quyền"\t{pin}',  # characters COPY and JSON escape
+            birth_date=date(1990, 5, 17),
+            sex=m.Sex.F,
+            permanent_residence=m.Address(
+                province_code="79", commune_code="26734", address_line="12 Lê Lợi\nPhường 1"
+            ),
+            id_card=m.IdCard(card_number=pin, issue_date=date(2021, 3, 4), issuing_authority="C06"),
+        )
+        for version in (1, 2):
+            records.append(
+                update(pin, version, "").model_copy(
+                    update={
+                        "snapshot": snapshot,
+                        "changed_fields": ["full_name", "birth_date", "permanent_residence"],
+                    }
+                )
+            )
+        records.append(conflict(pin, f"death-{pin}", resolved=False))
+    batch = [Consumed(TOPIC, 7, offset, record) for offset, record in enumerate(records)]
+    assert write(settings, "g9", batch) == WriteResult(written=3000, skipped=0)
+
+    counts = rows(
+        settings,
+        "SELECT (SELECT count(*) FROM citizens WHERE pin LIKE '0792100%%' AND version = 2),"
+        " (SELECT count(*) FROM citizen_history WHERE pin LIKE '0792100%%'"
+        "   AND written_at IS NOT NULL),"
+        " (SELECT count(*) FROM citizen_conflicts WHERE pin LIKE '0792100%%')",
+    )
+    assert counts == [(1000, 2000, 1000)]
+    pin = pins[-1]
+    expected = records[-2]
+    assert isinstance(expected, m.CitizenUpdate)
+    dumped = expected.snapshot.model_dump(mode="json")
+    citizen = rows(
+        settings,
+        "SELECT full_name, birth_date, sex, permanent_province, permanent_commune,"
+        " id_card_number, snapshot, last_event_id, last_event_at FROM citizens WHERE pin = %s",
+        pin,
+    )
+    assert citizen == [
+        (
+            expected.snapshot.full_name,
+            date(1990, 5, 17),
+            "F",
+            "79",
+            "26734",
+            pin,
+            dumped,
+            f"event-{pin}-2",
+            AT,
+        )
+    ]
+    history = rows(
+        settings,
+        "SELECT event_type, source_registry, changed_fields, changes, occurred_at, applied_at"
+        " FROM citizen_history WHERE pin = %s AND version = 2",
+        pin,
+    )
+    assert history == [
+        (
+            "CIVIL_STATUS_CHANGED",
+            "CIVIL_STATUS",
+            ["full_name", "birth_date", "permanent_residence"],
+            {name: dumped[name] for name in expected.changed_fields},
+            AT,
+            AT,
+        )
+    ]
+
+
+def test_batches_on_one_connection_do_not_carry_rows_over(settings: Settings) -> None:
+    # The staging tables live as long as the connection; each batch must start empty.
+    first, second = "079190000007", "079190000008"
+
+    async def run() -> None:
+        db = Database(settings.postgres)
+        try:
+            store = CitizenStore(db, "g10")
+            await store.write([Consumed(TOPIC, 8, 0, update(first, 1, "Hồ Văn Nam"))])
+            async with db.transaction() as cur:
+                await cur.execute(b"DELETE FROM citizens WHERE pin = %s", (first,))
+            await store.write([Consumed(TOPIC, 8, 1, update(second, 1, "Hồ Thị Mai"))])
+        finally:
+            await db.close()
+
+    asyncio.run(run())
+    found = rows(settings, "SELECT pin FROM citizens WHERE pin IN (%s, %s)", first, second)
+    assert found == [(second,)]
+
+
+def test_sync_state_only_moves_forward(settings: Settings) -> None:
+    pins = ["079190000009", "079190000010", "079190000011"]
+    blob = bytes(range(256))  # every byte value, NUL and backslash included
+
+    def save(states: dict[str, tuple[int, list[bytes]]]) -> None:
+        async def run() -> None:
+            db = Database(settings.postgres)
+            try:
+                await SyncStateStore(db).save(states)
+            finally:
+                await db.close()
+
+        asyncio.run(run())
+
+    def stored() -> list[tuple[Any, ...]]:
+        return rows(
+            settings,
+            "SELECT pin, version, events FROM sync_citizen_state WHERE pin = ANY(%s) ORDER BY pin",
+            pins,
+        )
+
+    save({pins[0]: (2, [b"a", blob]), pins[1]: (1, [])})
+    save({pins[0]: (1, [b"stale"]), pins[1]: (2, [b"b", b"c"]), pins[2]: (1, [b"d"])})
+    save({pins[0]: (2, [b"same version"])})  # an equal version changes nothing either
+    assert stored() == [
+        (pins[0], 2, [b"a", blob]),
+        (pins[1], 2, [b"b", b"c"]),
+        (pins[2], 1, [b"d"]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("table", "columns"),
+    [
+        ("citizens", store._CITIZEN_COLUMNS),
+        ("citizen_history", store._HISTORY_COLUMNS),
+        ("citizen_conflicts", store._CONFLICT_COLUMNS),
+        ("sync_citizen_state", store._SYNC_STATE_COLUMNS),
+    ],
+)
+def test_the_binary_copy_types_are_the_schemas(
+    settings: Settings, table: str, columns: dict[str, str]
+) -> None:
+    found = rows(
+        settings,
+        "SELECT a.attname, a.atttypid = c.type::regtype FROM pg_attribute a"
+        " JOIN unnest(%s::text[], %s::text[]) AS c(name, type) ON a.attname = c.name"
+        " WHERE a.attrelid = %s::regclass AND NOT a.attisdropped",
+        list(columns),
+        list(columns.values()),
+        table,
+    )
+    assert sorted(found) == sorted((name, True) for name in columns)

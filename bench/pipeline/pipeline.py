@@ -1,0 +1,228 @@
+"""popsync itself, measured end to end on the benchmark stream.
+
+`throughput`: the workers (N instances of each kind) start on a pipeline of their own
+(database, topics and consumer groups) that reads the already published raw topic, and the
+run lasts until the store holds every expected history row. `latency`: on a fresh pipeline
+with the workers running and idle, events are published at a fixed rate and each event's
+time from publication to its history row is taken from PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from confluent_kafka import Producer
+
+from bench.pipeline.dataset import EVENT_CODEC, SKEW, Dataset
+from popsync.adapters.kafka import producer_config
+from popsync.contract.codec import DecodeError
+from popsync.domain.rules import RuleViolation, check_event
+from popsync.settings import WORKER_NAMES, Settings
+from popsync.stack import EmbeddedStack, WorkerProcess
+
+POLL_SECONDS = 2.0
+
+
+class BenchFailed(RuntimeError):
+    """A phase did not finish (a worker exited, or the timeout passed)."""
+
+
+def throughput(
+    stack: EmbeddedStack,
+    name: str,
+    raw_topic: str,
+    expected_history: int,
+    instances: int,
+    timeout: float,
+) -> dict[str, Any]:
+    settings = stack.isolated_settings(name, topics={"registry_events": raw_topic})
+    stack.prepare(settings)
+    workers = start_workers(stack, settings, instances, name)
+    dsn = settings.postgres.dsn.get_secret_value()
+    try:
+        deadline = time.monotonic() + timeout
+        while (stored := history_rows(dsn)) < expected_history:
+            check_alive(workers, stack)
+            if time.monotonic() > deadline:
+                raise BenchFailed(f"{name}: {stored:,} of {expected_history:,} rows in {timeout}s")
+            time.sleep(POLL_SECONDS)
+        rss, cpu = peak_rss(workers), cpu_seconds(workers)
+    finally:
+        stop(stack, workers)
+    first, last = write_span(dsn, "citizen_history")
+    return {
+        "instances_per_worker": instances,
+        "history_rows": expected_history,
+        "first_write": first,
+        "last_write": last,
+        "peak_rss_mb": rss,
+        "cpu_seconds": cpu,
+    }
+
+
+def latency(
+    stack: EmbeddedStack, dataset: Dataset, rate: float, seconds: float, timeout: float
+) -> dict[str, Any]:
+    """Publish `rate` events/s for `seconds` to idle workers; publication-to-store latency."""
+    name = f"bench-latency-{rate:.0f}"
+    settings = stack.isolated_settings(name)
+    stack.prepare(settings)
+    workers = start_workers(stack, settings, 1, name)
+    dsn = settings.postgres.dsn.get_secret_value()
+    count = min(len(dataset), int(rate * seconds))
+    expected = expected_history(dataset, count)
+    try:
+        wait_ready(workers, timeout=60)
+        sent_at, achieved = publish_paced(settings, dataset, count, rate)
+        deadline = time.monotonic() + timeout
+        while history_rows(dsn) < expected:
+            check_alive(workers, stack)
+            if time.monotonic() > deadline:
+                raise BenchFailed("latency: the store did not catch up")
+            time.sleep(0.5)
+        rss = peak_rss(workers)
+    finally:
+        stop(stack, workers)
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT event_id, written_at FROM citizen_history").fetchall()
+    latencies = sorted(
+        (written.timestamp() - sent_at[event_id]) * 1000
+        for event_id, written in rows
+        if event_id in sent_at
+    )
+    return {
+        "rate_target": rate,
+        "rate_achieved": round(achieved, 1),
+        "seconds": seconds,
+        "events": count,
+        "measured": len(latencies),
+        "p50_ms": round(percentile(latencies, 50), 1),
+        "p99_ms": round(percentile(latencies, 99), 1),
+        "max_ms": round(latencies[-1], 1) if latencies else None,
+        "histogram_ms": latencies[:: max(1, len(latencies) // 2000)],  # for the chart
+        "peak_rss_mb": rss,
+    }
+
+
+def publish_paced(
+    settings: Settings, dataset: Dataset, count: int, rate: float
+) -> tuple[dict[str, float], float]:
+    """Send the first `count` events at `rate`/s; when each event id was first sent."""
+    producer = Producer(producer_config(settings.kafka))
+    topic = settings.topics.registry_events
+    sent_at: dict[str, float] = {}
+    started = time.time()
+    for index in range(count):
+        due = started + index / rate
+        if (wait := due - time.time()) > 0:
+            time.sleep(wait)
+        producer.produce(topic, key=dataset.keys[index], value=dataset.values[index])
+        producer.poll(0)
+        event_id = dataset.event_ids[index]
+        if event_id is not None and event_id not in sent_at:
+            sent_at[event_id] = time.time()
+    achieved = count / (time.time() - started)
+    if producer.flush(60):
+        raise BenchFailed("latency: events not delivered")
+    return sent_at, achieved
+
+
+def expected_history(dataset: Dataset, count: int) -> int:
+    """Distinct valid (PIN, event id) among the first `count` events (validator rules)."""
+    now = datetime.now(UTC)
+    seen: set[tuple[str, str]] = set()
+    for key, value in zip(dataset.keys[:count], dataset.values[:count], strict=True):
+        try:
+            event = check_event(EVENT_CODEC.decode(value), key, now, SKEW)
+        except (DecodeError, RuleViolation):
+            continue
+        seen.add((event.subject_pin or "", event.event_id))
+    return len(seen)
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))
+    return ordered[index]
+
+
+def start_workers(
+    stack: EmbeddedStack, settings: Settings, instances: int, name: str
+) -> list[WorkerProcess]:
+    return [
+        stack.start_worker(kind, settings, tag=f"-{name}-{i}")
+        for kind in WORKER_NAMES
+        for i in range(instances)
+    ]
+
+
+def wait_ready(workers: list[WorkerProcess], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(workers)
+    while pending:
+        pending = [w for w in pending if not _ready(w)]
+        if pending and time.monotonic() > deadline:
+            raise BenchFailed(f"not ready: {[w.name for w in pending]}")
+        time.sleep(0.2)
+
+
+def _ready(worker: WorkerProcess) -> bool:
+    try:
+        with urllib.request.urlopen(f"{worker.base_url}/readyz", timeout=2) as response:  # noqa: S310
+            return int(response.status) == 200
+    except OSError:
+        return False
+
+
+def check_alive(workers: list[WorkerProcess], stack: EmbeddedStack) -> None:
+    dead = [w.name for w in workers if not w.alive]
+    if dead:
+        raise BenchFailed(f"worker(s) exited: {dead}; logs in {stack.workdir / 'logs'}")
+
+
+def peak_rss(workers: list[WorkerProcess]) -> dict[str, float]:
+    """Each worker's peak resident set (VmHWM), MB, read before it stops."""
+    return {worker.log_path.stem: process_peak_rss_mb(worker.process.pid) for worker in workers}
+
+
+def cpu_seconds(workers: list[WorkerProcess]) -> dict[str, float]:
+    """CPU time (user + system) each worker has used so far."""
+    return {worker.log_path.stem: process_cpu_seconds(worker.process.pid) for worker in workers}
+
+
+def process_peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+    return round(kb / 1024, 1)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+
+
+def stop(stack: EmbeddedStack, workers: list[WorkerProcess]) -> None:
+    for worker in workers:
+        worker.stop()
+    stack.workers = [w for w in stack.workers if w not in workers]
+
+
+def history_rows(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM citizen_history").fetchone()
+    return int(row[0]) if row else 0
+
+
+def write_span(dsn: str, table: str, column: str = "written_at") -> tuple[float, float]:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(f"SELECT min({column}), max({column}) FROM {table}").fetchone()  # noqa: S608
+    if row is None or row[0] is None:
+        raise BenchFailed(f"nothing written to {table}")
+    return row[0].timestamp(), row[1].timestamp()

@@ -1,0 +1,198 @@
+"""The harness: one stack, one stream, every contender in turn, one result."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.pipeline import dataset as ds
+from bench.pipeline import floor, naive, pipeline
+from popsync.runtime import read_committed
+from popsync.stack import EmbeddedStack, embedded_stack, provision
+
+
+@dataclass(frozen=True)
+class Options:
+    events: int
+    seed: int
+    rates: tuple[float, ...]  # latency runs; the first is the headline
+    latency_seconds: float
+    instances: tuple[int, ...]
+    naive_events: int | None  # None: the whole stream
+    timeout: float
+    cache_dir: Path
+    workdir: Path | None
+
+
+def run(options: Options) -> dict[str, Any]:
+    started = time.monotonic()
+    stream = ds.load_or_generate(options.events, options.seed, options.cache_dir)
+    print(f"stream: {len(stream):,} events, {stream.expected_history:,} expected history rows")
+    root = options.workdir or Path(tempfile.mkdtemp(prefix="popsync-bench-"))
+    with embedded_stack(root) as stack:
+        # The registries' topic, shaped as in production, read by every contender.
+        base = stack.isolated_settings("bench")
+        provision(base)
+        raw_topic = base.topics.registry_events
+        published = ds.publish(base.kafka, raw_topic, stream)
+        print(f"published in {published.seconds:.1f} s")
+
+        results: dict[str, Any] = {}
+        floor_settings = stack.settings_for("bench-floor")
+        results["floor"] = _rate(floor.run(floor_settings, published), len(stream))
+        print(f"floor: {results['floor']['events_per_second']:,.0f} events/s")
+
+        for instances in options.instances:
+            name = f"popsync_x{instances}"
+            measured = pipeline.throughput(
+                stack,
+                f"bench-popsync-{instances}",
+                raw_topic,
+                stream.expected_history,
+                instances,
+                options.timeout,
+            )
+            results[name] = _rate(measured, len(stream))
+            print(f"popsync x{instances}: {results[name]['events_per_second']:,.0f} events/s")
+
+        results["naive"] = _naive(stack, published, options, len(stream))
+        print(f"naive: {results['naive']['events_per_second']:,.0f} events/s")
+
+        for rate in options.rates:
+            key = "latency" if rate == options.rates[0] else f"latency_at_{rate:.0f}"
+            results[key] = pipeline.latency(
+                stack, stream, rate, options.latency_seconds, options.timeout
+            )
+            print(
+                f"latency at {rate:,.0f}/s: p50 {results[key]['p50_ms']} ms, "
+                f"p99 {results[key]['p99_ms']} ms"
+            )
+    return _summary(results, stream, published, options, time.monotonic() - started)
+
+
+def _rate(measured: dict[str, Any], events: int) -> dict[str, Any]:
+    """Events per second from the contender's first store write to its last, the same
+    definition for all (each run's start-up and first batch are left out alike)."""
+    seconds = max(measured["last_write"] - measured["first_write"], 1e-3)
+    return {
+        **measured,
+        "events": events,
+        "seconds": round(seconds, 2),
+        "events_per_second": round(events / seconds, 1),
+    }
+
+
+def _naive(
+    stack: EmbeddedStack, published: ds.Published, options: Options, events: int
+) -> dict[str, Any]:
+    """The naive agent over the same raw topic (or its first `naive_events`)."""
+    settings = stack.settings_for("bench-naive")
+    ends = dict(published.ends)
+    count = events
+    if options.naive_events is not None and options.naive_events < events:
+        # The first N events of each partition, in proportion: same stream, shorter run.
+        share = options.naive_events / events
+        ends = {p: max(1, round(end * share)) for p, end in ends.items()}
+        count = sum(ends.values())
+    env = {
+        **os.environ,
+        "BENCH_BOOTSTRAP": settings.kafka.bootstrap_servers,
+        "BENCH_TOPIC": published.topic,
+        "BENCH_DSN": settings.postgres.dsn.get_secret_value(),
+        "BENCH_DATADIR": str(stack.workdir / "naive-data"),
+    }
+    log = (stack.workdir / "logs" / "naive.log").open("ab")
+    process = subprocess.Popen(  # noqa: S603 - our own module
+        [sys.executable, "-m", "bench.pipeline.naive"],
+        env=env,
+        stdout=log,
+        stderr=log,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    keys = [(published.topic, p) for p in ends]
+    deadline = time.monotonic() + options.timeout
+    try:
+        while True:
+            if process.poll() is not None:
+                raise pipeline.BenchFailed(f"naive agent exited {process.returncode}")
+            committed = read_committed(settings.kafka, naive.GROUP, keys, 10)
+            if all(committed.get((published.topic, p), -1) >= end for p, end in ends.items()):
+                break
+            if time.monotonic() > deadline:
+                raise pipeline.BenchFailed("naive: did not finish in time")
+            time.sleep(pipeline.POLL_SECONDS)
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        kb = next(int(x.split()[1]) for x in status.splitlines() if x.startswith("VmHWM"))
+    finally:
+        process.terminate()
+        process.wait(30)
+        log.close()
+    dsn = settings.postgres.dsn.get_secret_value()
+    first, _ = pipeline.write_span(dsn, "naive_citizens", "first_written_at")
+    _, last = pipeline.write_span(dsn, "naive_citizens", "written_at")
+    measured = {"first_write": first, "last_write": last, "peak_rss_mb": round(kb / 1024, 1)}
+    return _rate(measured, count)
+
+
+def _summary(
+    results: dict[str, Any],
+    stream: ds.Dataset,
+    published: ds.Published,
+    options: Options,
+    seconds: float,
+) -> dict[str, Any]:
+    popsync = results[f"popsync_x{options.instances[0]}"]
+    floor_rate = results["floor"]["events_per_second"]
+    naive_rate = results["naive"]["events_per_second"]
+    # Per worker kind (the log name is "<kind>-<phase>-<instance>").
+    rss = {k.split("-bench-")[0]: v for k, v in popsync["peak_rss_mb"].items()}
+    latency_keys = ("rate_target", "rate_achieved", "events", "measured", "p50_ms", "p99_ms")
+    return {
+        "command": " ".join(["popsync bench", *sys.argv[1:]]) if sys.argv else "popsync bench",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "stream": {
+            "events": len(stream),
+            "seed": stream.seed,
+            "citizens": stream.citizens,
+            "expected_history_rows": stream.expected_history,
+            "partitions": len(published.ends),
+        },
+        "events_per_second": {
+            "floor": floor_rate,
+            "naive": naive_rate,
+            **{
+                f"popsync_x{n}": results[f"popsync_x{n}"]["events_per_second"]
+                for n in options.instances
+            },
+        },
+        "ratio_popsync_to_floor": round(popsync["events_per_second"] / floor_rate, 4),
+        "ratio_popsync_to_naive": round(popsync["events_per_second"] / naive_rate, 2),
+        "naive_events": results["naive"]["events"],
+        "latency_ms": {k: results["latency"][k] for k in (*latency_keys, "max_ms")},
+        "latency_ms_other_rates": [
+            {k: results[key][k] for k in latency_keys}
+            for key in results
+            if key.startswith("latency_at_")
+        ],
+        "peak_rss_mb": rss,
+        "targets": {
+            "popsync_at_least_half_of_floor": popsync["events_per_second"] >= 0.5 * floor_rate,
+            "popsync_at_least_5x_naive": popsync["events_per_second"] >= 5 * naive_rate,
+            "p99_below_500ms": results["latency"]["p99_ms"] < 500,
+            "worker_rss_below_300mb": max(rss.values()) < 300,
+        },
+        "phases": results,
+        "harness_seconds": round(seconds, 1),
+    }

@@ -1,0 +1,45 @@
+"""`popsync bench` end to end on a tiny stream: every contender runs on the real broker and
+PostgreSQL, and the result has the figures the README quotes. Speed is never asserted here
+(targets live in the benchmark's own output)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from popsync import cli
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_harness_measures_every_contender_and_writes_json_and_chart(tmp_path: Path) -> None:
+    output = tmp_path / "result.json"
+    argv = ["bench", "--events", "1500", "--rates", "300", "--latency-seconds", "2"]
+    argv += ["--instances", "1,2", "--output", str(output)]
+    argv += ["--cache-dir", str(tmp_path / "cache"), "--workdir", str(tmp_path / "work")]
+    assert cli.main(argv) == 0
+
+    result = json.loads(output.read_text())
+    assert output.with_suffix(".png").stat().st_size > 10_000
+    speeds = result["events_per_second"]
+    assert set(speeds) == {"floor", "naive", "popsync_x1", "popsync_x2"}
+    assert all(rate > 0 for rate in speeds.values())
+    assert result["ratio_popsync_to_floor"] == round(speeds["popsync_x1"] / speeds["floor"], 4)
+    assert result["ratio_popsync_to_naive"] == round(speeds["popsync_x1"] / speeds["naive"], 2)
+    # Every contender went through the whole stream; popsync stored every expected row.
+    phases = result["phases"]
+    assert phases["floor"]["events"] == 1500 and result["naive_events"] == 1500
+    assert phases["popsync_x2"]["history_rows"] == result["stream"]["expected_history_rows"]
+    assert len(phases["popsync_x2"]["peak_rss_mb"]) == 6  # two instances of each kind
+    latency = result["latency_ms"]
+    assert latency["events"] == 600 and 0 < latency["measured"] <= 600
+    assert 0 < latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+    assert set(result["peak_rss_mb"]) == {"validator", "synchronizer", "store-writer"}
+    assert set(result["targets"]) == {
+        "popsync_at_least_half_of_floor",
+        "popsync_at_least_5x_naive",
+        "p99_below_500ms",
+        "worker_rss_below_300mb",
+    }
