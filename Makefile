@@ -11,7 +11,9 @@ demo:            ## the whole pipeline on embedded services
 	popsync demo
 generate:        ## regenerate pydantic models from schemas/avro
 	python -m popsync.contract.codegen
-.PHONY: bench bench-matching
-bench: bench-matching  ## run every benchmark; figures in bench/results/ (see bench/README.md)
+.PHONY: bench bench-matching bench-pipeline
+bench: bench-matching bench-pipeline  ## run every benchmark; figures in bench/results/ (see bench/README.md)
 bench-matching:  ## record matching: precision, recall, review band -> bench/results/matching.json
 	python -m bench.matching
+bench-pipeline:  ## floor, naive and popsync on 1,000,000 events (~65 min) -> bench/results/pipeline.json, .png
+	popsync bench

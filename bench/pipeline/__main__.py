@@ -63,7 +63,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "popsync bench") -> int:
         cache_dir=args.cache_dir,
         workdir=args.workdir,
     )
-    result = run(options)
+    given = sys.argv[1:] if argv is None else list(argv)
+    result = {"command": " ".join([prog, *given]), **run(options)}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     chart = args.output.with_suffix(".png")

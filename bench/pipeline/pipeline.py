@@ -105,7 +105,8 @@ def latency(
         "p50_ms": round(percentile(latencies, 50), 1),
         "p99_ms": round(percentile(latencies, 99), 1),
         "max_ms": round(latencies[-1], 1) if latencies else None,
-        "histogram_ms": latencies[:: max(1, len(latencies) // 2000)],  # for the chart
+        # Every n-th of the sorted latencies, about 2,000 points: the chart's histogram.
+        "histogram_ms": [round(v, 1) for v in latencies[:: max(1, len(latencies) // 2000)]],
         "peak_rss_mb": rss,
     }
 

@@ -155,7 +155,6 @@ def _summary(
     rss = {k.split("-bench-")[0]: v for k, v in popsync["peak_rss_mb"].items()}
     latency_keys = ("rate_target", "rate_achieved", "events", "measured", "p50_ms", "p99_ms")
     return {
-        "command": " ".join(["popsync bench", *sys.argv[1:]]) if sys.argv else "popsync bench",
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "machine": {
             "cpus": os.cpu_count(),
