@@ -13,7 +13,7 @@ import json
 import math
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -71,7 +71,7 @@ def generate(events: int, seed: int) -> Dataset:
     keys = [message.key for message in messages]
     values = [EVENT_CODEC.encode(message.event) for message in messages]
     event_ids = [message.event.event_id for message in messages]
-    expected = _expected_history(messages, now)
+    expected = expected_history(((msg.key, msg.event) for msg in messages), now)
     print(
         f"generated {len(values):,} events ({citizens:,} citizens) in "
         f"{time.monotonic() - started:.0f} s"
@@ -79,15 +79,20 @@ def generate(events: int, seed: int) -> Dataset:
     return Dataset(seed, citizens, keys, values, list(event_ids), expected, now)
 
 
-def _expected_history(messages: list, now: datetime) -> int:  # type: ignore[type-arg]
-    """Distinct (PIN, event id) among the events the validator accepts."""
+def expected_history(
+    events: Iterable[tuple[bytes | None, m.RegistryEvent | None]], now: datetime
+) -> int:
+    """Distinct (PIN, event id) among the events the validator accepts: the store's history
+    rows. `None` stands for a value that does not decode."""
     seen: set[tuple[str, str]] = set()
-    for message in messages:
+    for key, event in events:
+        if event is None:
+            continue
         try:
-            event = check_event(message.event, message.key, now, SKEW)
+            checked = check_event(event, key, now, SKEW)
         except RuleViolation:
             continue
-        seen.add((event.subject_pin or "", event.event_id))
+        seen.add((checked.subject_pin or "", checked.event_id))
     return len(seen)
 
 

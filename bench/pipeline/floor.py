@@ -83,7 +83,7 @@ def run(settings: Settings, published: Published) -> dict[str, Any]:
                 with (
                     conn.cursor() as cur,
                     cur.copy(f"COPY floor_events ({COLUMNS}) FROM STDIN") as copy,
-                ):  # noqa: S608,E501
+                ):
                     for row in rows:
                         copy.write_row(row)
                 conn.commit()

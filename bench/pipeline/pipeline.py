@@ -19,10 +19,10 @@ from typing import Any
 import psycopg
 from confluent_kafka import Producer
 
-from bench.pipeline.dataset import EVENT_CODEC, SKEW, Dataset
+from bench.pipeline.dataset import EVENT_CODEC, Dataset, expected_history
 from popsync.adapters.kafka import producer_config
+from popsync.contract import models as m
 from popsync.contract.codec import DecodeError
-from popsync.domain.rules import RuleViolation, check_event
 from popsync.settings import WORKER_NAMES, Settings
 from popsync.stack import EmbeddedStack, WorkerProcess
 
@@ -76,7 +76,7 @@ def latency(
     workers = start_workers(stack, settings, 1, name)
     dsn = settings.postgres.dsn.get_secret_value()
     count = min(len(dataset), int(rate * seconds))
-    expected = expected_history(dataset, count)
+    expected = expected_history_of_head(dataset, count)
     try:
         wait_ready(workers, timeout=60)
         sent_at, achieved = publish_paced(settings, dataset, count, rate)
@@ -134,17 +134,18 @@ def publish_paced(
     return sent_at, achieved
 
 
-def expected_history(dataset: Dataset, count: int) -> int:
-    """Distinct valid (PIN, event id) among the first `count` events (validator rules)."""
-    now = datetime.now(UTC)
-    seen: set[tuple[str, str]] = set()
-    for key, value in zip(dataset.keys[:count], dataset.values[:count], strict=True):
-        try:
-            event = check_event(EVENT_CODEC.decode(value), key, now, SKEW)
-        except (DecodeError, RuleViolation):
-            continue
-        seen.add((event.subject_pin or "", event.event_id))
-    return len(seen)
+def expected_history_of_head(dataset: Dataset, count: int) -> int:
+    """The history rows the first `count` events of `dataset` give (decoded again)."""
+    head = zip(dataset.keys[:count], dataset.values[:count], strict=True)
+    return expected_history(((key, _decoded(value)) for key, value in head), datetime.now(UTC))
+
+
+def _decoded(value: bytes) -> m.RegistryEvent | None:
+    try:
+        event: m.RegistryEvent = EVENT_CODEC.decode(value)
+    except DecodeError:
+        return None
+    return event
 
 
 def percentile(ordered: list[float], q: float) -> float:

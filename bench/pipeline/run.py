@@ -128,8 +128,7 @@ def _naive(
             if time.monotonic() > deadline:
                 raise pipeline.BenchFailed("naive: did not finish in time")
             time.sleep(pipeline.POLL_SECONDS)
-        status = Path(f"/proc/{process.pid}/status").read_text()
-        kb = next(int(x.split()[1]) for x in status.splitlines() if x.startswith("VmHWM"))
+        peak_rss_mb = pipeline.process_peak_rss_mb(process.pid)
     finally:
         process.terminate()
         process.wait(30)
@@ -137,7 +136,7 @@ def _naive(
     dsn = settings.postgres.dsn.get_secret_value()
     first, _ = pipeline.write_span(dsn, "naive_citizens", "first_written_at")
     _, last = pipeline.write_span(dsn, "naive_citizens", "written_at")
-    measured = {"first_write": first, "last_write": last, "peak_rss_mb": round(kb / 1024, 1)}
+    measured = {"first_write": first, "last_write": last, "peak_rss_mb": peak_rss_mb}
     return _rate(measured, count)
 
 

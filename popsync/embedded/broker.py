@@ -26,13 +26,12 @@ from confluent_kafka.admin import AdminClient
 
 __all__ = ["BrokerStartError", "EmbeddedBroker"]
 
-from popsync.embedded._service import EmbeddedService
+from popsync.embedded._service import EmbeddedService, log_tail
 
 _log = logging.getLogger(__name__)
 
 _HOST = "127.0.0.1"
 _POLL_INTERVAL_S = 0.05
-_LOG_TAIL_BYTES = 4000
 # Tansu reads these from the environment; a stray SCHEMA_REGISTRY in the caller's
 # environment would silently turn on broker-side validation, so they never leak in.
 _TANSU_ENV_VARS = (
@@ -213,12 +212,7 @@ class EmbeddedBroker(EmbeddedService):
     def _log_tail(self) -> str:
         if self._log_file is not None:
             self._log_file.flush()
-        try:
-            with self.log_path.open("rb") as f:
-                f.seek(max(f.seek(0, os.SEEK_END) - _LOG_TAIL_BYTES, 0))
-                return f.read().decode(errors="replace")
-        except OSError:
-            return "<no broker log>"
+        return log_tail(self.log_path, "broker")
 
     def _discard_process(self) -> None:
         """Reap a leftover process and release the log file and the atexit hook."""

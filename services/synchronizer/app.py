@@ -50,7 +50,7 @@ class BatchResult:
     duplicates: int = 0
     dead_letter_reasons: list[str] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)  # for the dead-letter limit
-    dirty: dict[str, tuple[int, list[bytes]]] = field(default_factory=dict)
+    changed: set[str] = field(default_factory=set)  # PINs whose state this batch advanced
 
 
 class SynchronizerStep:
@@ -76,7 +76,9 @@ class SynchronizerStep:
         states = await self._load({event.subject_pin or "" for _, event in decoded})
         self.merge(decoded, states, result)
         await self._producer.send_all(result.outputs)
-        await self._states.save(result.dirty)
+        await self._states.save(
+            {pin: (states[pin].version, list(states[pin].raw.values())) for pin in result.changed}
+        )
         for pin, known in states.items():  # only once saved: the cache mirrors the store
             self._cache.put(pin, known)
         self._count(batch, result, started)
@@ -146,10 +148,11 @@ class SynchronizerStep:
                 result.outputs.append(self._conflict(event, outcome.conflict, now))
                 result.conflict_codes.append(outcome.conflict.code)
                 continue
-            # A new dict: the cached one must stay as stored until this batch is saved.
-            raw = {**known.raw, event.event_id: message.value or b""}
+            # Copied once per batch: the cached dict must stay as stored until the save.
+            raw = known.raw if pin in result.changed else dict(known.raw)
+            raw[event.event_id] = message.value or b""
             states[pin] = Known(outcome.state, raw)
-            result.dirty[pin] = (outcome.version, list(raw.values()))
+            result.changed.add(pin)
             result.applied.append(event)
             result.outputs.append(self._update(event, outcome, now))
             for event_id, conflict in outcome.new_conflicts.items():
