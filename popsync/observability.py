@@ -17,8 +17,11 @@ than as a hung request. faust's own web server stays off (`web_enabled=False`).
 Lag of a partition = its high-water mark, as the last fetch response gave it
 (never ListOffsets, whose "latest offset" is wrong on some brokers), minus the next
 offset the worker has to process: the end of its last durable batch there, else the
-group's committed offset, else the consumer's position (a partition with neither,
-e.g. a new group). The watch task refreshes it every `REFRESH_SECONDS`.
+group's committed offset, else (a partition with neither, e.g. a new group) the offset
+after the last message faust has taken from it, else the Kafka client's fetch position.
+All are read from memory: asking faust's consumer thread for the position may wait
+without bound, and holds one of the few calls that thread runs at once. The watch task
+refreshes it every `REFRESH_SECONDS`.
 """
 
 from __future__ import annotations
@@ -45,7 +48,6 @@ log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 2.0  # lag gauges and the liveness heartbeat
 STALE_AFTER_SECONDS = 30.0  # no heartbeat for this long: the consumer loop is stuck
-POSITION_TIMEOUT_SECONDS = 2.0
 
 PartitionKey = tuple[str, int]  # (topic, partition)
 Lags = Mapping[PartitionKey, int | None]  # None: no fetch response yet, lag unknown
@@ -146,6 +148,8 @@ async def partition_lags(
         return {}
     # Set by faust at assignment (the group's committed offset) and at each commit.
     committed: Mapping[Any, int | None] = getattr(consumer, "_committed_offset", {})
+    # Set by faust's fetcher for each message it hands to the streams.
+    taken: Mapping[Any, int | None] = getattr(consumer, "_read_offset", {})
     lags: dict[PartitionKey, int | None] = {}
     for tp in assigned:
         key = (tp.topic, tp.partition)
@@ -156,14 +160,30 @@ async def partition_lags(
         if high is None:
             lags[key] = None
             continue
-        done: int | None = max(durable.get(key, -1), committed.get(tp) or -1)
-        if done is not None and done < 0:
-            try:
-                done = await asyncio.wait_for(consumer.position(tp), POSITION_TIMEOUT_SECONDS)
-            except Exception:  # not answered in time: unknown for now
-                done = None
-        lags[key] = None if done is None else max(high - done, 0)
+        done = max(durable.get(key, -1), committed.get(tp) or -1)
+        if done < 0:
+            last_taken = taken.get(tp)
+            position = fetch_position(consumer, tp) if last_taken is None else last_taken + 1
+            if position is None:
+                lags[key] = None
+                continue
+            done = position
+        lags[key] = max(high - done, 0)
     return lags
+
+
+def fetch_position(consumer: Any, tp: Any) -> int | None:
+    """The next offset the Kafka client (aiokafka, under faust's consumer thread) will fetch
+    from `tp`, read from its memory; None while unknown."""
+    try:
+        client = consumer._thread._consumer
+        state = client._subscription.subscription.assignment.state_value(tp)
+    except Exception:  # another driver, not started, or revoked meanwhile
+        return None
+    if state is None or not state.has_valid_position:
+        return None
+    position: int = state.position
+    return position
 
 
 def publish_lags(worker: str, lags: Lags, previous: Iterable[PartitionKey] = ()) -> None:

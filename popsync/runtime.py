@@ -28,6 +28,7 @@ import asyncio
 import collections
 import enum
 import functools
+import gc
 import logging
 import os
 import signal
@@ -524,12 +525,30 @@ class Worker:
     closers: Sequence[Callable[[], None]] = ()
 
 
+def tune_garbage_collector(first_threshold: int) -> None:
+    """Run the cyclic garbage collector far less often, and never over what start-up built.
+
+    A worker allocates hundreds of short-lived objects per event, which reference counting
+    frees; almost none are in cycles. At Python's default (a collection every 700
+    allocations, each tenth of them over the older generation too) the collector took
+    about 30% of the synchronizer step's CPU in a replay of 60,000 events, rescanning the
+    states it keeps.
+    """
+    gc.collect()
+    gc.freeze()  # modules, schemas, settings: alive for the whole run
+    if first_threshold == 0:
+        gc.disable()
+        return
+    gc.set_threshold(first_threshold, *gc.get_threshold()[1:])
+
+
 def run_worker(worker: Worker, settings: Settings) -> None:
     """Run a worker in the foreground until SIGTERM/SIGINT, then drain (see module doc).
 
     Its HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, see `popsync.observability`)
     serves from before faust starts until the worker has stopped.
     """
+    tune_garbage_collector(settings.processing.gc_first_threshold)
     controller = drain_controller(worker.app)
     health = observability.Health(_worker_names[worker.app], settings.observability.ready_max_lag)
     endpoint = observability.Endpoint(

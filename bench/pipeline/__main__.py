@@ -39,6 +39,13 @@ def parser(prog: str = "popsync bench") -> argparse.ArgumentParser:
         default=None,
         help="run the naive baseline on the first N events only (default: all)",
     )
+    p.add_argument(
+        "--ceiling-events",
+        type=int,
+        default=200_000,
+        help="measure faust's consumption alone (popsync's runtime, a step that does "
+        "nothing) on this many events; 0 skips it, %(default)s",
+    )
     p.add_argument("--timeout", type=float, default=7200, help="per phase, seconds")
     p.add_argument(
         "--cache-dir",
@@ -59,6 +66,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "popsync bench") -> int:
         latency_seconds=args.latency_seconds,
         instances=tuple(int(n) for n in args.instances.split(",")),
         naive_events=args.naive_events,
+        ceiling_events=args.ceiling_events,
         timeout=args.timeout,
         cache_dir=args.cache_dir,
         workdir=args.workdir,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -15,7 +16,7 @@ from typing import Any
 from bench.pipeline import dataset as ds
 from bench.pipeline import floor, naive, pipeline
 from popsync.runtime import read_committed
-from popsync.stack import EmbeddedStack, embedded_stack, provision
+from popsync.stack import EmbeddedStack, embedded_stack, free_port, provision, settings_env
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Options:
     latency_seconds: float
     instances: tuple[int, ...]
     naive_events: int | None  # None: the whole stream
+    ceiling_events: int  # faust's consumption alone on this many events; 0: not measured
     timeout: float
     cache_dir: Path
     workdir: Path | None
@@ -64,6 +66,13 @@ def run(options: Options) -> dict[str, Any]:
 
         results["naive"] = _naive(stack, published, options, len(stream))
         print(f"naive: {results['naive']['events_per_second']:,.0f} events/s")
+
+        if options.ceiling_events:
+            results["faust_ceiling"] = _ceiling(stack, published, options)
+            print(
+                f"faust consumption alone: {results['faust_ceiling']['events_per_second']:,.0f}"
+                f" events/s, {results['faust_ceiling']['cpu_us_per_event']:.0f} µs CPU/event"
+            )
 
         for rate in options.rates:
             key = "latency" if rate == options.rates[0] else f"latency_at_{rate:.0f}"
@@ -140,6 +149,41 @@ def _naive(
     return _rate(measured, count)
 
 
+def _ceiling(stack: EmbeddedStack, published: ds.Published, options: Options) -> dict[str, Any]:
+    """popsync's runtime taking batches of the raw topic and doing nothing else."""
+    settings = stack.settings_for(
+        "bench-ceiling",
+        topics={"registry_events": published.topic},
+        groups={"validator": "bench-ceiling"},
+        observability={"bind_host": "127.0.0.1", "port": free_port()},
+    )
+    events = min(options.ceiling_events, sum(published.ends.values()))
+    result = stack.workdir / "ceiling.json"
+    env = {
+        **os.environ,
+        **settings_env(settings),
+        "BENCH_EVENTS": str(events),
+        "BENCH_RESULT": str(result),
+    }
+    with (stack.workdir / "logs" / "ceiling.log").open("ab") as log:
+        subprocess.run(  # noqa: S603 - our own module
+            [sys.executable, "-m", "bench.pipeline.ceiling"],
+            env=env,
+            stdout=log,
+            stderr=log,
+            cwd=Path(__file__).resolve().parents[2],
+            timeout=options.timeout,
+            check=True,
+        )
+    measured = json.loads(result.read_text(encoding="utf-8"))
+    counted = max(measured["events"], 1)
+    return {
+        **measured,
+        "events_per_second": round(counted / max(measured["seconds"], 1e-3), 1),
+        "cpu_us_per_event": round(measured["cpu_seconds"] / counted * 1e6, 1),
+    }
+
+
 def _summary(
     results: dict[str, Any],
     stream: ds.Dataset,
@@ -185,6 +229,15 @@ def _summary(
             if key.startswith("latency_at_")
         ],
         "peak_rss_mb": rss,
+        # Worker CPU per event, all three stages, and what faust's consumption alone costs.
+        "popsync_cpu_us_per_event": round(
+            sum(popsync["cpu_seconds"].values()) / popsync["events"] * 1e6, 1
+        ),
+        "faust_consumption_alone": {
+            k: results["faust_ceiling"][k] for k in ("events_per_second", "cpu_us_per_event")
+        }
+        if "faust_ceiling" in results
+        else None,
         "targets": {
             "popsync_at_least_half_of_floor": popsync["events_per_second"] >= 0.5 * floor_rate,
             "popsync_at_least_5x_naive": popsync["events_per_second"] >= 5 * naive_rate,

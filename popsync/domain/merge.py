@@ -21,8 +21,8 @@ with every new event and is the same for every arrival order.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any
 
@@ -39,14 +39,24 @@ class Conflict:
     message: str
 
 
+OrderKey = tuple[datetime, datetime, int, str]
+
+
 @dataclass(frozen=True)
 class CitizenState:
-    """Everything the synchronizer keeps about one citizen."""
+    """Everything the synchronizer keeps about one citizen.
+
+    `events` may be any mapping, e.g. one that decodes stored bytes on access: merging an
+    event that simply comes last reads none of it (see `apply_event`). `last_order` and
+    `registered_birth` summarise the set for that.
+    """
 
     pin: str
     events: Mapping[str, m.RegistryEvent] = field(default_factory=dict)
     snapshot: m.CitizenSnapshot | None = None
     conflicts: Mapping[str, Conflict] = field(default_factory=dict)
+    last_order: OrderKey | None = None  # legal order of the set's last event
+    registered_birth: date | None = None  # of the set's first birth, applied or not
 
     @property
     def version(self) -> int:
@@ -58,14 +68,20 @@ class CitizenState:
     @classmethod
     def from_events(cls, pin: str, events: Iterable[m.RegistryEvent]) -> CitizenState:
         """Rebuild a persisted state: the snapshot and conflicts are derived, never stored."""
-        by_id = {event.event_id: event for event in events}
-        snapshot, conflicts = fold(pin, by_id.values())
-        return cls(
-            pin=pin,
-            events=by_id,
-            snapshot=snapshot if by_id else None,
-            conflicts=conflicts,
-        )
+        return _folded(pin, {event.event_id: event for event in events})
+
+
+def _folded(pin: str, events: Mapping[str, m.RegistryEvent]) -> CitizenState:
+    ordered = sorted(events.values(), key=legal_order)
+    snapshot, conflicts = fold(pin, ordered)
+    return CitizenState(
+        pin=pin,
+        events=events,
+        snapshot=snapshot if ordered else None,
+        conflicts=conflicts,
+        last_order=legal_order(ordered[-1]) if ordered else None,
+        registered_birth=_registered_birth(ordered),
+    )
 
 
 @dataclass(frozen=True)
@@ -100,7 +116,7 @@ def content_digest(event: m.RegistryEvent) -> str:
     return hashlib.sha256(event.model_dump_json().encode()).hexdigest()
 
 
-def legal_order(event: m.RegistryEvent) -> tuple[datetime, datetime, int, str]:
+def legal_order(event: m.RegistryEvent) -> OrderKey:
     return (event.occurred_at, event.recorded_at, event.source_sequence, event.event_id)
 
 
@@ -114,22 +130,88 @@ def apply_event(state: CitizenState, event: m.RegistryEvent) -> Outcome:
         return Rejected(
             Conflict("DUPLICATE_EVENT_ID_DIFFERENT_CONTENT", "event id reused with other content")
         )
-    events = {**state.events, event.event_id: event}
-    snapshot, conflicts = fold(state.pin, events.values())
-    new_state = CitizenState(
-        pin=state.pin,
-        events=events,
+    if _comes_last(state, event):
+        return _append(state, event)
+    new_state = _folded(state.pin, {**state.events, event.event_id: event})
+    conflicts = new_state.conflicts
+    return Applied(
+        state=new_state,
+        version=new_state.version,
+        snapshot=new_state.current(),
+        changed_fields=changed_fields(state.current(), new_state.current()),
+        new_conflicts={k: v for k, v in conflicts.items() if k not in state.conflicts},
+        resolved_conflicts={k: v for k, v in state.conflicts.items() if k not in conflicts},
+    )
+
+
+# Events whose arrival can change how earlier events fold: a birth bounds them, a death
+# may be one an earlier annulment names, an annulment voids a death.
+_REACHES_BACK = (m.BirthRegistered, m.DeathRegistered, m.DeathAnnulled)
+
+
+def _comes_last(state: CitizenState, event: m.RegistryEvent) -> bool:
+    """True if folding the set with `event` is folding the set, then `event`."""
+    return (
+        state.last_order is not None
+        and legal_order(event) > state.last_order
+        and not isinstance(event.payload, _REACHES_BACK)
+    )
+
+
+def _append(state: CitizenState, event: m.RegistryEvent) -> Applied:
+    """`event` folded onto the current snapshot: what a full fold gives, without re-reading
+    the earlier events (a backfill's usual case)."""
+    before = state.current()
+    snapshot, conflict = _fold_one(before, event, state.registered_birth, ())
+    new_conflicts = {event.event_id: conflict} if conflict else {}
+    new_state = replace(
+        state,
+        events=_with_event(state.events, event),
         snapshot=snapshot,
-        conflicts=conflicts,
+        conflicts={**state.conflicts, **new_conflicts},
+        last_order=legal_order(event),
     )
     return Applied(
         state=new_state,
         version=new_state.version,
         snapshot=snapshot,
-        changed_fields=changed_fields(state.current(), snapshot),
-        new_conflicts={k: v for k, v in conflicts.items() if k not in state.conflicts},
-        resolved_conflicts={k: v for k, v in state.conflicts.items() if k not in conflicts},
+        changed_fields=changed_fields(before, snapshot),
+        new_conflicts=new_conflicts,
+        resolved_conflicts={},
     )
+
+
+class _EventsAdded(Mapping[str, m.RegistryEvent]):
+    """A set of events plus some added to it, without reading (or copying) the set's
+    events: they may be decoded on demand."""
+
+    def __init__(
+        self, earlier: Mapping[str, m.RegistryEvent], added: dict[str, m.RegistryEvent]
+    ) -> None:
+        self._earlier = earlier
+        self._added = added
+
+    def __getitem__(self, event_id: str) -> m.RegistryEvent:
+        found = self._added.get(event_id)
+        return self._earlier[event_id] if found is None else found
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._earlier
+        yield from self._added
+
+    def __len__(self) -> int:
+        return len(self._earlier) + len(self._added)  # an added event is never in `earlier`
+
+    def plus(self, event: m.RegistryEvent) -> _EventsAdded:
+        return _EventsAdded(self._earlier, {**self._added, event.event_id: event})
+
+
+def _with_event(
+    events: Mapping[str, m.RegistryEvent], event: m.RegistryEvent
+) -> Mapping[str, m.RegistryEvent]:
+    if isinstance(events, _EventsAdded):  # flat, however many events a batch adds
+        return events.plus(event)
+    return _EventsAdded(events, {event.event_id: event})
 
 
 def fold(
@@ -139,24 +221,42 @@ def fold(
     snapshot = m.CitizenSnapshot(pin=pin)
     conflicts: dict[str, Conflict] = {}
     ordered = sorted(events, key=legal_order)
-    # A late-registered birth still bounds events that happened before it was recorded.
-    births = [e.payload.birth_date for e in ordered if isinstance(e.payload, m.BirthRegistered)]
-    registered_birth = births[0] if births else None
+    registered_birth = _registered_birth(ordered)
     annulled = _annulled_deaths(ordered)
     for event in ordered:
         if event.event_id in annulled:
             continue  # void from the start: as if it had never been registered
-        conflict = _precondition_failure(snapshot, event, snapshot.birth_date or registered_birth)
-        if conflict is None and isinstance(event.payload, m.DeathAnnulled):
-            conflict = _annulment_failure(event.payload, ordered)
-        if conflict is None:
-            changes = _RULES[type(event.payload)](snapshot, event.payload)
-            conflict = _authority_failure(event, changes)
+        snapshot, conflict = _fold_one(snapshot, event, registered_birth, ordered)
         if conflict is not None:
             conflicts[event.event_id] = conflict
-            continue
-        snapshot = snapshot.model_copy(update=changes)
     return snapshot, conflicts
+
+
+def _fold_one(
+    snapshot: m.CitizenSnapshot,
+    event: m.RegistryEvent,
+    registered_birth: date | None,
+    ordered: Sequence[m.RegistryEvent],
+) -> tuple[m.CitizenSnapshot, Conflict | None]:
+    """One event onto the snapshot of the events before it (`ordered`: the whole set, read
+    by an annulment): the next snapshot, or the same one and why the event conflicts."""
+    conflict = _precondition_failure(snapshot, event, snapshot.birth_date or registered_birth)
+    if conflict is None and isinstance(event.payload, m.DeathAnnulled):
+        conflict = _annulment_failure(event.payload, ordered)
+    if conflict is None:
+        changes = _RULES[type(event.payload)](snapshot, event.payload)
+        conflict = _authority_failure(event, changes)
+        if conflict is None:
+            return snapshot.model_copy(update=changes), None
+    return snapshot, conflict
+
+
+def _registered_birth(ordered: Sequence[m.RegistryEvent]) -> date | None:
+    """A late-registered birth still bounds events that happened before it was recorded."""
+    for event in ordered:
+        if isinstance(event.payload, m.BirthRegistered):
+            return event.payload.birth_date
+    return None
 
 
 def _annulled_deaths(events: Sequence[m.RegistryEvent]) -> set[str]:

@@ -80,7 +80,7 @@ class SynchronizerStep:
             {pin: (states[pin].version, list(states[pin].raw.values())) for pin in result.changed}
         )
         for pin, known in states.items():  # only once saved: the cache mirrors the store
-            self._cache.put(pin, known)
+            self._cache.put(pin, known.compact(EVENT_CODEC.decode))
         self._count(batch, result, started)
 
     async def _load(self, pins: set[str]) -> dict[str, Known]:

@@ -2,17 +2,21 @@
 
 Rebuilding a state means decoding every stored event of the citizen (Avro, then pydantic)
 and folding them: the synchronizer's largest cost when a batch touches citizens it saw
-before. The cache keeps the decoded state with the stored bytes; it is only trusted when
-PostgreSQL still holds the same version (`SyncStateStore.load` sends the events back
-otherwise), so another instance taking over a partition, or a step retried after a
-failure, never works on a stale state.
+before. The cache keeps the folded state (snapshot, conflicts) with the stored bytes of the
+events, not decoded events: an event that comes last in legal order merges without them,
+and the others decode them on demand (`StoredEvents`). That keeps an entry at a few KB.
+A cached state is only trusted when PostgreSQL still holds the same version
+(`SyncStateStore.load` sends the events back otherwise), so another instance taking over a
+partition, or a step retried after a failure, never works on a stale state.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
 
+from popsync.contract import models as m
 from popsync.domain.merge import CitizenState
 
 
@@ -26,6 +30,29 @@ class Known:
     @property
     def version(self) -> int:
         return self.state.version
+
+    def compact(self, decode: Callable[[bytes], m.RegistryEvent]) -> Known:
+        """The same state with its events read from the stored bytes when needed."""
+        return Known(replace(self.state, events=StoredEvents(self.raw, decode)), self.raw)
+
+
+class StoredEvents(Mapping[str, m.RegistryEvent]):
+    """A citizen's events as stored bytes by event id, decoded each time one is read."""
+
+    def __init__(
+        self, raw: Mapping[str, bytes], decode: Callable[[bytes], m.RegistryEvent]
+    ) -> None:
+        self._raw = raw
+        self._decode = decode
+
+    def __getitem__(self, event_id: str) -> m.RegistryEvent:
+        return self._decode(self._raw[event_id])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
 
 
 class StateCache:

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 def test_the_harness_measures_every_contender_and_writes_json_and_chart(tmp_path: Path) -> None:
     output = tmp_path / "result.json"
     argv = ["bench", "--events", "1500", "--rates", "300", "--latency-seconds", "2"]
-    argv += ["--instances", "1,2", "--output", str(output)]
+    argv += ["--instances", "1,2", "--ceiling-events", "900", "--output", str(output)]
     argv += ["--cache-dir", str(tmp_path / "cache"), "--workdir", str(tmp_path / "work")]
     assert cli.main(argv) == 0
 
@@ -37,6 +37,12 @@ def test_the_harness_measures_every_contender_and_writes_json_and_chart(tmp_path
     assert latency["events"] == 600 and 0 < latency["measured"] <= 600
     assert 0 < latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
     assert set(result["peak_rss_mb"]) == {"validator", "synchronizer", "store-writer"}
+    assert result["popsync_cpu_us_per_event"] > 0
+    ceiling = phases["faust_ceiling"]  # the first batch starts the clocks, the rest count
+    assert 0 < ceiling["events"] < 900 and result["faust_consumption_alone"] == {
+        "events_per_second": ceiling["events_per_second"],
+        "cpu_us_per_event": ceiling["cpu_us_per_event"],
+    }
     assert set(result["targets"]) == {
         "popsync_at_least_half_of_floor",
         "popsync_at_least_5x_naive",

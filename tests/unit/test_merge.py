@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -279,3 +280,70 @@ def test_an_annulment_arriving_before_its_death_converges_too(order: list[m.Regi
     assert state.current().life_status is m.LifeStatus.ALIVE
     assert state.current().permanent_residence == address("26737")
     assert not state.conflicts
+
+
+class Unreadable(Mapping[str, m.RegistryEvent]):
+    """A state's events that may be counted and listed, never read."""
+
+    def __init__(self, events: list[m.RegistryEvent]) -> None:
+        self._ids = [e.event_id for e in events]
+
+    def __getitem__(self, event_id: str) -> m.RegistryEvent:
+        if event_id in self._ids:
+            raise AssertionError(f"earlier event {event_id} was read")
+        raise KeyError(event_id)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+def test_an_event_that_comes_last_merges_without_reading_the_earlier_events() -> None:
+    earlier = story()[:7]
+    state = CitizenState.from_events(PIN, earlier)
+    sealed = CitizenState(
+        PIN,
+        Unreadable(earlier),
+        state.snapshot,
+        state.conflicts,
+        state.last_order,
+        state.registered_birth,
+    )
+    later = move(8, date(2023, 6, 1), "26740")
+    outcome = apply_event(sealed, later)
+    assert isinstance(outcome, Applied)
+    reference = CitizenState.from_events(PIN, [*earlier, later])
+    assert outcome.snapshot == reference.current()
+    assert outcome.version == reference.version == 8
+    assert outcome.changed_fields == ("permanent_residence",)
+
+
+@settings(max_examples=200, deadline=None)
+@given(order=st.permutations([*story(), annulment(10, date(2024, 5, 1))]))
+def test_each_merge_equals_folding_everything_received_so_far(
+    order: list[m.RegistryEvent],
+) -> None:
+    state = CitizenState(PIN)
+    for i, e in enumerate(order):
+        outcome = apply_event(state, e)
+        assert isinstance(outcome, Applied)
+        reference = CitizenState.from_events(PIN, order[: i + 1])
+        new = outcome.state
+        assert (new.current(), new.conflicts, new.version) == (
+            reference.current(),
+            reference.conflicts,
+            reference.version,
+        )
+        assert (new.last_order, new.registered_birth) == (
+            reference.last_order,
+            reference.registered_birth,
+        )
+        assert dict(outcome.new_conflicts) == {
+            k: c for k, c in reference.conflicts.items() if k not in state.conflicts
+        }
+        assert dict(outcome.resolved_conflicts) == {
+            k: c for k, c in state.conflicts.items() if k not in reference.conflicts
+        }
+        state = new

@@ -9,6 +9,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import pytest
@@ -105,7 +106,8 @@ class FakeConsumer:
     """faust's consumer as `partition_lags` uses it."""
 
     high: dict[TP, int | None] = field(default_factory=dict)
-    positions: dict[TP, int] = field(default_factory=dict)
+    _read_offset: dict[TP, int] = field(default_factory=dict)
+    positions: dict[TP, int] = field(default_factory=dict)  # the Kafka client's, in memory
     _committed_offset: dict[TP, int | None] = field(default_factory=dict)
     revoked: set[TP] = field(default_factory=set)
     started: bool = True
@@ -115,19 +117,29 @@ class FakeConsumer:
             raise RuntimeError("Consumer thread not yet started")
         return set(self.high)
 
+    @property
+    def _thread(self) -> SimpleNamespace:
+        """faust's consumer thread, down to aiokafka's partition states."""
+
+        def state_value(tp: TP) -> SimpleNamespace | None:
+            known = tp in self.positions
+            return SimpleNamespace(has_valid_position=known, position=self.positions.get(tp))
+
+        assignment = SimpleNamespace(state_value=state_value)
+        subscription = SimpleNamespace(subscription=SimpleNamespace(assignment=assignment))
+        return SimpleNamespace(_consumer=SimpleNamespace(_subscription=subscription))
+
     def highwater(self, tp: TP) -> int | None:
         assert tp not in self.revoked, "Partition is not assigned"
         return self.high[tp]
 
-    async def position(self, tp: TP) -> int:
-        return self.positions[tp]
-
 
 def test_lag_is_high_water_mark_minus_the_next_offset_to_process() -> None:
-    a, b, c, d, e = (TP("t", p) for p in range(5))
+    a, b, c, d, e, f, g = (TP("t", p) for p in range(7))
     consumer = FakeConsumer(
-        high={a: 100, b: 100, c: 100, d: None, e: 100},
-        positions={c: 100},  # fetched ahead, but nothing processed or committed: see below
+        high={a: 100, b: 100, c: 100, d: None, e: 100, f: 100, g: 100},
+        positions={g: 80},
+        _read_offset={c: 99},  # taken, but nothing processed or committed: see below
         _committed_offset={a: 40, b: 90, c: None},
         revoked={e},
     )
@@ -136,8 +148,10 @@ def test_lag_is_high_water_mark_minus_the_next_offset_to_process() -> None:
     assert lags == {
         ("t", 0): 30,  # the last durable batch is ahead of the last commit
         ("t", 1): 10,  # the group's commit (another member's work) is ahead
-        ("t", 2): 0,  # neither known (a new group): the consumer's position
+        ("t", 2): 0,  # neither known (a new group): the last message faust took
         ("t", 3): None,  # no fetch response yet
+        ("t", 5): None,  # nothing taken, processed or committed yet: unknown
+        ("t", 6): 20,  # nothing taken yet: where the client will fetch from
     }
     assert asyncio.run(observability.partition_lags(FakeConsumer(started=False), {})) == {}
 

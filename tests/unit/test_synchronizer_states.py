@@ -8,7 +8,7 @@ from datetime import date
 
 import pytest
 from popsync.services.synchronizer.app import SynchronizerStep
-from popsync.services.synchronizer.states import Known, StateCache
+from popsync.services.synchronizer.states import Known, StateCache, StoredEvents
 
 from popsync.adapters.store import StoredState
 from popsync.contract import models as m
@@ -75,6 +75,20 @@ def test_a_citizen_seen_before_is_not_sent_back_by_the_store() -> None:
     assert versions(producer) == [1, 2]
     assert states.events_sent == 0  # the second batch used the cached state
     assert states.rows[PIN][0] == 2
+
+
+def test_the_cache_keeps_stored_bytes_not_decoded_events() -> None:
+    states = MemoryStates()
+    sync, producer = step(states)
+    events = [birth(), move(2, date(2010, 1, 1), "26734")]
+    asyncio.run(sync([message(e, i) for i, e in enumerate(events)]))
+    cached = sync._cache.get(PIN, 2)
+    assert cached is not None and isinstance(cached.state.events, StoredEvents)
+    assert dict(cached.state.events) == {e.event_id: e for e in events}  # decoded on demand
+    # An earlier-dated event reads them back and folds them all again.
+    asyncio.run(sync([message(move(3, date(2005, 1, 1), "26737"), 2)]))
+    assert versions(producer) == [1, 2, 3]
+    assert states.events_sent == 0
 
 
 def test_a_state_advanced_elsewhere_is_rebuilt_from_the_store() -> None:
