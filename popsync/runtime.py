@@ -100,6 +100,7 @@ def make_app(settings: Settings, worker: WorkerName) -> faust.App:
         broker_credentials=faust_credentials(settings.kafka),
         broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
         broker_heartbeat_interval=max(settings.kafka.session_timeout_ms / 3000, 1.0),
+        broker_max_poll_records=settings.kafka.max_poll_records,
         consumer_auto_offset_reset="earliest",
         topic_allow_declare=False,
         topic_disable_leader=True,

@@ -34,6 +34,13 @@ class KafkaSettings(_Section):
         "of it on some brokers, so keep it short where workers restart often.",
     )
     client_id: str = "popsync"
+    max_poll_records: int = Field(
+        2_000,
+        ge=1,
+        description="Most fetched messages a worker's consumer turns into Python objects "
+        "at once; the rest of a fetch waits as raw bytes. Bounds memory even against a "
+        "broker that answers a fetch with more than the partition fetch size",
+    )
 
     def librdkafka(self) -> dict[str, str | int]:
         """The connection part of a confluent-kafka (librdkafka) configuration."""
@@ -95,7 +102,7 @@ class ProcessingSettings(_Section):
     retry_max_seconds: float = Field(30.0, gt=0, description="Longest backoff on a fault")
     future_skew_seconds: int = Field(300, ge=0, description="Clock skew tolerated for 'future'")
     state_cache_citizens: int = Field(
-        40_000,
+        25_000,
         ge=0,
         description="Citizens whose state the synchronizer keeps in memory (LRU, about 3 KB "
         "each: the snapshot and the events' stored bytes); checked against the stored "

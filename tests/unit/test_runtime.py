@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -399,3 +400,28 @@ def test_stop_worker_exits_at_once_with_its_code(monkeypatch: pytest.MonkeyPatch
     assert codes == [70]
     assert drain_controller(app).durable == {}
     assert drain_controller(app).in_flight == 0
+
+
+# --- what every worker's process is set up with ---------------------------------------------
+
+
+def test_a_worker_turns_at_most_max_poll_records_into_messages_at_once() -> None:
+    app = make_app(Settings(kafka={"max_poll_records": 1234}), "validator")
+    assert app.conf.broker_max_poll_records == 1234
+
+
+@pytest.mark.parametrize("threshold", [50_000, 0])
+def test_garbage_collection_is_tuned_and_start_up_objects_frozen(threshold: int) -> None:
+    before, enabled = gc.get_threshold(), gc.isenabled()
+    try:
+        runtime.tune_garbage_collector(threshold)
+        assert gc.get_freeze_count() > 0
+        if threshold:
+            assert gc.get_threshold() == (threshold, *before[1:]) and gc.isenabled()
+        else:
+            assert not gc.isenabled()
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+        if enabled:
+            gc.enable()
