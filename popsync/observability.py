@@ -138,7 +138,7 @@ class Health:
 # --- lag --------------------------------------------------------------------------------
 
 
-async def partition_lags(
+def partition_lags(
     consumer: Any, durable: Mapping[PartitionKey, int]
 ) -> dict[PartitionKey, int | None]:
     """Lag of each assigned partition (see module doc); faust's consumer, not started: {}."""
@@ -207,7 +207,7 @@ async def watch(
     previous: Iterable[PartitionKey] = ()
     while True:
         try:
-            lags = await partition_lags(app.consumer, durable())
+            lags = partition_lags(app.consumer, durable())
             publish_lags(health.worker, lags, previous)
             previous = list(lags)
         except Exception:  # never let metrics stop a worker; the probe will say so

@@ -73,14 +73,15 @@ class CitizenState:
 
 def _folded(pin: str, events: Mapping[str, m.RegistryEvent]) -> CitizenState:
     ordered = sorted(events.values(), key=legal_order)
-    snapshot, conflicts = fold(pin, ordered)
+    registered_birth = _registered_birth(ordered)
+    snapshot, conflicts = _fold_ordered(pin, ordered, registered_birth)
     return CitizenState(
         pin=pin,
         events=events,
         snapshot=snapshot if ordered else None,
         conflicts=conflicts,
         last_order=legal_order(ordered[-1]) if ordered else None,
-        registered_birth=_registered_birth(ordered),
+        registered_birth=registered_birth,
     )
 
 
@@ -218,10 +219,15 @@ def fold(
     pin: str, events: Iterable[m.RegistryEvent]
 ) -> tuple[m.CitizenSnapshot, dict[str, Conflict]]:
     """The snapshot that a set of events yields, and which of them conflict."""
+    ordered = sorted(events, key=legal_order)
+    return _fold_ordered(pin, ordered, _registered_birth(ordered))
+
+
+def _fold_ordered(
+    pin: str, ordered: Sequence[m.RegistryEvent], registered_birth: date | None
+) -> tuple[m.CitizenSnapshot, dict[str, Conflict]]:
     snapshot = m.CitizenSnapshot(pin=pin)
     conflicts: dict[str, Conflict] = {}
-    ordered = sorted(events, key=legal_order)
-    registered_birth = _registered_birth(ordered)
     annulled = _annulled_deaths(ordered)
     for event in ordered:
         if event.event_id in annulled:

@@ -144,7 +144,7 @@ def test_lag_is_high_water_mark_minus_the_next_offset_to_process() -> None:
         revoked={e},
     )
     durable = {("t", 0): 70, ("t", 1): 60}
-    lags = asyncio.run(observability.partition_lags(consumer, durable))
+    lags = observability.partition_lags(consumer, durable)
     assert lags == {
         ("t", 0): 30,  # the last durable batch is ahead of the last commit
         ("t", 1): 10,  # the group's commit (another member's work) is ahead
@@ -153,7 +153,7 @@ def test_lag_is_high_water_mark_minus_the_next_offset_to_process() -> None:
         ("t", 5): None,  # nothing taken, processed or committed yet: unknown
         ("t", 6): 20,  # nothing taken yet: where the client will fetch from
     }
-    assert asyncio.run(observability.partition_lags(FakeConsumer(started=False), {})) == {}
+    assert observability.partition_lags(FakeConsumer(started=False), {}) == {}
 
 
 def test_lag_gauges_follow_the_assignment() -> None:
