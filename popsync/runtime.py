@@ -1,17 +1,18 @@
 """How every worker runs: a faust app from settings, and a batch loop around one step.
 
 A worker is `popsync worker NAME`: faust consumes its input topic as a group
-member and hands batches to the worker's step. The step must make its effect
-durable (outputs flushed to the broker, rows committed to PostgreSQL) before it
-returns; only then does the loop ack the batch's offsets, and faust commits
-acked offsets later. Infrastructure faults are retried with backoff for as long
-as it takes; a batch is never skipped.
+member, and its consumer hands each fetched batch to the worker's step
+(`popsync.batch_consumer`). The step must make its effect durable (outputs
+flushed to the broker, rows committed to PostgreSQL) before it returns; only then
+are the batch's messages acked, and faust commits acked offsets later.
+Infrastructure faults are retried with backoff for as long as it takes; a batch
+is never skipped.
 
 Stopping (SIGTERM from Kubernetes, or SIGINT) is a drain, in this order:
 1. the signal only sets the drain flag (`DrainController.begin`);
-2. an agent that holds a batch finishes it: its step runs to durability,
-   retries included, and the batch is acked; no agent starts another batch
-   (one taken meanwhile is held unacked, so it is never committed);
+2. a batch in flight is finished: its step runs to durability, retries
+   included, and the batch is acked; no other batch starts (one taken
+   meanwhile is held unacked, so it is never committed);
 3. once no batch is in flight, the offsets of every finished batch are
    committed and read back from the broker (`commit_durable_offsets`);
 4. faust stops (leaves the group), the closers run, the process exits 0.
@@ -45,8 +46,10 @@ from typing import Any
 import faust
 from confluent_kafka import Consumer, TopicPartition
 from faust.types import AppT
+from faust.types.tuples import Message
 
 from popsync import metrics, observability
+from popsync.batch_consumer import BatchApp, Batching, batch_handlers
 from popsync.settings import KafkaSettings, Settings, WorkerName
 
 log = logging.getLogger(__name__)
@@ -93,8 +96,12 @@ _worker_names: weakref.WeakKeyDictionary[faust.App, WorkerName] = weakref.WeakKe
 
 def make_app(settings: Settings, worker: WorkerName) -> faust.App:
     """A faust app for one worker kind; every instance of it joins one group."""
-    app = faust.App(
+    app = BatchApp(
         settings.groups.for_worker(worker),
+        batching=Batching(
+            size=settings.processing.batch_size,
+            window_seconds=settings.processing.batch_window_seconds,
+        ),
         broker=[f"kafka://{host}" for host in settings.kafka.bootstrap_servers.split(",")],
         broker_client_id=f"{settings.kafka.client_id}-{worker}",
         broker_credentials=faust_credentials(settings.kafka),
@@ -145,10 +152,10 @@ def raw_topic(app: faust.App, name: str) -> Any:
 
 
 class DrainController:
-    """The drain flag and the batches in flight, shared by one worker's agents.
+    """The drain flag and the batches in flight, shared by one worker's steps.
 
-    `begin` is all a stop signal does. Each agent asks `draining` before it
-    starts a batch, and runs a batch inside `batch()`, so `wait_idle` returns
+    `begin` is all a stop signal does. A step asks `draining` before it starts
+    a batch, and runs the batch inside `batch()`, so `wait_idle` returns
     once no batch is in flight. `durable` holds, per (topic, partition), the
     offset after the last message of a finished (durable and acked) batch: what
     may be committed.
@@ -224,59 +231,59 @@ _controllers: weakref.WeakKeyDictionary[faust.App, DrainController] = weakref.We
 
 
 def drain_controller(app: faust.App) -> DrainController:
-    """The one controller of `app`'s agents and its worker."""
+    """The one controller of `app`'s steps and its worker."""
     controller = _controllers.get(app)
     if controller is None:
         controller = _controllers[app] = DrainController()
     return controller
 
 
-def register_batch_agent(
+def register_batch_step(
     app: faust.App, topic_name: str, step: BatchStep, settings: Settings, label: str
 ) -> None:
-    """Feed batches of `topic_name` to `step`, retrying it until it succeeds."""
-    processing = settings.processing
-    drain = drain_controller(app)
-    worker = _worker_names.get(app, label)  # the metrics' `worker` label, whatever the topic
-
-    @app.agent(raw_topic(app, topic_name), name=label)
-    async def consume(stream: Any) -> None:
-        async for events in stream.take_events(
-            processing.batch_size, processing.batch_window_seconds
-        ):
-            if drain.draining:
-                _hold_unacked(events)
-                log.info("%s: draining; %d messages left for the next run", label, len(events))
-                await _until_cancelled()
-                continue
-            batch = [_inbound(event) for event in events]
-            with drain.batch():
-                try:
-                    await retry_until_done(
-                        functools.partial(step, batch), label, settings, worker=worker
-                    )
-                except asyncio.CancelledError:
-                    log.error("%s: stopped while a batch was not yet durable", label)
-                    _exit_without_commit(EXIT_UNFINISHED_BATCH)
-                except StopWorker as stop:
-                    log.critical("%s: stopping: %s", label, stop)
-                    _exit_without_commit(stop.exit_code)
-                # Durable: ack now (take_events would only ack when the loop
-                # resumes), so the offsets are committable once we are idle.
-                for event in events:
-                    await stream.ack(event)
-                drain.finished(batch)
+    """Subscribe the worker to `topic_name` and hand its batches to `step` (see `run_batch`)."""
+    app.topics.add(raw_topic(app, topic_name))  # faust's consumer subscribes to what is added
+    batch_handlers(app)[topic_name] = functools.partial(
+        run_batch,
+        step=step,
+        drain=drain_controller(app),
+        settings=settings,
+        label=label,
+        worker=_worker_names.get(app, label),  # the metrics' `worker` label, whatever the topic
+    )
 
 
-def _hold_unacked(events: Iterable[Any]) -> None:
-    """Keep a batch taken during the drain from ever being acked, hence committed.
+async def run_batch(
+    messages: Sequence[Message],
+    consumer: Any,
+    *,
+    step: BatchStep,
+    drain: DrainController,
+    settings: Settings,
+    label: str,
+    worker: str,
+) -> None:
+    """Make one fetched batch durable through `step`, retrying it until it succeeds, then ack it.
 
-    `take_events` acks the batch in a `finally` when the agent is cancelled; an
-    extra reference on each message makes that ack non-final, so faust never
-    counts the offsets as processed and the messages are re-delivered.
+    A batch taken once the drain has begun never reaches the step and is never acked,
+    so it is never committed: this waits until the stop cancels it.
     """
-    for event in events:
-        event.message.incref()
+    if drain.draining:
+        log.info("%s: draining; %d messages left for the next run", label, len(messages))
+        await _until_cancelled()
+    batch = [_inbound(message) for message in messages]
+    with drain.batch():
+        try:
+            await retry_until_done(functools.partial(step, batch), label, settings, worker=worker)
+        except asyncio.CancelledError:
+            log.error("%s: stopped while a batch was not yet durable", label)
+            _exit_without_commit(EXIT_UNFINISHED_BATCH)
+        except StopWorker as stop:
+            log.critical("%s: stopping: %s", label, stop)
+            _exit_without_commit(stop.exit_code)
+        for message in messages:  # durable: committable from now on
+            consumer.ack(message)
+        drain.finished(batch)
 
 
 async def _until_cancelled() -> None:
@@ -284,11 +291,10 @@ async def _until_cancelled() -> None:
 
 
 def _exit_without_commit(exit_code: int) -> None:
-    """Stop the process before faust can commit a batch that is not yet durable.
+    """Stop the process now, with the batch that is not durable left unacked.
 
-    faust's `take_events` acks a batch in a `finally`, even when the loop body was
-    cancelled, and commits acked offsets on shutdown. Exiting at once leaves the
-    batch uncommitted, so it is re-delivered and re-applied idempotently.
+    Nothing of it is committed, so it is re-delivered and re-applied idempotently;
+    faust's orderly shutdown would wait for that batch's acks, which never come.
     """
     log.error("exiting without committing the current batch (exit code %d)", exit_code)
     _exit_now(exit_code)
@@ -299,8 +305,7 @@ def _exit_now(exit_code: int) -> None:
     os._exit(exit_code)
 
 
-def _inbound(event: Any) -> InboundMessage:
-    message = event.message
+def _inbound(message: Message) -> InboundMessage:
     return InboundMessage(
         topic=message.topic,
         partition=message.partition,
@@ -310,7 +315,7 @@ def _inbound(event: Any) -> InboundMessage:
     )
 
 
-_waiting: collections.Counter[str] = collections.Counter()  # agents backing off, per worker
+_waiting: collections.Counter[str] = collections.Counter()  # steps backing off, per worker
 
 
 async def retry_until_done(
@@ -323,8 +328,8 @@ async def retry_until_done(
 
     Only infrastructure faults reach here (steps route bad events themselves);
     those pass, so waiting is right and skipping would lose events. `label` names
-    the agent in logs; metrics count per `worker` (default: `label`), waiting while
-    any of its agents is.
+    the step in logs; metrics count per `worker` (default: `label`), waiting while
+    any of its steps is.
     """
     worker = worker or label
     delay = settings.processing.retry_initial_seconds

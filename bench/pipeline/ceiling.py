@@ -1,7 +1,7 @@
 """faust's consumption alone: popsync's own batch runtime with a step that does nothing.
 
 The most a faust-based worker can do on this machine: the same runtime as every popsync
-worker (`popsync.runtime.register_batch_agent`, `run_worker`) takes batches from the raw
+worker (`popsync.runtime.register_batch_step`, `run_worker`) takes batches from the raw
 topic and throws them away. No decoding, no output, no store. Its events/s and CPU per
 event bound each of popsync's three stages from above.
 
@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from popsync.runtime import InboundMessage, Worker, make_app, register_batch_agent, run_worker
+from popsync.runtime import InboundMessage, Worker, make_app, register_batch_step, run_worker
 from popsync.settings import Settings
 
 STAGE = "ceiling"
@@ -58,7 +58,7 @@ def main() -> None:
     settings = Settings()
     app = make_app(settings, "validator")
     step = Counter(int(os.environ["BENCH_EVENTS"]), Path(os.environ["BENCH_RESULT"]))
-    register_batch_agent(app, settings.topics.registry_events, step, settings, STAGE)
+    register_batch_step(app, settings.topics.registry_events, step, settings, STAGE)
     run_worker(Worker(app), settings)
 
 

@@ -17,7 +17,7 @@ from popsync.adapters.store import CitizenStore, Consumed, Database
 from popsync.contract import models as m
 from popsync.contract.codec import Codec, DecodeError
 from popsync.deadletter import dead_letter
-from popsync.runtime import InboundMessage, Worker, make_app, register_batch_agent
+from popsync.runtime import InboundMessage, Worker, make_app, register_batch_step
 from popsync.settings import Settings
 
 STAGE = "store-writer"
@@ -73,5 +73,5 @@ def build(settings: Settings) -> Worker:
     store = CitizenStore(Database(settings.postgres), settings.groups.store_writer)
     step = StoreWriterStep(settings, store, producer)
     for topic in (settings.topics.citizen_updates, settings.topics.conflicts):
-        register_batch_agent(app, topic, step, settings, f"{STAGE}:{topic}")
+        register_batch_step(app, topic, step, settings, f"{STAGE}:{topic}")
     return Worker(app, closers=[producer.close])

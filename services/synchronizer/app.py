@@ -28,7 +28,7 @@ from popsync.contract import models as m
 from popsync.contract.codec import Codec, DecodeError
 from popsync.deadletter import DeadLetterLimit, Outcome, dead_letter
 from popsync.domain.merge import Applied, CitizenState, Conflict, Duplicate, apply_event
-from popsync.runtime import InboundMessage, Worker, make_app, register_batch_agent
+from popsync.runtime import InboundMessage, Worker, make_app, register_batch_step
 from popsync.settings import Settings
 
 from .states import Known, StateCache
@@ -223,5 +223,5 @@ def build(settings: Settings) -> Worker:
     producer = BatchProducer(settings.kafka)
     db = Database(settings.postgres)
     step = SynchronizerStep(settings, producer, SyncStateStore(db))
-    register_batch_agent(app, settings.topics.validated_events, step, settings, STAGE)
+    register_batch_step(app, settings.topics.validated_events, step, settings, STAGE)
     return Worker(app, closers=[producer.close])

@@ -35,7 +35,7 @@ from popsync.domain.allocation import (
 from popsync.domain.rules import RuleViolation, check_event
 from popsync.identity.decisions import MatchingStore
 from popsync.identity.matching import MatchOutcome
-from popsync.runtime import InboundMessage, Worker, make_app, register_batch_agent
+from popsync.runtime import InboundMessage, Worker, make_app, register_batch_step
 from popsync.sector_matching import SectorMatching, needs_match
 from popsync.settings import Settings
 
@@ -274,5 +274,5 @@ def build(settings: Settings) -> Worker:
         PostgresAliasDirectory(db),
         PostgresMatchingStore(db),
     )
-    register_batch_agent(app, settings.topics.registry_events, step, settings, STAGE)
+    register_batch_step(app, settings.topics.registry_events, step, settings, STAGE)
     return Worker(app, closers=[producer.close])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +14,7 @@ from faust.types.tuples import ConsumerMessage
 from prometheus_client import REGISTRY
 
 from popsync import runtime
+from popsync.batch_consumer import BatchConsumer, Batching, batch_handlers, by_topic, chunks
 from popsync.runtime import (
     EXIT_DRAINED,
     EXIT_UNFINISHED_BATCH,
@@ -25,7 +26,7 @@ from popsync.runtime import (
     drain_controller,
     end_offsets,
     make_app,
-    register_batch_agent,
+    register_batch_step,
     retry_until_done,
     uncommitted,
     watchdog_exit_code,
@@ -257,7 +258,7 @@ def test_the_watchdog_exits_0_only_after_a_confirmed_commit() -> None:
         assert watchdog_exit_code(controller) == EXIT_UNFINISHED_BATCH
 
 
-# --- the agent loop, with faust's messages and a stand-in for `take_events` -----------------
+# --- one batch through its step, with faust's messages -------------------------------------
 
 
 @dataclass
@@ -272,84 +273,52 @@ class FakeConsumer:
         return True
 
 
-@dataclass
-class FakeEvent:
-    message: ConsumerMessage
-
-
-def delivered(offset: int, topic: str = "t") -> FakeEvent:
-    msg = ConsumerMessage(topic, 0, offset, 0.0, 0, None, b"k", b"v", None)
-    msg.incref()  # one stream holds it, as faust's conductor does on delivery
-    return FakeEvent(msg)
-
-
-@dataclass
-class FakeStream:
-    """Like faust's `take_events`: yields batches, acks each in a `finally`, then waits."""
-
-    batches: list[list[FakeEvent]]
-    consumer: FakeConsumer = field(default_factory=FakeConsumer)
-    exhausted: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def take_events(self, max_: int, within: float) -> AsyncIterator[list[FakeEvent]]:
-        for events in self.batches:
-            try:
-                yield events
-            finally:
-                for event in events:
-                    await self.ack(event)
-        self.exhausted.set()
-        await asyncio.get_running_loop().create_future()
-
-    async def ack(self, event: FakeEvent) -> bool:
-        return event.message.ack(self.consumer)  # type: ignore[arg-type]
+def fetched(*offsets: int, topic: str = "t") -> list[ConsumerMessage]:
+    return [ConsumerMessage(topic, 0, o, 0.0, 0, None, b"k", b"v", None) for o in offsets]
 
 
 Step = Callable[[Sequence[InboundMessage]], Awaitable[None]]
 
 
-def agent_body(step: Step, label: str) -> tuple[Callable[[Any], Awaitable[None]], Any]:
-    config = settings(batch_size=2)
+def registered(step: Step, label: str) -> tuple[Any, Any]:
+    """`step` registered on a worker app as each worker does; its handler and the app."""
+    config = settings()
     app = make_app(config, "validator")
-    register_batch_agent(app, "t", step, config, label)
-    return app.agents[label].fun, app
+    register_batch_step(app, "t", step, config, label)
+    return batch_handlers(app)["t"], app
 
 
-async def run_until(
-    fun: Callable[[Any], Awaitable[None]], stream: FakeStream, done: Callable[[], bool]
-) -> None:
-    """Run the agent body until `done()`, then stop it as faust does: cancel it."""
-    task = asyncio.ensure_future(fun(stream))
-    for _ in range(200):
-        if done():
-            break
-        await asyncio.sleep(0.01)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+def test_registering_a_step_subscribes_the_worker_to_its_topic() -> None:
+    async def step(batch: Sequence[InboundMessage]) -> None:
+        pass
+
+    _, app = registered(step, "unit-batch-subscribe")
+    assert [topic.get_topic_name() for topic in app.topics] == ["t"]
 
 
-def test_the_agent_acks_a_batch_once_its_step_returned() -> None:
+def test_a_batch_is_acked_once_its_step_returned() -> None:
     seen: list[list[int]] = []
+    consumer = FakeConsumer()
 
     async def step(batch: Sequence[InboundMessage]) -> None:
+        assert consumer.acked == [m.offset for b in seen for m in fetched(*b)]  # not before
         seen.append([m.offset for m in batch])
 
-    fun, app = agent_body(step, "unit-agent-ack")
+    handle, app = registered(step, "unit-batch-ack")
 
-    async def scenario() -> FakeStream:
-        stream = FakeStream([[delivered(0), delivered(1)], [delivered(2)]])
-        await run_until(fun, stream, stream.exhausted.is_set)
-        return stream
+    async def scenario() -> None:
+        await handle(fetched(0, 1), consumer)
+        await handle(fetched(2), consumer)
 
-    stream = asyncio.run(scenario())
+    asyncio.run(scenario())
     assert seen == [[0, 1], [2]]
-    assert stream.consumer.acked == [0, 1, 2]
+    assert consumer.acked == [0, 1, 2]
     assert drain_controller(app).durable == {("t", 0): 3}
 
 
 def test_draining_finishes_the_batch_in_flight_and_never_acks_the_next() -> None:
     seen: list[list[int]] = []
+    consumer = FakeConsumer()
     controller: DrainController | None = None
 
     async def step(batch: Sequence[InboundMessage]) -> None:
@@ -358,27 +327,33 @@ def test_draining_finishes_the_batch_in_flight_and_never_acks_the_next() -> None
         controller.begin()  # SIGTERM arrives while this batch is in flight
         await asyncio.sleep(0.05)
 
-    fun, app = agent_body(step, "unit-agent-drain")
+    handle, app = registered(step, "unit-batch-drain")
     controller = drain_controller(app)
+    second = fetched(2, 3)
 
-    async def scenario() -> FakeStream:
-        stream = FakeStream([[delivered(0), delivered(1)], [delivered(2), delivered(3)]])
-        held = stream.batches[1][0].message
-        await run_until(fun, stream, lambda: held.refcount > 1)  # taken, then held
-        return stream
+    async def scenario() -> None:
+        await handle(fetched(0, 1), consumer)
+        held = asyncio.ensure_future(handle(second, consumer))
+        await asyncio.sleep(0.05)
+        assert not held.done()  # held until the stop cancels it
+        held.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await held
 
-    stream = asyncio.run(scenario())
+    asyncio.run(scenario())
     assert seen == [[0, 1]]  # the second batch never reached the step
-    assert stream.consumer.acked == [0, 1]  # and is not committable, even after the cancel
+    assert consumer.acked == [0, 1]  # and is not committable, even after the cancel
     assert controller.durable == {("t", 0): 2}
-    assert all(not e.message.acked for e in stream.batches[1])
+    assert controller.in_flight == 0
+    assert all(not m.acked for m in second)
 
 
 class Exited(Exception):
     pass
 
 
-def test_stop_worker_exits_at_once_with_its_code(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def exits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     codes: list[int] = []
 
     def fake_exit(code: int) -> None:
@@ -386,20 +361,76 @@ def test_stop_worker_exits_at_once_with_its_code(monkeypatch: pytest.MonkeyPatch
         raise Exited
 
     monkeypatch.setattr(runtime, "_exit_now", fake_exit)
+    return codes
+
+
+def test_stop_worker_exits_at_once_with_its_code_and_acks_nothing(exits: list[int]) -> None:
+    consumer = FakeConsumer()
 
     async def step(batch: Sequence[InboundMessage]) -> None:
         raise StopWorker("dead-letter limit", exit_code=70)
 
-    fun, app = agent_body(step, "unit-agent-stop")
+    handle, app = registered(step, "unit-batch-stop")
 
     async def scenario() -> None:
         with pytest.raises(Exited):
-            await fun(FakeStream([[delivered(0)]]))
+            await handle(fetched(0), consumer)
 
     asyncio.run(scenario())
-    assert codes == [70]
+    assert exits == [70]
+    assert consumer.acked == []
     assert drain_controller(app).durable == {}
     assert drain_controller(app).in_flight == 0
+
+
+def test_a_step_cancelled_before_it_was_durable_exits_without_acking(exits: list[int]) -> None:
+    consumer = FakeConsumer()
+    started = asyncio.Event()
+
+    async def step(batch: Sequence[InboundMessage]) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    handle, app = registered(step, "unit-batch-cancel")
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(handle(fetched(0, 1), consumer))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(Exited):
+            await task
+
+    asyncio.run(scenario())
+    assert exits == [EXIT_UNFINISHED_BATCH]
+    assert consumer.acked == []
+    assert drain_controller(app).durable == {}
+
+
+# --- how a fetch is cut into batches ---------------------------------------------------------
+
+
+def test_a_fetch_is_split_by_topic_keeping_each_partitions_order() -> None:
+    interleaved = [
+        ConsumerMessage(topic, partition, offset, 0.0, 0, None, None, b"v", None)
+        for offset in range(3)
+        for topic, partition in (("a", 0), ("b", 0), ("a", 1))
+    ]
+    parts = {topic: [(m.partition, m.offset) for m in ms] for topic, ms in by_topic(interleaved)}
+    assert parts == {
+        "a": [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)],
+        "b": [(0, 0), (0, 1), (0, 2)],
+    }
+
+
+def test_a_topics_part_is_handed_on_in_batches_of_at_most_the_batch_size() -> None:
+    offsets = [[m.offset for m in chunk] for chunk in chunks(fetched(*range(7)), 3)]
+    assert offsets == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def test_a_worker_app_hands_fetched_batches_to_its_steps() -> None:
+    app = make_app(settings(batch_size=123, batch_window_seconds=0.5), "validator")
+    assert app.transport.Consumer is BatchConsumer
+    assert app.batching == Batching(size=123, window_seconds=0.5)
 
 
 # --- what every worker's process is set up with ---------------------------------------------
