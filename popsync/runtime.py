@@ -102,6 +102,7 @@ def make_app(settings: Settings, worker: WorkerName) -> faust.App:
             size=settings.processing.batch_size,
             window_seconds=settings.processing.batch_window_seconds,
         ),
+        fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
         broker=[f"kafka://{host}" for host in settings.kafka.bootstrap_servers.split(",")],
         broker_client_id=f"{settings.kafka.client_id}-{worker}",
         broker_credentials=faust_credentials(settings.kafka),

@@ -41,6 +41,14 @@ class KafkaSettings(_Section):
         "at once; the rest of a fetch waits as raw bytes. Bounds memory even against a "
         "broker that answers a fetch with more than the partition fetch size",
     )
+    fetch_max_wait_ms: int = Field(
+        500,
+        ge=0,
+        le=30_000,
+        description="Longest time the broker may hold a worker's fetch while it has no "
+        "new messages (Kafka's fetch.max.wait.ms; Apache Kafka answers as soon as one "
+        "arrives)",
+    )
 
     def librdkafka(self) -> dict[str, str | int]:
         """The connection part of a confluent-kafka (librdkafka) configuration."""
@@ -97,7 +105,12 @@ class PostgresSettings(_Section):
 
 class ProcessingSettings(_Section):
     batch_size: int = Field(500, ge=1, description="Most events one worker step takes at once")
-    batch_window_seconds: float = Field(0.2, gt=0, description="Longest wait to fill a batch")
+    batch_window_seconds: float = Field(
+        0.05,
+        gt=0,
+        description="Longest wait, after a fetch brought fewer than batch_size events, for "
+        "more to fill the batch: latency at low rates, while under load fetches fill it",
+    )
     retry_initial_seconds: float = Field(0.5, gt=0, description="First backoff on a fault")
     retry_max_seconds: float = Field(30.0, gt=0, description="Longest backoff on a fault")
     future_skew_seconds: int = Field(300, ge=0, description="Clock skew tolerated for 'future'")

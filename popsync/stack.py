@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 # A short session timeout: a group join waits about half of it on the embedded
 # broker (see shared notes); production keeps its own value.
 EMBEDDED_SESSION_TIMEOUT_MS = 6000
+# The embedded broker answered a held fetch late when messages arrived during the wait
+# (bench/README.md, "Latency"); a short wait bounds that. Apache Kafka answers at once.
+EMBEDDED_FETCH_MAX_WAIT_MS = 100
 
 
 LOCALHOST = "127.0.0.1"
@@ -158,6 +161,7 @@ class EmbeddedStack:
             "kafka": {
                 "bootstrap_servers": self.broker.bootstrap_servers,
                 "session_timeout_ms": EMBEDDED_SESSION_TIMEOUT_MS,
+                "fetch_max_wait_ms": EMBEDDED_FETCH_MAX_WAIT_MS,
             },
             "postgres": {"dsn": self.postgres.dsn(database)},
         }

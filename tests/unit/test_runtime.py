@@ -427,10 +427,22 @@ def test_a_topics_part_is_handed_on_in_batches_of_at_most_the_batch_size() -> No
     assert offsets == [[0, 1, 2], [3, 4, 5], [6]]
 
 
-def test_a_worker_app_hands_fetched_batches_to_its_steps() -> None:
-    app = make_app(settings(batch_size=123, batch_window_seconds=0.5), "validator")
-    assert app.transport.Consumer is BatchConsumer
+def test_a_worker_app_hands_fetched_batches_to_its_steps_and_sets_the_fetch_wait() -> None:
+    config = Settings(
+        processing={"batch_size": 123, "batch_window_seconds": 0.5},
+        kafka={"fetch_max_wait_ms": 321},
+    )
+
+    async def scenario() -> tuple[Any, Any]:
+        app = make_app(config, "validator")
+        kafka_consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        await kafka_consumer.stop()  # never started; releases its client
+        return app, kafka_consumer
+
+    app, kafka_consumer = asyncio.run(scenario())
+    assert isinstance(app.consumer, BatchConsumer)
     assert app.batching == Batching(size=123, window_seconds=0.5)
+    assert kafka_consumer._fetch_max_wait_ms == 321  # faust's own value is 1,500
 
 
 # --- what every worker's process is set up with ---------------------------------------------
