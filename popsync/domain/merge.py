@@ -30,6 +30,11 @@ from popsync.contract import models as m
 from popsync.domain.authority import FIELD_AUTHORITY
 from popsync.domain.legal_time import legal_date
 
+# Persisted folds are tagged with this, and trusted only while it is unchanged: bump it with
+# any change to these rules that could fold a set of events differently (a snapshot field,
+# a conflict, the order). A stored fold of another version is folded again from its events.
+FOLD_RULES_VERSION = 1
+
 
 @dataclass(frozen=True)
 class Conflict:

@@ -2,12 +2,14 @@
 
 One batch, in this order (each step idempotent, so a crash anywhere only
 repeats work):
-1. load the touched citizens' accepted events from PostgreSQL (only their versions
-   when the in-memory cache holds those versions, see `states`);
+1. load the touched citizens' states from PostgreSQL: their accepted events and what
+   those fold to (only their versions when the in-memory cache holds those versions,
+   see `states`);
 2. merge each event (`popsync.domain.merge`): an update per applied event, a
    conflict record per newly surfaced conflict, nothing for a duplicate;
 3. send updates and conflicts and wait until the broker has them all;
-4. save the new states (a state only moves forward in version), then cache them;
+4. save the new states, events and fold (a state only moves forward in version), then
+   cache them;
 5. return, so faust acks and later commits the batch's offsets.
 A crash between 3 and 4 re-emits the same updates with the same versions on
 restart; the store writer ignores versions it already has.
@@ -23,7 +25,7 @@ from datetime import UTC, datetime
 
 from popsync import metrics
 from popsync.adapters.kafka import BatchProducer, OutboundMessage
-from popsync.adapters.store import Database, SyncStateStore
+from popsync.adapters.store import Database, StoredState, SyncStateStore
 from popsync.contract import models as m
 from popsync.contract.codec import Codec, DecodeError
 from popsync.deadletter import DeadLetterLimit, Outcome, dead_letter
@@ -31,7 +33,7 @@ from popsync.domain.merge import Applied, CitizenState, Conflict, Duplicate, app
 from popsync.runtime import InboundMessage, Worker, make_app, register_batch_step
 from popsync.settings import Settings
 
-from .states import Known, StateCache
+from .states import Known, StateCache, restored, to_store
 
 log = logging.getLogger(__name__)
 STAGE = "synchronizer"
@@ -76,9 +78,7 @@ class SynchronizerStep:
         states = await self._load({event.subject_pin or "" for _, event in decoded})
         self.merge(decoded, states, result)
         await self._producer.send_all(result.outputs)
-        await self._states.save(
-            {pin: (states[pin].version, list(states[pin].raw.values())) for pin in result.changed}
-        )
+        await self._states.save({pin: to_store(states[pin]) for pin in result.changed})
         for pin, known in states.items():  # only once saved: the cache mirrors the store
             self._cache.put(pin, known.compact(EVENT_CODEC.decode))
         self._count(batch, result, started)
@@ -92,13 +92,13 @@ class SynchronizerStep:
             if entry is None:
                 states[pin] = Known(CitizenState(pin), {})
             elif entry.events is not None:
-                states[pin] = _rebuild(pin, entry.events)
+                states[pin] = _restore(pin, entry)
             elif (cached := self._cache.get(pin, entry.version)) is not None:
                 states[pin] = cached
         missing = pins - states.keys()  # evicted meanwhile: ask for the events themselves
         if missing:
             again = await self._states.load(dict.fromkeys(missing))
-            states.update((pin, _rebuild(pin, again[pin].events or [])) for pin in missing)
+            states.update((pin, _restore(pin, again[pin])) for pin in missing)
         return states
 
     def _decode(
@@ -211,8 +211,13 @@ class SynchronizerStep:
         metrics.BATCH_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
 
 
+def _restore(pin: str, stored: StoredState) -> Known:
+    """A citizen's state from its stored row: its persisted fold, or else its events."""
+    return restored(pin, stored, EVENT_CODEC.decode) or _rebuild(pin, stored.events or [])
+
+
 def _rebuild(pin: str, stored: Sequence[bytes]) -> Known:
-    """A citizen's state from its stored events (validated bytes, so they decode)."""
+    """A citizen's state folded from its stored events (validated bytes, so they decode)."""
     events = [EVENT_CODEC.decode(value) for value in stored]
     raw = {event.event_id: value for event, value in zip(events, stored, strict=True)}
     return Known(CitizenState.from_events(pin, events), raw)

@@ -8,6 +8,10 @@ and the others decode them on demand (`StoredEvents`). That keeps an entry at a 
 A cached state is only trusted when PostgreSQL still holds the same version
 (`SyncStateStore.load` sends the events back otherwise), so another instance taking over a
 partition, or a step retried after a failure, never works on a stale state.
+
+A state that is not cached comes back from PostgreSQL the same way: with the fold of its
+events, persisted beside them (`persisted_fold`, `restored`), so a backfill, where most
+citizens were last seen long ago, does not decode and fold every earlier event again.
 """
 
 from __future__ import annotations
@@ -15,9 +19,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from datetime import date
 
+from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+
+from popsync.adapters.store import StoredState
 from popsync.contract import models as m
-from popsync.domain.merge import CitizenState
+from popsync.domain.merge import FOLD_RULES_VERSION, CitizenState, Conflict
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,65 @@ class StoredEvents(Mapping[str, m.RegistryEvent]):
 
     def __len__(self) -> int:
         return len(self._raw)
+
+
+class _Fold(BaseModel):
+    """A citizen's fold as the synchronizer persists it (JSON, `sync_citizen_state.fold`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rules: int  # FOLD_RULES_VERSION of the code that folded it
+    snapshot: m.CitizenSnapshot | None
+    conflicts: dict[str, tuple[str, str]]  # event id -> (code, message)
+    last_order: tuple[AwareDatetime, AwareDatetime, int, str] | None
+    registered_birth: date | None
+
+
+def persisted_fold(state: CitizenState) -> bytes:
+    """What `restored` reads back: everything of `state` but its events."""
+    fold = _Fold.model_construct(  # built from the domain's own values: nothing to validate
+        rules=FOLD_RULES_VERSION,
+        snapshot=state.snapshot,
+        conflicts={k: (c.code, c.message) for k, c in state.conflicts.items()},
+        last_order=state.last_order,
+        registered_birth=state.registered_birth,
+    )
+    return fold.model_dump_json().encode()
+
+
+def to_store(known: Known) -> StoredState:
+    """The row that persists `known`: its events with their ids, and their fold."""
+    return StoredState(
+        known.version, list(known.raw.values()), list(known.raw), persisted_fold(known.state)
+    )
+
+
+def restored(
+    pin: str, stored: StoredState, decode: Callable[[bytes], m.RegistryEvent]
+) -> Known | None:
+    """The state a stored row describes, its events left as bytes (decoded when read);
+    None when the events must be folded again: a row written before folds were kept, or
+    by other fold rules."""
+    if stored.events is None or stored.event_ids is None or stored.fold is None:
+        return None
+    if not stored.version == len(stored.events) == len(stored.event_ids):
+        return None
+    try:
+        fold = _Fold.model_validate_json(stored.fold)
+    except ValidationError:
+        return None
+    if fold.rules != FOLD_RULES_VERSION:
+        return None
+    raw = dict(zip(stored.event_ids, stored.events, strict=True))
+    state = CitizenState(
+        pin,
+        events=StoredEvents(raw, decode),
+        snapshot=fold.snapshot,
+        conflicts={k: Conflict(code, text) for k, (code, text) in fold.conflicts.items()},
+        last_order=fold.last_order,
+        registered_birth=fold.registered_birth,
+    )
+    return Known(state, raw)
 
 
 class StateCache:

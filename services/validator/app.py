@@ -108,12 +108,14 @@ class ValidatorStep:
                 message.offset,
             )
             return self._reject(message, "INTERNAL_ERROR", type(exc).__name__, event)
-        output = self._validated(normalized)
+        output = self._validated(normalized, _unchanged_bytes(message, event, normalized))
         return Routed(output, None, normalized, needs_pin, needs_match(normalized))
 
-    def _validated(self, event: m.RegistryEvent) -> OutboundMessage:
+    def _validated(self, event: m.RegistryEvent, encoded: bytes | None = None) -> OutboundMessage:
+        """The validated event's message; `encoded`: its bytes, when known already."""
         key = event.subject_pin.encode() if event.subject_pin else None
-        return OutboundMessage(self._topics.validated_events, key, EVENT_CODEC.encode(event))
+        value = encoded if encoded is not None else EVENT_CODEC.encode(event)
+        return OutboundMessage(self._topics.validated_events, key, value)
 
     async def _allocate_pins(self, routed: list[Routed], now: datetime) -> list[OutboundMessage]:
         """Give each valid birth without a PIN its PIN (re-keyed by it); tell the registry."""
@@ -244,6 +246,17 @@ def _decode(message: InboundMessage) -> m.RegistryEvent | Exception:
     except Exception as exc:  # a bug in decoding must park the message, not stop the batch
         return exc
     return event
+
+
+def _unchanged_bytes(
+    message: InboundMessage, decoded: m.RegistryEvent, normalized: m.RegistryEvent
+) -> bytes | None:
+    """The message's own value when the rules changed nothing and it is in the current
+    schema: encoding the same record again would give the same fields (most events; the
+    encoding was about a sixth of the validator's CPU)."""
+    if normalized == decoded and EVENT_CODEC.written_with_current_schema(message.value):
+        return message.value
+    return None
 
 
 def _resolve_subject(

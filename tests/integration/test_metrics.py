@@ -109,7 +109,17 @@ def converged(
             scraped["store-writer"], "popsync_store_rows_written_total", table="citizen_history"
         )
         consumed = total(scraped["validator"], "popsync_events_consumed_total")
-        done = written == expected.history_rows and consumed == expected.published
+        # Conflicts travel on a topic of their own: their rows may land after the history.
+        surfaced = total(scraped["synchronizer"], "popsync_conflicts_total")
+        stored_conflicts = total(
+            scraped["store-writer"], "popsync_store_rows_written_total", table="citizen_conflicts"
+        )
+        done = (
+            written == expected.history_rows
+            and consumed == expected.published
+            and surfaced >= expected.conflicts
+            and stored_conflicts >= surfaced
+        )
         return scraped if done else None
 
     scraped = eventually(counted, timeout=90)

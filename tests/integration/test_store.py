@@ -10,7 +10,14 @@ import psycopg
 import pytest
 
 from popsync.adapters import store
-from popsync.adapters.store import CitizenStore, Consumed, Database, SyncStateStore, WriteResult
+from popsync.adapters.store import (
+    CitizenStore,
+    Consumed,
+    Database,
+    StoredState,
+    SyncStateStore,
+    WriteResult,
+)
 from popsync.contract import models as m
 from popsync.settings import Settings
 from popsync.stack import EmbeddedStack, migrate
@@ -286,7 +293,11 @@ def test_sync_state_only_moves_forward(settings: Settings) -> None:
     pins = ["079190000009", "079190000010", "079190000011"]
     blob = bytes(range(256))  # every byte value, NUL and backslash included
 
-    def save(states: dict[str, tuple[int, list[bytes]]]) -> None:
+    def state(version: int, events: list[bytes]) -> StoredState:
+        ids = [f"e{i}" for i in range(len(events))]
+        return StoredState(version, events, ids, b'{"fold": %d}' % version)
+
+    def save(states: dict[str, StoredState]) -> None:
         async def run() -> None:
             db = Database(settings.postgres)
             try:
@@ -296,21 +307,51 @@ def test_sync_state_only_moves_forward(settings: Settings) -> None:
 
         asyncio.run(run())
 
-    def stored() -> list[tuple[Any, ...]]:
-        return rows(
-            settings,
-            "SELECT pin, version, events FROM sync_citizen_state WHERE pin = ANY(%s) ORDER BY pin",
-            pins,
+    def load(known: dict[str, int | None]) -> dict[str, StoredState]:
+        async def run() -> dict[str, StoredState]:
+            db = Database(settings.postgres)
+            try:
+                return await SyncStateStore(db).load(known)
+            finally:
+                await db.close()
+
+        return asyncio.run(run())
+
+    save({pins[0]: state(2, [b"a", blob]), pins[1]: state(1, [])})
+    save(
+        {pins[0]: state(1, [b"stale"]), pins[1]: state(2, [b"b", b"c"]), pins[2]: state(1, [b"d"])}
+    )
+    save({pins[0]: state(2, [b"same version"])})  # an equal version changes nothing either
+    assert load(dict.fromkeys(pins)) == {
+        pins[0]: state(2, [b"a", blob]),
+        pins[1]: state(2, [b"b", b"c"]),
+        pins[2]: state(1, [b"d"]),
+    }
+    # Only the version of what the caller holds already; nothing for a pin never saved.
+    assert load({pins[0]: 2, pins[1]: 1, "079190000099": None}) == {
+        pins[0]: StoredState(2, None),
+        pins[1]: state(2, [b"b", b"c"]),
+    }
+
+
+def test_sync_state_rows_of_an_earlier_release_read_back_without_a_fold(
+    settings: Settings,
+) -> None:
+    pin = "079190000012"
+    with psycopg.connect(settings.postgres.dsn.get_secret_value()) as conn:
+        conn.execute(
+            "INSERT INTO sync_citizen_state (pin, version, events) VALUES (%s, 1, %s)",
+            (pin, [b"x"]),
         )
 
-    save({pins[0]: (2, [b"a", blob]), pins[1]: (1, [])})
-    save({pins[0]: (1, [b"stale"]), pins[1]: (2, [b"b", b"c"]), pins[2]: (1, [b"d"])})
-    save({pins[0]: (2, [b"same version"])})  # an equal version changes nothing either
-    assert stored() == [
-        (pins[0], 2, [b"a", blob]),
-        (pins[1], 2, [b"b", b"c"]),
-        (pins[2], 1, [b"d"]),
-    ]
+    async def run() -> dict[str, StoredState]:
+        db = Database(settings.postgres)
+        try:
+            return await SyncStateStore(db).load({pin: None})
+        finally:
+            await db.close()
+
+    assert asyncio.run(run()) == {pin: StoredState(1, [b"x"], None, None)}
 
 
 @pytest.mark.parametrize(
@@ -335,3 +376,20 @@ def test_the_binary_copy_types_are_the_schemas(
         table,
     )
     assert sorted(found) == sorted((name, True) for name in columns)
+
+
+def test_the_schema_adds_the_fold_columns_to_a_table_of_an_earlier_release(
+    stack: EmbeddedStack,
+) -> None:
+    settings = stack.settings_for("storetest-earlier")
+    dsn = settings.postgres.dsn.get_secret_value()
+    with psycopg.connect(dsn) as conn:  # the table as the first release made it
+        conn.execute(
+            "CREATE TABLE sync_citizen_state (pin text PRIMARY KEY, version bigint NOT NULL,"
+            " events bytea[] NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"
+        )
+        conn.execute("INSERT INTO sync_citizen_state (pin, version, events) VALUES ('p', 1, '{}')")
+    migrate(settings)
+    migrate(settings)  # and again: idempotent
+    found = rows(settings, "SELECT pin, version, event_ids, fold FROM sync_citizen_state")
+    assert found == [("p", 1, None, None)]

@@ -175,3 +175,188 @@ def test_every_earlier_writer_version_is_still_readable() -> None:
     assert Codec(m.RegistryEvent).decode(buffer.getvalue()) == birth_event()
     for name in ("MergeConflict", "CitizenUpdate"):
         assert earlier_versions(name), f"{name}: the released version must stay readable"
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding a value of the current schema builds the models without validating them: it must
+# give exactly what validating gives, and earlier writers and bad bytes must not change.
+
+
+def _avro_values(annotation: Any) -> Any:
+    """Values of a model field that its Avro type can carry (hypothesis strategy)."""
+    import types
+    from enum import StrEnum
+    from typing import Union, get_args, get_origin
+
+    from hypothesis import strategies as st
+    from pydantic import AwareDatetime
+
+    plain = {
+        str: st.text(max_size=12),
+        bool: st.booleans(),
+        int: st.integers(min_value=-(2**31), max_value=2**31 - 1),  # fits "int" and "long"
+        float: st.floats(allow_nan=False),
+        bytes: st.binary(max_size=12),
+        date: st.dates(min_value=date(1800, 1, 1), max_value=date(2200, 12, 31)),
+        AwareDatetime: st.datetimes(
+            min_value=datetime(1800, 1, 1), max_value=datetime(2200, 12, 31), timezones=st.just(UTC)
+        ).map(lambda t: t.replace(microsecond=t.microsecond // 1000 * 1000)),  # millis
+    }
+    if annotation in plain:
+        return plain[annotation]
+    if isinstance(annotation, type) and issubclass(annotation, StrEnum):
+        return st.sampled_from(list(annotation))
+    if isinstance(annotation, type) and issubclass(annotation, m.ContractModel):
+        return _avro_records(annotation)
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is list:
+        return st.lists(_avro_values(args[0]), max_size=3)
+    assert origin is Union or origin is types.UnionType, annotation
+    branches = [_avro_values(a) for a in args if a is not type(None)]
+    return st.one_of(*branches, *([st.none()] if type(None) in args else []))
+
+
+def _avro_records(model: type[m.ContractModel]) -> Any:
+    """Records of `model` with every field given (so all of them are in model_fields_set)."""
+    from hypothesis import strategies as st
+
+    fields = {name: _avro_values(f.annotation) for name, f in model.model_fields.items()}
+    return st.fixed_dictionaries(fields).map(lambda values: model(**values))
+
+
+def _anatomy(value: Any) -> Any:
+    """Everything about a decoded value that `==` may overlook: types (enum members, nested
+    models), field order, model_fields_set, extra and private state, the time zone."""
+    if isinstance(value, BaseModel):
+        return (
+            type(value),
+            frozenset(value.model_fields_set),
+            value.__pydantic_extra__,
+            value.__pydantic_private__,
+            tuple((name, _anatomy(v)) for name, v in value.__dict__.items()),
+        )
+    if isinstance(value, list):
+        return (list, tuple(_anatomy(v) for v in value))
+    if isinstance(value, datetime):
+        return (datetime, value, type(value.tzinfo), value.utcoffset())
+    return (type(value), value)
+
+
+def _assert_built_as_validated(
+    codec: Codec, value: bytes, original: m.ContractModel, *, all_fields_given: bool = True
+) -> None:
+    """Decoded, `value` is the same as validated and equals `original`; with all fields
+    given to `original`, even its anatomy is the same (else its model_fields_set is smaller)."""
+    from popsync.contract.codec import from_avro_datum
+
+    built = codec.decode(value)
+    validated = from_avro_datum(codec.model, codec.decode_datum(value))
+    assert _anatomy(built) == _anatomy(validated)
+    if all_fields_given:
+        assert _anatomy(built) == _anatomy(original)
+    assert built == validated == original
+    assert built.model_dump() == validated.model_dump() == original.model_dump()
+
+
+def _top_level_codecs() -> dict[type[m.ContractModel], Codec]:
+    from popsync.contract.schemas import TOP_LEVEL_RECORDS
+
+    return {getattr(m, name): Codec(getattr(m, name)) for name in TOP_LEVEL_RECORDS}
+
+
+CODECS = _top_level_codecs()
+
+
+def _any_top_level_record() -> Any:
+    from hypothesis import strategies as st
+
+    return st.one_of(*(_avro_records(model) for model in CODECS))
+
+
+def test_decoding_the_current_schema_builds_what_validating_builds() -> None:
+    from hypothesis import HealthCheck, given, settings
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(record=_any_top_level_record())
+    def check(record: m.ContractModel) -> None:
+        codec = CODECS[type(record)]
+        _assert_built_as_validated(codec, codec.encode(record), record)
+
+    check()
+
+
+def test_simulated_events_decode_as_validated() -> None:
+    from popsync.simulate.generator import simulate
+
+    codec = CODECS[m.RegistryEvent]
+    messages = simulate(60, seed=20251123, now=datetime(2026, 11, 23, 12, tzinfo=UTC))
+    assert len({type(msg.event.payload) for msg in messages}) >= 8  # DeathAnnulled is rare
+    for message in messages:
+        value = codec.encode(message.event)
+        _assert_built_as_validated(codec, value, message.event, all_fields_given=False)
+
+
+def test_a_value_of_an_earlier_writer_version_is_still_validated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+
+    from fastavro import schemaless_writer
+
+    from popsync.contract import codec as codec_module
+    from popsync.contract.codec import MAGIC
+    from popsync.contract.schemas import earlier_versions
+
+    validated: list[type[BaseModel]] = []
+    validate = codec_module.from_avro_datum
+
+    def spy(model: Any, datum: Any) -> Any:
+        validated.append(model)
+        return validate(model, datum)
+
+    monkeypatch.setattr(codec_module, "from_avro_datum", spy)
+    codec = Codec(m.RegistryEvent)
+    old = {
+        **birth_event().model_dump(mode="python", exclude={"payload", "subject_legacy_id"}),
+        "payload": ("vn.gov.popsync.BirthRegistered", birth_event().payload.model_dump()),
+    }
+    (v1,) = earlier_versions("RegistryEvent")
+    buffer = io.BytesIO()
+    buffer.write(MAGIC + v1.fingerprint)
+    schemaless_writer(buffer, v1.parsed, old)
+
+    assert codec.decode(buffer.getvalue()) == birth_event()
+    assert validated == [m.RegistryEvent]
+    assert codec.decode(codec.encode(birth_event())) == birth_event()
+    assert validated == [m.RegistryEvent]  # the current writer: built, not validated
+
+
+def test_damaged_values_decode_or_fail_exactly_as_when_validated() -> None:
+    """Decoding used to be `from_avro_datum(decode_datum(value))`: for damaged bytes it must
+    still give the same record, or the same DecodeError reason."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from popsync.contract.codec import HEADER_SIZE, from_avro_datum
+
+    def outcome(decode: Any, value: bytes) -> Any:
+        try:
+            return _anatomy(decode(value))
+        except DecodeError as exc:
+            return exc.reason
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(record=_any_top_level_record(), data=st.data())
+    def check(record: m.ContractModel, data: st.DataObject) -> None:
+        codec = CODECS[type(record)]
+        value = bytearray(codec.encode(record))
+        for _ in range(data.draw(st.integers(1, 3))):
+            value[data.draw(st.integers(HEADER_SIZE, len(value) - 1))] = data.draw(
+                st.integers(0, 255)
+            )
+        cut = data.draw(st.sampled_from([len(value), len(value) - 1, len(value) + 1]))
+        damaged = bytes(value[:cut]) + (b"\x00" if cut > len(value) else b"")
+        validated = outcome(lambda v: from_avro_datum(codec.model, codec.decode_datum(v)), damaged)
+        assert outcome(codec.decode, damaged) == validated
+
+    check()

@@ -6,8 +6,27 @@ CREATE TABLE IF NOT EXISTS sync_citizen_state (
     pin         text PRIMARY KEY,
     version     bigint NOT NULL,
     events      bytea[] NOT NULL,
-    updated_at  timestamptz NOT NULL DEFAULT now()
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    -- What the events fold to, kept so that a state leaves PostgreSQL without decoding
+    -- and folding every event again: `event_ids[i]` is the id of `events[i]`; `fold` is
+    -- JSON (snapshot, conflicts, last legal order, registered birth) tagged with the fold
+    -- rules' version. Derived data: NULL, or another rules version, means the
+    -- synchronizer folds the events instead.
+    event_ids   text[],
+    fold        bytea
 );
+-- Tables made before those two columns. Looked up first, so that a worker start takes
+-- no ACCESS EXCLUSIVE lock on a table that has them already.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                    WHERE table_schema = current_schema()
+                      AND table_name = 'sync_citizen_state' AND column_name = 'fold') THEN
+        ALTER TABLE sync_citizen_state ADD COLUMN IF NOT EXISTS event_ids text[],
+                                       ADD COLUMN IF NOT EXISTS fold bytea;
+    END IF;
+END
+$$;
 
 -- The central population store: one row per citizen, its current state.
 CREATE TABLE IF NOT EXISTS citizens (
