@@ -106,7 +106,7 @@ class PostgresSettings(_Section):
 class ProcessingSettings(_Section):
     batch_size: int = Field(500, ge=1, description="Most events one worker step takes at once")
     batch_window_seconds: float = Field(
-        0.05,
+        0.02,
         gt=0,
         description="Longest wait, after a fetch brought fewer than batch_size events, for "
         "more to fill the batch: latency at low rates, while under load fetches fill it",

@@ -347,3 +347,32 @@ def test_each_merge_equals_folding_everything_received_so_far(
             k: c for k, c in state.conflicts.items() if k not in reference.conflicts
         }
         state = new
+
+
+# The folds of a fixed set of stories, by FOLD_RULES_VERSION. The synchronizer persists folds
+# and trusts one only while the version it was made with is current, so a change to the rules
+# that folds any of these differently must bump the version and record the new digest here.
+FOLD_DIGESTS = {1: "da447a5c"}
+
+
+def fold_digest() -> str:
+    import hashlib
+    import itertools
+    import json
+
+    stories = [story(), [*story(), annulment(10, date(2024, 5, 1))], story()[:4]]
+    stories += [list(p) for p in itertools.islice(itertools.permutations(story()[1:6]), 0, 120, 7)]
+    folds = []
+    for events in stories:
+        snapshot, conflicts = fold(PIN, events)
+        folds.append([snapshot.model_dump(mode="json"), {k: c.code for k, c in conflicts.items()}])
+    return hashlib.sha256(json.dumps(folds, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def test_a_change_to_the_fold_rules_comes_with_a_new_rules_version() -> None:
+    from popsync.domain.merge import FOLD_RULES_VERSION
+
+    assert FOLD_DIGESTS.get(FOLD_RULES_VERSION) == fold_digest(), (
+        "the merge rules fold these stories differently now: bump FOLD_RULES_VERSION "
+        "and record the new digest in FOLD_DIGESTS"
+    )
