@@ -539,7 +539,10 @@ def tune_garbage_collector(first_threshold: int) -> None:
     frees; almost none are in cycles. At Python's default (a collection every 700
     allocations, each tenth of them over the older generation too) the collector took
     about 30% of the synchronizer step's CPU in a replay of 60,000 events, rescanning the
-    states it keeps.
+    states it keeps. A collection walks the young objects still alive, about a batch's worth
+    whatever the threshold, so a rarer one costs little more: on the 1,000,000-event
+    benchmark stream, 500,000 instead of 50,000 (with 20,000 cached citizens instead of
+    25,000) took the three workers from 349 to 273 µs of CPU per event.
     """
     gc.collect()
     gc.freeze()  # modules, schemas, settings: alive for the whole run

@@ -115,14 +115,14 @@ class ProcessingSettings(_Section):
     retry_max_seconds: float = Field(30.0, gt=0, description="Longest backoff on a fault")
     future_skew_seconds: int = Field(300, ge=0, description="Clock skew tolerated for 'future'")
     state_cache_citizens: int = Field(
-        25_000,
+        20_000,
         ge=0,
         description="Citizens whose state the synchronizer keeps in memory (LRU, about 3 KB "
         "each: the snapshot and the events' stored bytes); checked against the stored "
         "version on every use, so it is never stale",
     )
     gc_first_threshold: int = Field(
-        50_000,
+        500_000,
         ge=0,
         description="Allocations between two collections of Python's youngest generation "
         "(gc.set_threshold; Python's default 700, 0 turns the cyclic collector off). "

@@ -72,7 +72,7 @@ class CitizenState:
 
     @classmethod
     def from_events(cls, pin: str, events: Iterable[m.RegistryEvent]) -> CitizenState:
-        """Rebuild a persisted state: the snapshot and conflicts are derived, never stored."""
+        """A state folded from its events: what every other form of the state must equal."""
         return _folded(pin, {event.event_id: event for event in events})
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Mapping
 from datetime import date, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from popsync.contract import models as m
 from popsync.contract.codec import payload_record_for
@@ -33,6 +34,17 @@ EARLIEST_DATE = date(1900, 1, 1)  # nothing a PIN can describe happened earlier
 _COMMUNE_CODE = re.compile(r"[0-9]{5}")  # ASCII only: \d would take other scripts' digits
 _CARD_NUMBER = re.compile(r"[0-9]{12}")
 _CMND = re.compile(r"[0-9]{9}")  # the identity-card number before PINs
+
+
+Record = TypeVar("Record", bound=m.ContractModel)
+
+
+def _updated(record: Record, normalized: Mapping[str, Any]) -> Record:
+    """`record` with its `normalized` values: the same object when they change nothing, as
+    for most events (the validator then sends the event's own bytes on), a copy otherwise."""
+    if all(getattr(record, name) == value for name, value in normalized.items()):
+        return record
+    return record.model_copy(update=dict(normalized))
 
 
 class RuleViolation(ValueError):
@@ -57,7 +69,7 @@ def check_event(
     _check_times(event, latest)
     source = _current_province(event.source_province, "SOURCE_PROVINCE_UNKNOWN")
     payload = _PAYLOAD_RULES[type(event.payload)](event.payload, pin, legal_date(latest))
-    return event.model_copy(update={"source_province": source, "payload": payload})
+    return _updated(event, {"source_province": source, "payload": payload})
 
 
 def _check_type_and_source(event: m.RegistryEvent) -> None:
@@ -183,11 +195,13 @@ def _address(address: m.Address) -> m.Address:
     except UnknownProvinceCode as exc:
         raise RuleViolation("ADDRESS_PROVINCE_UNKNOWN", "address province code unknown") from exc
     _check_commune("commune_code", address.commune_code)
-    return m.Address(
-        province_code=resolution.current.code,
-        legacy_province_code=resolution.given_code if resolution.is_legacy else None,
-        commune_code=address.commune_code,
-        address_line=_check_text("address_line", address.address_line, MAX_ADDRESS_LENGTH),
+    return _updated(
+        address,
+        {
+            "province_code": resolution.current.code,
+            "legacy_province_code": resolution.given_code if resolution.is_legacy else None,
+            "address_line": _check_text("address_line", address.address_line, MAX_ADDRESS_LENGTH),
+        },
     )
 
 
@@ -210,8 +224,9 @@ def _birth(p: m.BirthRegistered, pin: Pin, latest: date) -> m.BirthRegistered:
         raise RuleViolation(exc.reason, str(exc)) from exc
     if p.birthplace_commune is not None:
         _check_commune("birthplace_commune", p.birthplace_commune)
-    return p.model_copy(
-        update={
+    return _updated(
+        p,
+        {
             "full_name": _name("full_name", p.full_name),
             "birthplace_province": _current_province(
                 p.birthplace_province, "BIRTHPLACE_PROVINCE_UNKNOWN"
@@ -221,7 +236,7 @@ def _birth(p: m.BirthRegistered, pin: Pin, latest: date) -> m.BirthRegistered:
             "father_pin": _other_pin("father_pin", p.father_pin, pin),
             "mother_pin": _other_pin("mother_pin", p.mother_pin, pin),
             "registration_number": _check_text("registration_number", p.registration_number),
-        }
+        },
     )
 
 
@@ -235,49 +250,53 @@ def _death(p: m.DeathRegistered, pin: Pin, latest: date) -> m.DeathRegistered:
     _check_date("death_date", p.death_date, latest)
     if p.death_date.year < pin.birth_year:
         raise RuleViolation("DEATH_BEFORE_BIRTH", "death date before the birth year in the PIN")
-    return p.model_copy(
-        update={
+    return _updated(
+        p,
+        {
             "death_place_province": _current_province(
                 p.death_place_province, "DEATH_PLACE_PROVINCE_UNKNOWN"
             ),
             "registration_number": _check_text("registration_number", p.registration_number),
-        }
+        },
     )
 
 
 def _death_annulled(p: m.DeathAnnulled, pin: Pin, latest: date) -> m.DeathAnnulled:
     _check_date("decision_date", p.decision_date, latest)
     _check_not_before_birth_year("decision_date", p.decision_date, pin)
-    return p.model_copy(
-        update={
+    return _updated(
+        p,
+        {
             "death_registration_number": _check_text(
                 "death_registration_number", p.death_registration_number
             ),
             "court_decision_number": _check_text("court_decision_number", p.court_decision_number),
-        }
+        },
     )
 
 
 def _marriage(p: m.MarriageRegistered, pin: Pin, latest: date) -> m.MarriageRegistered:
     _check_date("marriage_date", p.marriage_date, latest)
     _check_not_before_birth_year("marriage_date", p.marriage_date, pin)
-    return p.model_copy(
-        update={
+    return _updated(
+        p,
+        {
             "spouse_pin": _other_pin("spouse_pin", p.spouse_pin, pin),
             "spouse_full_name": _name("spouse_full_name", p.spouse_full_name),
             "registration_number": _check_text("registration_number", p.registration_number),
-        }
+        },
     )
 
 
 def _divorce(p: m.DivorceRecorded, pin: Pin, latest: date) -> m.DivorceRecorded:
     _check_date("divorce_date", p.divorce_date, latest)
     _check_not_before_birth_year("divorce_date", p.divorce_date, pin)
-    return p.model_copy(
-        update={
+    return _updated(
+        p,
+        {
             "spouse_pin": _other_pin("spouse_pin", p.spouse_pin, pin),
             "court_decision_number": _check_text("court_decision_number", p.court_decision_number),
-        }
+        },
     )
 
 
@@ -312,7 +331,7 @@ def _civil_status(p: m.CivilStatusChanged, pin: Pin, latest: date) -> m.CivilSta
         update["new_ethnicity"] = _check_text("new_ethnicity", p.new_ethnicity)
     if p.previous_pin is not None:
         update["previous_pin"] = _other_pin("previous_pin", p.previous_pin, pin)
-    return p.model_copy(update=update)
+    return _updated(p, update)
 
 
 def _permanent(
@@ -320,7 +339,7 @@ def _permanent(
 ) -> m.PermanentResidenceRegistered:
     _check_date("effective_date", p.effective_date, latest)
     _check_not_before_birth_year("effective_date", p.effective_date, pin)
-    return p.model_copy(update={"address": _address(p.address)})
+    return _updated(p, {"address": _address(p.address)})
 
 
 def _temporary(
@@ -330,13 +349,13 @@ def _temporary(
     _check_not_before_birth_year("effective_date", p.effective_date, pin)
     if p.valid_until is not None and p.valid_until < p.effective_date:
         raise RuleViolation("VALID_UNTIL_BEFORE_EFFECTIVE", "valid_until before effective_date")
-    return p.model_copy(update={"address": _address(p.address)})
+    return _updated(p, {"address": _address(p.address)})
 
 
 def _deregistered(p: m.ResidenceDeregistered, pin: Pin, latest: date) -> m.ResidenceDeregistered:
     _check_date("effective_date", p.effective_date, latest)
     _check_not_before_birth_year("effective_date", p.effective_date, pin)
-    return p.model_copy(update={"reason": _check_text("reason", p.reason)})
+    return _updated(p, {"reason": _check_text("reason", p.reason)})
 
 
 def _sector_record(
@@ -348,8 +367,9 @@ def _sector_record(
     _check_date("birth_date", p.birth_date, latest)
     if p.legacy_id is not None and not _CMND.fullmatch(p.legacy_id):
         raise RuleViolation("LEGACY_ID_MALFORMED", "sector record legacy id is not a 9-digit CMND")
-    return p.model_copy(
-        update={
+    return _updated(
+        p,
+        {
             "record_number": _check_text("record_number", p.record_number),
             "full_name": _name("full_name", p.full_name),
             "birthplace_province": None
@@ -358,7 +378,7 @@ def _sector_record(
             "hometown_province": None
             if p.hometown_province is None
             else _current_province(p.hometown_province, "HOMETOWN_PROVINCE_UNKNOWN"),
-        }
+        },
     )
 
 
@@ -373,7 +393,7 @@ def _id_card(p: m.IdCardIssued, pin: Pin, latest: date) -> m.IdCardIssued:
     authority = _check_text("issuing_authority", card.issuing_authority)
     if p.previous_id_number is not None and not _CMND.fullmatch(p.previous_id_number):
         raise RuleViolation("LEGACY_ID_MALFORMED", "previous id number is not a 9-digit CMND")
-    return p.model_copy(update={"card": card.model_copy(update={"issuing_authority": authority})})
+    return _updated(p, {"card": _updated(card, {"issuing_authority": authority})})
 
 
 _PAYLOAD_RULES: dict[type[Any], Any] = {
