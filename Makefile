@@ -15,5 +15,5 @@ generate:        ## regenerate pydantic models from schemas/avro
 bench: bench-matching bench-pipeline  ## run every benchmark; figures in bench/results/ (see bench/README.md)
 bench-matching:  ## record matching: precision, recall, review band -> bench/results/matching.json
 	python -m bench.matching
-bench-pipeline:  ## floor, naive and popsync on 1,000,000 events (~65 min) -> bench/results/pipeline.json, .png
+bench-pipeline:  ## floor, naive and popsync on 1,000,000 events (~30 min) -> bench/results/pipeline.json, .png
 	popsync bench

@@ -542,7 +542,7 @@ def tune_garbage_collector(first_threshold: int) -> None:
     states it keeps. A collection walks the young objects still alive, about a batch's worth
     whatever the threshold, so a rarer one costs little more: on the 1,000,000-event
     benchmark stream, 500,000 instead of 50,000 (with 20,000 cached citizens instead of
-    25,000) took the three workers from 349 to 273 µs of CPU per event.
+    25,000) took the three workers from 368 to 273 µs of CPU per event.
     """
     gc.collect()
     gc.freeze()  # modules, schemas, settings: alive for the whole run
