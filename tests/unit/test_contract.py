@@ -296,16 +296,31 @@ def test_simulated_events_decode_as_validated() -> None:
         _assert_built_as_validated(codec, value, message.event, all_fields_given=False)
 
 
-def test_a_value_of_an_earlier_writer_version_is_still_validated(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def first_release_birth() -> bytes:
+    """`birth_event()` as the first released RegistryEvent schema (v1) wrote it."""
     import io
 
     from fastavro import schemaless_writer
 
-    from popsync.contract import codec as codec_module
     from popsync.contract.codec import MAGIC
     from popsync.contract.schemas import earlier_versions
+
+    old = {
+        **birth_event().model_dump(mode="python", exclude={"payload", "subject_legacy_id"}),
+        "payload": ("vn.gov.popsync.BirthRegistered", birth_event().payload.model_dump()),
+    }
+    (v1,) = earlier_versions("RegistryEvent")
+    buffer = io.BytesIO()
+    buffer.write(MAGIC + v1.fingerprint)
+    schemaless_writer(buffer, v1.parsed, old)
+    return buffer.getvalue()
+
+
+def test_a_value_of_an_earlier_writer_version_is_still_validated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+
+    from popsync.contract import codec as codec_module
 
     validated: list[type[BaseModel]] = []
     validate = codec_module.from_avro_datum
@@ -316,16 +331,8 @@ def test_a_value_of_an_earlier_writer_version_is_still_validated(
 
     monkeypatch.setattr(codec_module, "from_avro_datum", spy)
     codec = Codec(m.RegistryEvent)
-    old = {
-        **birth_event().model_dump(mode="python", exclude={"payload", "subject_legacy_id"}),
-        "payload": ("vn.gov.popsync.BirthRegistered", birth_event().payload.model_dump()),
-    }
-    (v1,) = earlier_versions("RegistryEvent")
-    buffer = io.BytesIO()
-    buffer.write(MAGIC + v1.fingerprint)
-    schemaless_writer(buffer, v1.parsed, old)
 
-    assert codec.decode(buffer.getvalue()) == birth_event()
+    assert codec.decode(first_release_birth()) == birth_event()
     assert validated == [m.RegistryEvent]
     assert codec.decode(codec.encode(birth_event())) == birth_event()
     assert validated == [m.RegistryEvent]  # the current writer: built, not validated

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import io
 
-from fastavro import schemaless_writer
-
-from popsync.contract.codec import MAGIC
-from popsync.contract.schemas import earlier_versions
 from popsync.runtime import InboundMessage
 from tests.unit.test_aliases import EVENTS, SETTINGS, step
-from tests.unit.test_contract import birth_event
+from tests.unit.test_contract import birth_event, first_release_birth
 
 PIN = "079203000123"
 
@@ -36,14 +31,6 @@ def test_an_event_the_rules_normalize_goes_on_re_encoded() -> None:
 
 
 def test_an_event_of_an_earlier_writer_goes_on_in_the_current_schema() -> None:
-    old = {
-        **birth_event().model_dump(mode="python", exclude={"payload", "subject_legacy_id"}),
-        "payload": ("vn.gov.popsync.BirthRegistered", birth_event().payload.model_dump()),
-    }
-    (v1,) = earlier_versions("RegistryEvent")
-    buffer = io.BytesIO()
-    buffer.write(MAGIC + v1.fingerprint)
-    schemaless_writer(buffer, v1.parsed, old)
-    sent = validated_value(buffer.getvalue())
+    sent = validated_value(first_release_birth())
     assert sent == EVENTS.encode(birth_event())
     assert EVENTS.written_with_current_schema(sent)
