@@ -292,9 +292,6 @@ def _converter(annotation: Any) -> Convert | None:
     if origin is list:
         item = _converter(args[0])
         return None if item is None else lambda values: [item(v) for v in values]
-    if origin is dict:
-        value = _converter(args[1])
-        return None if value is None else lambda pairs: {k: value(v) for k, v in pairs.items()}
     if origin is Union or origin is types.UnionType:
         branches = [a for a in args if a is not type(None)]
         convert = _converter(branches[0]) if len(branches) == 1 else _named_record(branches)
