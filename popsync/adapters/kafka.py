@@ -33,7 +33,7 @@ def producer_config(kafka: KafkaSettings, **overrides: str | int) -> dict[str, s
         **kafka.librdkafka(),
         "enable.idempotence": "true",
         "acks": "all",
-        "linger.ms": 5,
+        "linger.ms": kafka.linger_ms,
         "compression.type": "lz4",
         # librdkafka's own cap (1,000,000 by default) must not be below the largest
         # dead letter, or parking a large event would fail on every retry.
