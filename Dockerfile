@@ -45,8 +45,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     POPSYNC_SCHEMA_DIR=/opt/popsync/schemas/avro
 
-# faust writes its per-app data dir (`<group>-data/`) under the working directory: keep
-# it in a directory the user owns (an emptyDir in Kubernetes, whose root is read-only).
+# A working directory the user owns (an emptyDir in Kubernetes, whose root is read-only).
+# The workers write nothing there (faust keeps no tables, so no `<group>-data/`), but a
+# tool run in the container may.
 WORKDIR /var/lib/popsync
 USER 10001:10001
 

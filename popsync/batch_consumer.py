@@ -148,6 +148,13 @@ class BatchApp(faust.App):
         # faust picks the transport by URL scheme; ours differs only in its consumer.
         return BatchTransport(self.conf.broker_consumer, self)
 
+    def _create_directories(self) -> None:
+        # faust makes `<app id>-data/` in the working directory at start, for tables on
+        # disk. popsync keeps no state in faust (an in-memory store, no tables: what must
+        # survive is in PostgreSQL), so that directory would only ever be empty clutter
+        # wherever a worker runs (the repository, for tests and the demo).
+        pass
+
 
 def by_topic(batch: Sequence[Message]) -> Iterator[tuple[str, list[Message]]]:
     """The batch split by topic, each part in fetch order (so per partition in order)."""

@@ -453,6 +453,16 @@ def test_a_worker_turns_at_most_max_poll_records_into_messages_at_once() -> None
     assert app.conf.broker_max_poll_records == 1234
 
 
+def test_a_worker_leaves_no_faust_data_directory_where_it_runs(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    app = make_app(Settings(), "validator")
+    asyncio.run(app.on_first_start())  # where faust makes `<app id>-data/`
+    assert app.conf.store.scheme == "memory"  # nothing of faust's is kept on disk
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("threshold", [50_000, 0])
 def test_garbage_collection_is_tuned_and_start_up_objects_frozen(threshold: int) -> None:
     before, enabled = gc.get_threshold(), gc.isenabled()
