@@ -43,16 +43,24 @@ def throughput(
 ) -> dict[str, Any]:
     settings = stack.isolated_settings(name, topics={"registry_events": raw_topic})
     stack.prepare(settings)
+    services_before = service_cpu_seconds(stack)
     workers = start_workers(stack, settings, instances, name)
     dsn = settings.postgres.dsn.get_secret_value()
     try:
-        deadline = time.monotonic() + timeout
-        while (stored := history_rows(dsn)) < expected_history:
-            check_alive(workers, stack)
-            if time.monotonic() > deadline:
-                raise BenchFailed(f"{name}: {stored:,} of {expected_history:,} rows in {timeout}s")
-            time.sleep(POLL_SECONDS)
-        rss, cpu = peak_rss(workers), cpu_seconds(workers)
+        # One connection for the progress polls, so that its backend's CPU, the harness's
+        # own, can be told apart from what the workers make PostgreSQL do.
+        with psycopg.connect(dsn, autocommit=True) as progress:
+            deadline = time.monotonic() + timeout
+            while (stored := count_history_rows(progress)) < expected_history:
+                check_alive(workers, stack)
+                if time.monotonic() > deadline:
+                    raise BenchFailed(
+                        f"{name}: {stored:,} of {expected_history:,} rows in {timeout}s"
+                    )
+                time.sleep(POLL_SECONDS)
+            rss, cpu = peak_rss(workers), cpu_seconds(workers)
+            services = service_cpu_seconds(stack)
+            polls = process_cpu_seconds(progress.info.backend_pid)
     finally:
         stop(stack, workers)
     first, last = write_span(dsn, "citizen_history")
@@ -63,6 +71,12 @@ def throughput(
         "last_write": last,
         "peak_rss_mb": rss,
         "cpu_seconds": cpu,
+        # What the broker and PostgreSQL used over the same span (start-up included, as
+        # for the workers), less the harness's own polls.
+        "service_cpu_seconds": {
+            "broker": round(services["broker"] - services_before["broker"], 2),
+            "postgres": round(services["postgres"] - services_before["postgres"] - polls, 2),
+        },
     }
 
 
@@ -204,15 +218,31 @@ def cpu_seconds(workers: list[WorkerProcess]) -> dict[str, float]:
     return {worker.log_path.stem: process_cpu_seconds(worker.process.pid) for worker in workers}
 
 
+def service_cpu_seconds(stack: EmbeddedStack) -> dict[str, float]:
+    """CPU time the broker and PostgreSQL have used so far. PostgreSQL's counts its
+    processes that have exited (each connection's backend exits with it), since the
+    postmaster has reaped them: `process_cpu_seconds(..., reaped=True)`."""
+    broker = stack.broker.pid
+    return {
+        "broker": process_cpu_seconds(broker) if broker is not None else 0.0,
+        "postgres": sum(
+            process_cpu_seconds(pid, reaped=True) for pid in stack.postgres.server_processes()
+        ),
+    }
+
+
 def process_peak_rss_mb(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
     return round(kb / 1024, 1)
 
 
-def process_cpu_seconds(pid: int) -> float:
+def process_cpu_seconds(pid: int, *, reaped: bool = False) -> float:
+    """User + system time of `pid`; with `reaped`, also that of the children it has
+    waited for (proc(5): utime, stime, cutime, cstime)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+    ticks = sum(int(f) for f in fields[11 : 15 if reaped else 13])
+    return round(ticks / os.sysconf("SC_CLK_TCK"), 2)
 
 
 def stop(stack: EmbeddedStack, workers: list[WorkerProcess]) -> None:
@@ -223,7 +253,11 @@ def stop(stack: EmbeddedStack, workers: list[WorkerProcess]) -> None:
 
 def history_rows(dsn: str) -> int:
     with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT count(*) FROM citizen_history").fetchone()
+        return count_history_rows(conn)
+
+
+def count_history_rows(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT count(*) FROM citizen_history").fetchone()
     return int(row[0]) if row else 0
 
 

@@ -233,6 +233,11 @@ def _summary(
         "popsync_cpu_us_per_event": round(
             sum(popsync["cpu_seconds"].values()) / popsync["events"] * 1e6, 1
         ),
+        # What the workers made the broker and PostgreSQL spend, per event, over that run.
+        "service_cpu_us_per_event": {
+            service: round(seconds / popsync["events"] * 1e6, 1)
+            for service, seconds in popsync["service_cpu_seconds"].items()
+        },
         "faust_consumption_alone": {
             k: results["faust_ceiling"][k] for k in ("events_per_second", "cpu_us_per_event")
         }

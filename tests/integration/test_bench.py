@@ -38,6 +38,9 @@ def test_the_harness_measures_every_contender_and_writes_json_and_chart(tmp_path
     assert 0 < latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
     assert set(result["peak_rss_mb"]) == {"validator", "synchronizer", "store-writer"}
     assert result["popsync_cpu_us_per_event"] > 0
+    # The broker and PostgreSQL worked for popsync (the harness's own polls left out).
+    assert set(result["service_cpu_us_per_event"]) == {"broker", "postgres"}
+    assert all(us > 0 for us in result["service_cpu_us_per_event"].values())
     ceiling = phases["faust_ceiling"]  # the first batch starts the clocks, the rest count
     assert 0 < ceiling["events"] < 900 and result["faust_consumption_alone"] == {
         "events_per_second": ceiling["events_per_second"],

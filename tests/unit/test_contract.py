@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -239,6 +240,8 @@ def _anatomy(value: Any) -> Any:
         return (list, tuple(_anatomy(v) for v in value))
     if isinstance(value, datetime):
         return (datetime, value, type(value.tzinfo), value.utcoffset())
+    if isinstance(value, float):  # by its bits: a damaged double may read as NaN, never == NaN
+        return (float, struct.pack(">d", value))
     return (type(value), value)
 
 
