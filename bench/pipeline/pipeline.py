@@ -223,8 +223,10 @@ def service_cpu_seconds(stack: EmbeddedStack) -> dict[str, float]:
     processes that have exited (each connection's backend exits with it), since the
     postmaster has reaped them: `process_cpu_seconds(..., reaped=True)`."""
     broker = stack.broker.pid
+    if broker is None:  # a zero here would turn into a false figure, not a failure
+        raise BenchFailed("the broker is not running")
     return {
-        "broker": process_cpu_seconds(broker) if broker is not None else 0.0,
+        "broker": process_cpu_seconds(broker),
         "postgres": sum(
             process_cpu_seconds(pid, reaped=True) for pid in stack.postgres.server_processes()
         ),
