@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 import urllib.request
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -222,15 +223,35 @@ def service_cpu_seconds(stack: EmbeddedStack) -> dict[str, float]:
     """CPU time the broker and PostgreSQL have used so far. PostgreSQL's counts its
     processes that have exited (each connection's backend exits with it), since the
     postmaster has reaped them: `process_cpu_seconds(..., reaped=True)`."""
-    broker = stack.broker.pid
-    if broker is None:  # a zero here would turn into a false figure, not a failure
+    broker, postmaster = stack.broker.pid, stack.postgres.pid
+    # A zero here would turn into a false figure, not a failure.
+    if broker is None:
         raise BenchFailed("the broker is not running")
+    if postmaster is None:
+        raise BenchFailed("PostgreSQL is not running")
     return {
         "broker": process_cpu_seconds(broker),
-        "postgres": sum(
-            process_cpu_seconds(pid, reaped=True) for pid in stack.postgres.server_processes()
-        ),
+        "postgres": tree_cpu_seconds(postmaster, stack.postgres.backend_processes),
     }
+
+
+def tree_cpu_seconds(
+    parent: int, live_children: Callable[[], list[int]], attempts: int = 10
+) -> float:
+    """CPU time of `parent`, of the children it has reaped and of those alive. A child
+    that exits while this reads moves its time into the parent's once reaped, so it could
+    be missed or counted twice: a reading counts only if every child read is still there
+    after the parent was read."""
+    for _ in range(attempts):
+        children = live_children()
+        try:
+            alive = sum(process_cpu_seconds(pid) for pid in children)
+        except (FileNotFoundError, ProcessLookupError):  # exited and reaped before it was read
+            continue
+        total = process_cpu_seconds(parent, reaped=True) + alive
+        if set(children) <= set(live_children()):
+            return round(total, 2)
+    raise BenchFailed(f"the processes of {parent} kept exiting while their CPU was read")
 
 
 def process_peak_rss_mb(pid: int) -> float:

@@ -123,10 +123,10 @@ class EmbeddedPostgres(EmbeddedService):
     def is_running(self) -> bool:
         return self.pid is not None
 
-    def server_processes(self) -> list[int]:
-        """The postmaster and its live processes (one per connection, and its helpers)."""
+    def backend_processes(self) -> list[int]:
+        """The postmaster's live processes (one per connection, and its helpers)."""
         pid = self.pid
-        return [] if pid is None else [pid, *_children_of(pid)]
+        return [] if pid is None else _children_of(pid)
 
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql://{_SUPERUSER}@{_HOST}:{self._port}/{quote(database, safe='')}"

@@ -8,17 +8,55 @@ import resource
 import subprocess
 import sys
 
-from bench.pipeline.pipeline import process_cpu_seconds
+import pytest
+
+from bench.pipeline.pipeline import BenchFailed, process_cpu_seconds, tree_cpu_seconds
+
+BURN = [sys.executable, "-c", "sum(i * i for i in range(3_000_000))"]
 
 
 def test_a_reaped_childs_cpu_counts_for_its_parent_only_when_asked() -> None:
     me = os.getpid()
     own, with_reaped = process_cpu_seconds(me), process_cpu_seconds(me, reaped=True)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([sys.executable, "-c", "sum(i * i for i in range(3_000_000))"], check=True)
+    subprocess.run(BURN, check=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     child = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
 
     reaped = process_cpu_seconds(me, reaped=True) - with_reaped - (process_cpu_seconds(me) - own)
     assert child > 0.05
     assert abs(reaped - child) < 0.05  # the same kernel count, read at a tick's resolution
+
+
+def reaped_child() -> int:
+    """The pid of a child that has used some CPU, exited and been waited for."""
+    child = subprocess.Popen(BURN)
+    assert child.wait() == 0
+    return child.pid
+
+
+def test_a_child_that_exits_while_the_tree_is_read_counts_once() -> None:
+    # Listed alive, then gone before it was read: its time is in the parent's, once.
+    me, gone = os.getpid(), reaped_child()
+    listings = iter([[gone], [], []])
+    total = tree_cpu_seconds(me, lambda: next(listings))
+    assert abs(total - process_cpu_seconds(me, reaped=True)) < 0.05
+
+
+def test_a_child_read_then_reaped_before_its_parent_is_read_again() -> None:
+    # Read alive, gone by the time the parent was read: its time would count twice.
+    me = os.getpid()
+    waits = [sys.executable, "-c", "import sys; sys.stdin.read()"]
+    child = subprocess.Popen(waits, stdin=subprocess.PIPE)
+    listings = iter([[child.pid], [], [], []])
+    try:
+        total = tree_cpu_seconds(me, lambda: next(listings))
+    finally:
+        child.communicate(b"")
+    assert abs(total - process_cpu_seconds(me, reaped=True)) < 0.05
+
+
+def test_a_tree_that_never_holds_still_fails_instead_of_guessing() -> None:
+    gone = reaped_child()
+    with pytest.raises(BenchFailed, match="kept exiting"):
+        tree_cpu_seconds(os.getpid(), lambda: [gone], attempts=3)
