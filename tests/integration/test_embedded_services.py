@@ -192,3 +192,12 @@ def test_postgres_listens_on_tcp_with_utf8_semantics(postgres: EmbeddedPostgres)
             "SELECT inet_server_addr()::text, current_setting('server_encoding'), upper('žé')"
         ).fetchone()
     assert row == ("127.0.0.1/32", "UTF8", "ŽÉ")
+
+
+def test_postgres_is_sized_for_sustained_writes(postgres: EmbeddedPostgres) -> None:
+    with psycopg.connect(postgres.dsn()) as conn:
+        row = conn.execute(
+            "SELECT current_setting('max_wal_size'), current_setting('checkpoint_timeout'),"
+            " current_setting('shared_buffers')"
+        ).fetchone()
+    assert row == ("8GB", "15min", "1GB")

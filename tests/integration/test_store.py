@@ -393,3 +393,17 @@ def test_the_schema_adds_the_fold_columns_to_a_table_of_an_earlier_release(
     migrate(settings)  # and again: idempotent
     found = rows(settings, "SELECT pin, version, event_ids, fold FROM sync_citizen_state")
     assert found == [("p", 1, None, None)]
+    assert _fillfactor(settings, "sync_citizen_state") == ["fillfactor=75"]
+
+
+def test_the_rewritten_tables_leave_room_for_updates(settings: Settings) -> None:
+    migrate(settings)  # a second time: nothing is added twice
+    assert _fillfactor(settings, "sync_citizen_state") == ["fillfactor=75"]
+    assert _fillfactor(settings, "citizens") == ["fillfactor=75"]
+    assert _fillfactor(settings, "citizen_history") is None  # appended to, never updated
+
+
+def _fillfactor(settings: Settings, table: str) -> list[str] | None:
+    query = "SELECT reloptions FROM pg_class WHERE oid = %s::regclass"
+    ((options,),) = rows(settings, query, table)
+    return options
