@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from bench.pipeline import pipeline
 from popsync import cli
+from popsync.stack import EmbeddedStack
 
 pytestmark = pytest.mark.integration
 
@@ -52,3 +55,19 @@ def test_the_harness_measures_every_contender_and_writes_json_and_chart(tmp_path
         "p99_below_500ms",
         "worker_rss_below_300mb",
     }
+
+
+def test_a_phase_refuses_a_pipeline_that_an_earlier_phase_wrote(stack: EmbeddedStack) -> None:
+    settings = stack.isolated_settings("bench-again", topics={"registry_events": "bench-raw"})
+    stack.prepare(settings)
+    with psycopg.connect(settings.postgres.dsn.get_secret_value()) as conn:
+        conn.execute(
+            "INSERT INTO citizen_history (pin, version, event_id, event_type, source_registry,"
+            " changed_fields, changes, occurred_at, applied_at)"
+            " VALUES ('079000000001', 1, 'e1', 'BIRTH_REGISTERED', 'CIVIL_STATUS', '{}', '{}',"
+            " now(), now())"
+        )
+    started = len(stack.workers)
+    with pytest.raises(pipeline.BenchFailed, match="1 history rows of an earlier phase"):
+        pipeline.throughput(stack, "bench-again", "bench-raw", 1, instances=1, timeout=60)
+    assert len(stack.workers) == started  # refused before any worker started
