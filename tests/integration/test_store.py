@@ -403,6 +403,15 @@ def test_the_rewritten_tables_leave_room_for_updates(settings: Settings) -> None
     assert _fillfactor(settings, "citizen_history") is None  # appended to, never updated
 
 
+def test_the_schema_keeps_an_operators_own_fillfactor(stack: EmbeddedStack) -> None:
+    settings = stack.settings_for("storetest-tuned")
+    migrate(settings)
+    with psycopg.connect(settings.postgres.dsn.get_secret_value()) as conn:
+        conn.execute("ALTER TABLE citizens SET (fillfactor = 60)")
+    migrate(settings)
+    assert _fillfactor(settings, "citizens") == ["fillfactor=60"]
+
+
 def _fillfactor(settings: Settings, table: str) -> list[str] | None:
     query = "SELECT reloptions FROM pg_class WHERE oid = %s::regclass"
     ((options,),) = rows(settings, query, table)
