@@ -44,16 +44,22 @@ def test_a_child_that_exits_while_the_tree_is_read_counts_once() -> None:
 
 
 def test_a_child_read_then_reaped_before_its_parent_is_read_again() -> None:
-    # Read alive, gone by the time the parent was read: its time would count twice.
+    # Read alive, gone by the time the parent was read: once reaped its time would count
+    # twice, so the reading is dropped. The child burns, then says so and waits: its CPU
+    # is settled and large enough that counting it would show.
     me = os.getpid()
-    waits = [sys.executable, "-c", "import sys; sys.stdin.read()"]
-    child = subprocess.Popen(waits, stdin=subprocess.PIPE)
+    burns_then_waits = [sys.executable, "-c", f"{BURN[-1]}; print(flush=True); input()"]
+    child = subprocess.Popen(burns_then_waits, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     listings = iter([[child.pid], [], [], []])
     try:
+        assert child.stdout is not None and child.stdout.readline()
+        child_cpu = process_cpu_seconds(child.pid)
         total = tree_cpu_seconds(me, lambda: next(listings))
+        parent_only = process_cpu_seconds(me, reaped=True)
     finally:
-        child.communicate(b"")
-    assert abs(total - process_cpu_seconds(me, reaped=True)) < 0.05
+        child.communicate(b"\n")
+    assert child_cpu > 0.1
+    assert abs(total - parent_only) < 0.05
 
 
 def test_a_tree_that_never_holds_still_fails_instead_of_guessing() -> None:
