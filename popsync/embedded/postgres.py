@@ -61,7 +61,7 @@ _FAST_OPTIONS = ("fsync=off", "full_page_writes=off")
 # shared buffers held a fraction of the ~1.1 GB the store's tables grew to. PostgreSQL's CPU
 # per event went from 98 to 83 µs with both (79 with the tables' fillfactor, schema.sql).
 # Nothing is less durable: a crash's recovery may only have more WAL to replay.
-_SERVER_OPTIONS = ("max_wal_size=8GB", "checkpoint_timeout=15min", "shared_buffers=1GB")
+SERVER_OPTIONS = ("max_wal_size=8GB", "checkpoint_timeout=15min", "shared_buffers=1GB")
 _MAX_SOCKET_PATH = 100  # sun_path holds 107 bytes; keep a margin
 _POLL_INTERVAL_S = 0.05
 
@@ -291,7 +291,7 @@ class EmbeddedPostgres(EmbeddedService):
             "-k",
             shlex.quote(str(self._socket_dir())),
         ]
-        for setting in _SERVER_OPTIONS + (_FAST_OPTIONS if self._fast else ()):
+        for setting in SERVER_OPTIONS + (_FAST_OPTIONS if self._fast else ()):
             options += ["-c", setting]
         args = ["-w", "-t", str(int(remaining)), "-o", " ".join(options)]
         args += ["-l", str(self.log_path), "start"]

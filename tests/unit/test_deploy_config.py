@@ -29,6 +29,7 @@ import pytest
 from pydantic import BaseModel
 
 from popsync.contract.schemas import SCHEMA_DIR_ENV
+from popsync.embedded.postgres import SERVER_OPTIONS
 from popsync.runtime import STOP_MARGIN_SECONDS
 from popsync.settings import WORKER_NAMES, Settings
 
@@ -281,6 +282,11 @@ def test_compose_is_the_production_like_stack() -> None:
     )["providers"]
     dashboards_path = providers[0]["options"]["path"]
     assert list(mounts["grafana"][dashboards_path].glob("*.json")), dashboards_path
+
+
+def test_compose_postgres_is_sized_as_the_embedded_one() -> None:
+    command = compose()["services"]["postgres"]["command"]
+    assert command == ["postgres", *(arg for s in SERVER_OPTIONS for arg in ("-c", s))]
 
 
 def test_compose_workers_serve_their_endpoint_to_prometheus() -> None:
