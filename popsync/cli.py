@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from popsync import dlq
 from popsync.contract import models as m
+from popsync.ops import dlq
 from popsync.settings import WORKER_NAMES, Settings, WorkerName
 
 SERVICE_MODULES: dict[WorkerName, str] = {
@@ -30,8 +30,8 @@ def _source(text: str) -> m.SourceRegistry:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from popsync.runtime import run_worker
-    from popsync.stack import migrate
+    from popsync.dev.stack import migrate
+    from popsync.runtime.worker import run_worker
 
     settings = Settings()
     name: WorkerName = args.name
@@ -42,8 +42,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from popsync.adapters.kafka import BatchProducer
-    from popsync.publisher import Publisher, publish_jsonl
+    from popsync.adapters.kafka.producer import BatchProducer
+    from popsync.ops.publish import Publisher, publish_jsonl
 
     settings = Settings()
     publisher = Publisher(BatchProducer(settings.kafka), settings.topics.registry_events)
@@ -55,7 +55,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from popsync.simulate.generator import simulate, write_jsonl
+    from popsync.dev.simulate.generator import simulate, write_jsonl
 
     messages = simulate(args.citizens, seed=args.seed, now=datetime.now(UTC))
     if args.output:
@@ -71,8 +71,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 path = directory / f"{source.value.lower().replace('_', '-')}.jsonl"
                 print(f"wrote {write_jsonl(mine, path)} events to {path}")
     if args.publish:
-        from popsync.adapters.kafka import BatchProducer
-        from popsync.publisher import Publisher
+        from popsync.adapters.kafka.producer import BatchProducer
+        from popsync.ops.publish import Publisher
 
         settings = Settings()
         publisher = Publisher(BatchProducer(settings.kafka), settings.topics.registry_events)
@@ -82,14 +82,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_topics_create(_: argparse.Namespace) -> int:
-    from popsync.stack import provision
+    from popsync.dev.stack import provision
 
     provision(Settings())
     return 0
 
 
 def cmd_db_migrate(_: argparse.Namespace) -> int:
-    from popsync.stack import migrate
+    from popsync.dev.stack import migrate
 
     migrate(Settings())
     return 0
@@ -122,7 +122,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from popsync.demo import run_demo
+    from popsync.dev.demo import run_demo
 
     return run_demo(
         citizens=args.citizens,
@@ -177,7 +177,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
 def cmd_review_list(_: argparse.Namespace) -> int:
     import psycopg
 
-    from popsync import review
+    from popsync.ops import review
 
     try:
         return review.list_reviews(Settings())
@@ -189,8 +189,8 @@ def cmd_review_list(_: argparse.Namespace) -> int:
 def cmd_review_resolve(args: argparse.Namespace) -> int:
     import psycopg
 
-    from popsync import review
-    from popsync.adapters.kafka import DeliveryFailed
+    from popsync.adapters.kafka.producer import DeliveryFailed
+    from popsync.ops import review
 
     try:
         resolution = review.resolve(Settings(), args.id, link=args.link, operator=args.operator)

@@ -1,8 +1,8 @@
 """A labelled, seeded benchmark for record matching: a citizen population and sector records.
 
-Population. Names come from the simulator's frequency tables (``popsync.simulate.names``:
+Population. Names come from the simulator's frequency tables (``popsync.dev.simulate.names``:
 ~38% Nguyễn, Văn/Thị by birth year, ethnic minorities' names by province), birthplaces from
-the 63 pre-merger provinces weighted by population (``popsync.simulate.geography``), birth
+the 63 pre-merger provinces weighted by population (``popsync.dev.simulate.geography``), birth
 years 1955-2006 (the working population that has civil-service and social-insurance
 records). On top of the namesakes that such frequencies produce by themselves:
 
@@ -33,10 +33,10 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
+from popsync.dev.simulate import geography as geo
+from popsync.dev.simulate.names import PersonName, random_name, renamed
 from popsync.domain.pin import Sex, make_pin
 from popsync.identity import CandidateCitizen, SectorRecord, SectorSource
-from popsync.simulate import geography as geo
-from popsync.simulate.names import PersonName, random_name, renamed
 
 __all__ = [
     "NOISE",

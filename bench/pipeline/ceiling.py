@@ -1,7 +1,7 @@
 """faust's consumption alone: popsync's own batch runtime with a step that does nothing.
 
 The most a faust-based worker can do on this machine: the same runtime as every popsync
-worker (`popsync.runtime.register_batch_step`, `run_worker`) takes batches from the raw
+worker (`popsync.runtime.worker.register_batch_step`, `run_worker`) takes batches from the raw
 topic and throws them away. No decoding, no output, no store. Its events/s and CPU per
 event bound each of popsync's three stages from above.
 
@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from popsync.runtime import InboundMessage, Worker, make_app, register_batch_step, run_worker
+from popsync.runtime.worker import InboundMessage, Worker, make_app, register_batch_step, run_worker
 from popsync.settings import Settings
 
 STAGE = "ceiling"

@@ -20,12 +20,12 @@ from pathlib import Path
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from popsync.adapters.kafka import producer_config
+from popsync.adapters.kafka.producer import producer_config
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
+from popsync.dev.simulate.generator import simulate
 from popsync.domain.rules import RuleViolation, check_event
 from popsync.settings import KafkaSettings
-from popsync.simulate.generator import simulate
 
 EVENT_CODEC = Codec(m.RegistryEvent)
 EVENTS_PER_CITIZEN = 5.6  # what the simulator produces on average (5.73 at seed 2025)

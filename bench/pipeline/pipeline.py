@@ -21,11 +21,11 @@ import psycopg
 from confluent_kafka import Producer
 
 from bench.pipeline.dataset import EVENT_CODEC, Dataset, expected_history
-from popsync.adapters.kafka import producer_config
+from popsync.adapters.kafka.producer import producer_config
 from popsync.contract import models as m
 from popsync.contract.codec import DecodeError
+from popsync.dev.stack import EmbeddedStack, WorkerProcess
 from popsync.settings import WORKER_NAMES, Settings
-from popsync.stack import EmbeddedStack, WorkerProcess
 
 POLL_SECONDS = 2.0
 

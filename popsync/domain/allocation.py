@@ -3,7 +3,7 @@
 A PIN is the registering province (3 digits), the gender/century digit, the
 2-digit birth year and a 6-digit serial. Everything but the serial follows from
 the birth event; the serial comes from a `PinAllocator`, which must hand out each
-serial once across every worker and restart (see `popsync.adapters.pins`), and
+serial once across every worker and restart (see `popsync.adapters.postgres.pins`), and
 must give a re-delivered birth event the PIN it gave the first time.
 """
 

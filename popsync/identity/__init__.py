@@ -4,7 +4,7 @@
 ``popsync.identity.matching`` for the passes, scores and blocking, and
 ``popsync.identity.folding`` for name folding and token weights, and
 ``popsync.identity.decisions`` for the decisions kept per record and the store protocol the
-validator's matching step (``popsync.sector_matching``) uses.
+validator's matching step (``popsync.identity.sector_matching``) uses.
 """
 
 from popsync.identity.folding import (

@@ -8,7 +8,7 @@ link is a new event whose id ``operator_event_id`` derives from the review id, s
 twice publishes the same event twice (a no-op for the synchronizer).
 
 ``MatchingStore`` is what the validator needs from the central store:
-``popsync.adapters.matching_store`` is the PostgreSQL one, ``InMemoryMatchingStore`` the
+``popsync.adapters.postgres.matching`` is the PostgreSQL one, ``InMemoryMatchingStore`` the
 fake for unit tests.
 """
 

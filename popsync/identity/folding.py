@@ -15,9 +15,9 @@ weighs 7-8. Weights are capped (``max_weight``) so that one unseen token -- usua
 cannot dominate a comparison.
 
 The default table (``default_token_weights``) is measured on names drawn from the
-simulator's frequency tables (``popsync.simulate.names``: survey surname shares, Văn/Thị
+simulator's frequency tables (``popsync.dev.simulate.names``: survey surname shares, Văn/Thị
 shares by birth year, given names, the names of ethnic minorities mixed in by province as
-``popsync.simulate.geography`` does), with a fixed seed, so it is deterministic. In
+``popsync.dev.simulate.geography`` does), with a fixed seed, so it is deterministic. In
 production, build the table from the names actually held (``TokenWeights.from_names``).
 """
 
@@ -161,8 +161,14 @@ class TokenWeights:
 
 def _simulated_counts(count: int, seed: int) -> tuple[Counter[str], int]:
     # Imported here: only the default table needs the simulator.
-    from popsync.simulate import geography
-    from popsync.simulate.names import ETHNICITIES, GIVEN_NAMES, MIDDLE_NAMES, SURNAMES, random_name
+    from popsync.dev.simulate import geography
+    from popsync.dev.simulate.names import (
+        ETHNICITIES,
+        GIVEN_NAMES,
+        MIDDLE_NAMES,
+        SURNAMES,
+        random_name,
+    )
 
     rng = random.Random(seed)  # noqa: S311 -- a frequency table, not a secret
     counts: Counter[str] = Counter()

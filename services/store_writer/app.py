@@ -1,7 +1,7 @@
 """Store writer: citizen updates and conflicts into PostgreSQL, a batch per transaction.
 
 Writes are idempotent and the consumed offsets are kept in the same transaction
-as the rows (see `popsync.adapters.store`), so a batch re-delivered after a crash
+as the rows (see `popsync.adapters.postgres.store`), so a batch re-delivered after a crash
 leaves the tables exactly as one delivery would.
 """
 
@@ -11,13 +11,13 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from popsync import metrics, observability
-from popsync.adapters.kafka import BatchProducer, OutboundMessage
-from popsync.adapters.store import CitizenStore, Consumed, Database
+from popsync.adapters.kafka.producer import BatchProducer, OutboundMessage
+from popsync.adapters.postgres.store import CitizenStore, Consumed, Database
 from popsync.contract import models as m
 from popsync.contract.codec import Codec, DecodeError
-from popsync.deadletter import dead_letter
-from popsync.runtime import InboundMessage, Worker, make_app, register_batch_step
+from popsync.runtime import metrics, observability
+from popsync.runtime.deadletter import dead_letter
+from popsync.runtime.worker import InboundMessage, Worker, make_app, register_batch_step
 from popsync.settings import Settings
 
 STAGE = "store-writer"

@@ -23,14 +23,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from popsync import metrics
-from popsync.adapters.kafka import BatchProducer, OutboundMessage
-from popsync.adapters.store import Database, StoredState, SyncStateStore
+from popsync.adapters.kafka.producer import BatchProducer, OutboundMessage
+from popsync.adapters.postgres.store import Database, StoredState, SyncStateStore
 from popsync.contract import models as m
 from popsync.contract.codec import Codec, DecodeError
-from popsync.deadletter import DeadLetterLimit, Outcome, dead_letter
 from popsync.domain.merge import Applied, CitizenState, Conflict, Duplicate, apply_event
-from popsync.runtime import InboundMessage, Worker, make_app, register_batch_step
+from popsync.runtime import metrics
+from popsync.runtime.deadletter import DeadLetterLimit, Outcome, dead_letter
+from popsync.runtime.worker import InboundMessage, Worker, make_app, register_batch_step
 from popsync.settings import Settings
 
 from .states import Known, StateCache, restored, to_store

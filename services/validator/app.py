@@ -3,7 +3,7 @@
 Every input message leaves exactly one output: the normalized event on the
 validated topic, or a dead letter with its original bytes and the reason; a
 valid sector record without PIN is matched to a citizen first
-(`popsync.sector_matching`) and goes on linked to it, or to the review queue,
+(`popsync.identity.sector_matching`) and goes on linked to it, or to the review queue,
 or is reported unmatched.
 An unexpected exception while checking one event dead-letters that event
 (reason INTERNAL_ERROR) instead of skipping it or stopping the partition.
@@ -17,14 +17,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from popsync import metrics, observability
-from popsync.adapters.kafka import BatchProducer, OutboundMessage
-from popsync.adapters.matching_store import PostgresMatchingStore
-from popsync.adapters.pins import PostgresAliasDirectory, PostgresPinAllocator
-from popsync.adapters.store import Database
+from popsync.adapters.kafka.producer import BatchProducer, OutboundMessage
+from popsync.adapters.postgres.matching import PostgresMatchingStore
+from popsync.adapters.postgres.pins import PostgresAliasDirectory, PostgresPinAllocator
+from popsync.adapters.postgres.store import Database
 from popsync.contract import models as m
 from popsync.contract.codec import Codec, DecodeError
-from popsync.deadletter import DeadLetterLimit, dead_letter
 from popsync.domain.aliases import AliasDirectory, declared_aliases, subject_reference
 from popsync.domain.allocation import (
     PinAllocator,
@@ -35,8 +33,10 @@ from popsync.domain.allocation import (
 from popsync.domain.rules import RuleViolation, check_event
 from popsync.identity.decisions import MatchingStore
 from popsync.identity.matching import MatchOutcome
-from popsync.runtime import InboundMessage, Worker, make_app, register_batch_step
-from popsync.sector_matching import SectorMatching, needs_match
+from popsync.identity.sector_matching import SectorMatching, needs_match
+from popsync.runtime import metrics, observability
+from popsync.runtime.deadletter import DeadLetterLimit, dead_letter
+from popsync.runtime.worker import InboundMessage, Worker, make_app, register_batch_step
 from popsync.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -9,10 +9,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from popsync.adapters.kafka import BatchProducer, read_to_end
-from popsync.publisher import Publisher
+from popsync.adapters.kafka.producer import BatchProducer, read_to_end
+from popsync.dev.stack import EmbeddedStack, embedded_stack
+from popsync.ops.publish import Publisher
 from popsync.settings import WORKER_NAMES, Settings
-from popsync.stack import EmbeddedStack, embedded_stack
 
 
 @pytest.fixture(scope="session")

@@ -20,16 +20,16 @@ from typing import Any
 import psycopg
 import pytest
 
-from popsync.adapters.kafka import BatchProducer
+from popsync.adapters.kafka.producer import BatchProducer
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
+from popsync.dev.stack import EmbeddedStack, WorkerProcess
 from popsync.domain.reasons import REASONS
-from popsync.publisher import Publisher
+from popsync.ops.publish import Publisher
 from popsync.settings import WORKER_NAMES, Settings
-from popsync.stack import EmbeddedStack, WorkerProcess
-from popsync.topics import MAX_EVENT_BYTES
+from popsync.topology import MAX_EVENT_BYTES
 from tests.integration.conftest import eventually, read_until
-from tests.unit.test_bad_input_catalogue import Citizens, bad_messages
+from tests.unit.services.validator.test_bad_input_catalogue import Citizens, bad_messages
 
 pytestmark = pytest.mark.integration
 

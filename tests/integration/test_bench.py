@@ -12,7 +12,7 @@ import pytest
 
 from bench.pipeline import pipeline
 from popsync import cli
-from popsync.stack import EmbeddedStack
+from popsync.dev.stack import EmbeddedStack
 
 pytestmark = pytest.mark.integration
 

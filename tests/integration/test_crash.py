@@ -21,12 +21,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from popsync.adapters.kafka import BatchProducer, read_to_end
-from popsync.demo import Expectation, expect
-from popsync.publisher import Publisher
+from popsync.adapters.kafka.producer import BatchProducer, read_to_end
+from popsync.dev.demo import Expectation, expect
+from popsync.dev.simulate.generator import SimulatedMessage, simulate
+from popsync.dev.stack import EmbeddedStack, WorkerProcess, wait_until
+from popsync.ops.publish import Publisher
 from popsync.settings import WORKER_NAMES, Settings, WorkerName
-from popsync.simulate.generator import SimulatedMessage, simulate
-from popsync.stack import EmbeddedStack, WorkerProcess, wait_until
 
 pytestmark = pytest.mark.integration
 

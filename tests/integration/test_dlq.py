@@ -20,22 +20,22 @@ from typing import Any
 import psycopg
 import pytest
 
-from popsync import dlq
-from popsync.adapters.kafka import BatchProducer, OutboundMessage, read_to_end
+from popsync.adapters.kafka.producer import BatchProducer, OutboundMessage, read_to_end
 from popsync.contract import models as m
-from popsync.deadletter import DEAD_LETTER_CODEC
+from popsync.dev.stack import EmbeddedStack, WorkerProcess, settings_env
 from popsync.domain.legal_time import legal_date
 from popsync.domain.merge import Applied, CitizenState, apply_event, fold, legal_order
 from popsync.domain.pin import make_pin
 from popsync.domain.reasons import is_retryable
 from popsync.domain.rules import check_event
-from popsync.publisher import Publisher
+from popsync.ops import dlq
+from popsync.ops.publish import Publisher
+from popsync.runtime.deadletter import DEAD_LETTER_CODEC
 from popsync.settings import (
     DeadLetterLimitSettings,
     Settings,
     WorkerName,
 )
-from popsync.stack import EmbeddedStack, WorkerProcess, settings_env
 from tests.integration.conftest import eventually
 from tests.integration.test_pipeline import birth, divorce, marriage, move
 

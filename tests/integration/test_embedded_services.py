@@ -18,8 +18,8 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from popsync.adapters.kafka_admin import PartitionCountMismatchError, TopicSpec, provision_topics
-from popsync.embedded import EmbeddedBroker, EmbeddedPostgres
+from popsync.adapters.kafka.admin import PartitionCountMismatchError, TopicSpec, provision_topics
+from popsync.dev.embedded import EmbeddedBroker, EmbeddedPostgres
 
 pytestmark = pytest.mark.integration
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from popsync.adapters.kafka import BatchProducer
-from popsync.demo import expect, store_counts, store_matches
-from popsync.publisher import Publisher
+from popsync.adapters.kafka.producer import BatchProducer
+from popsync.dev.demo import expect, store_counts, store_matches
+from popsync.dev.simulate.generator import simulate
+from popsync.dev.stack import EmbeddedStack, WorkerProcess, embedded_stack, wait_until
+from popsync.ops.publish import Publisher
 from popsync.settings import WORKER_NAMES, Settings
-from popsync.simulate.generator import simulate
-from popsync.stack import EmbeddedStack, WorkerProcess, embedded_stack, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -12,16 +12,16 @@ from datetime import UTC, date, datetime
 import psycopg
 import pytest
 
-from popsync.adapters.kafka import BatchProducer
-from popsync.adapters.pins import PostgresPinAllocator
-from popsync.adapters.store import Database
+from popsync.adapters.kafka.producer import BatchProducer
+from popsync.adapters.postgres.pins import PostgresPinAllocator
+from popsync.adapters.postgres.store import Database
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
+from popsync.dev.stack import EmbeddedStack, WorkerProcess
 from popsync.domain.allocation import AllocationRequest
 from popsync.domain.pin import make_pin
-from popsync.publisher import Publisher
+from popsync.ops.publish import Publisher
 from popsync.settings import Settings
-from popsync.stack import EmbeddedStack, WorkerProcess
 from tests.integration.conftest import Query, eventually, read_until
 from tests.integration.test_pipeline import birth, citizen, death, envelope, move, publish
 

@@ -17,14 +17,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from popsync.adapters.kafka import BatchProducer
+from popsync.adapters.kafka.producer import BatchProducer
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
+from popsync.dev.stack import EmbeddedStack, WorkerProcess, settings_env
 from popsync.domain.pin import make_pin, mask_pin
 from popsync.identity.decisions import operator_event_id
-from popsync.publisher import Publisher
+from popsync.ops.publish import Publisher
 from popsync.settings import Settings
-from popsync.stack import EmbeddedStack, WorkerProcess, settings_env
 from tests.integration.conftest import eventually, read_until
 
 pytestmark = pytest.mark.integration

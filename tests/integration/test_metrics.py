@@ -17,15 +17,15 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from popsync.adapters.kafka import BatchProducer
+from popsync.adapters.kafka.producer import BatchProducer
 from popsync.contract import models as m
-from popsync.demo import Expectation, expect
+from popsync.dev.demo import Expectation, expect
+from popsync.dev.simulate.generator import SimulatedMessage, simulate
+from popsync.dev.stack import EmbeddedStack, WorkerProcess
 from popsync.domain.pin import make_pin
 from popsync.domain.provinces import resolve_province
-from popsync.publisher import Publisher
+from popsync.ops.publish import Publisher
 from popsync.settings import WORKER_NAMES, Settings, WorkerName
-from popsync.simulate.generator import SimulatedMessage, simulate
-from popsync.stack import EmbeddedStack, WorkerProcess
 from tests.integration.conftest import eventually
 from tests.integration.test_pipeline import birth, death, move
 

@@ -17,10 +17,10 @@ import pytest
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
 from popsync.contract.json_form import event_to_json
+from popsync.dev.stack import settings_env
 from popsync.domain.pin import make_pin
-from popsync.publisher import Publisher
+from popsync.ops.publish import Publisher
 from popsync.settings import Settings
-from popsync.stack import settings_env
 from tests.integration.conftest import Query, eventually, read_until
 
 pytestmark = pytest.mark.integration

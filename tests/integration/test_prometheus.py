@@ -12,13 +12,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from popsync.adapters.kafka import BatchProducer
-from popsync.demo import expect
-from popsync.embedded.prometheus import EmbeddedPrometheus, prometheus_binary
-from popsync.publisher import Publisher
+from popsync.adapters.kafka.producer import BatchProducer
+from popsync.dev.demo import expect
+from popsync.dev.embedded.prometheus import EmbeddedPrometheus, prometheus_binary
+from popsync.dev.simulate.generator import simulate
+from popsync.dev.stack import EmbeddedStack, WorkerProcess
+from popsync.ops.publish import Publisher
 from popsync.settings import WORKER_NAMES, Settings
-from popsync.simulate.generator import simulate
-from popsync.stack import EmbeddedStack, WorkerProcess
 from tests.integration.conftest import eventually
 
 pytestmark = pytest.mark.integration

@@ -37,13 +37,13 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from popsync.adapters.kafka import BatchProducer
-from popsync.demo import Expectation, expect, store_counts, store_matches
+from popsync.adapters.kafka.producer import BatchProducer
+from popsync.dev.demo import Expectation, expect, store_counts, store_matches
+from popsync.dev.simulate.generator import SimulatedMessage, simulate
+from popsync.dev.stack import EmbeddedStack, WorkerProcess, wait_until
 from popsync.domain.pin import make_pin
-from popsync.publisher import Publisher
+from popsync.ops.publish import Publisher
 from popsync.settings import WORKER_NAMES, Settings, WorkerName
-from popsync.simulate.generator import SimulatedMessage, simulate
-from popsync.stack import EmbeddedStack, WorkerProcess, wait_until
 from tests.integration.test_pipeline import birth, death, move, read_dead_letters
 
 pytestmark = pytest.mark.integration

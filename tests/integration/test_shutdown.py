@@ -20,14 +20,14 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from popsync.adapters.kafka import BatchProducer
+from popsync.adapters.kafka.producer import BatchProducer
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
+from popsync.dev.stack import EmbeddedStack, WorkerProcess, wait_until
 from popsync.domain.pin import make_pin
-from popsync.publisher import Publisher
-from popsync.runtime import EXIT_UNFINISHED_BATCH
+from popsync.ops.publish import Publisher
+from popsync.runtime.worker import EXIT_UNFINISHED_BATCH
 from popsync.settings import Settings, WorkerName
-from popsync.stack import EmbeddedStack, WorkerProcess, wait_until
 from tests.integration.conftest import eventually
 from tests.integration.test_pipeline import birth, move
 

@@ -9,8 +9,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from popsync.adapters import store
-from popsync.adapters.store import (
+from popsync.adapters.postgres import store
+from popsync.adapters.postgres.store import (
     CitizenStore,
     Consumed,
     Database,
@@ -19,8 +19,8 @@ from popsync.adapters.store import (
     WriteResult,
 )
 from popsync.contract import models as m
+from popsync.dev.stack import EmbeddedStack, migrate
 from popsync.settings import Settings
-from popsync.stack import EmbeddedStack, migrate
 
 pytestmark = pytest.mark.integration
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
-from popsync.runtime import faust_credentials
+from popsync.dev.stack import settings_env
+from popsync.runtime.worker import faust_credentials
 from popsync.settings import KafkaSettings, Settings
-from popsync.stack import settings_env
 
 
 def test_settings_survive_the_trip_through_the_environment(

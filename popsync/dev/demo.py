@@ -1,0 +1,260 @@
+"""`popsync demo`: the whole pipeline on embedded services, end to end.
+
+Starts a Kafka-protocol broker and PostgreSQL, creates the topics and schema,
+runs one process per worker, publishes a simulated stream from many registries
+and provinces, waits until the store has converged, checks the store against a
+reference fold of the same stream, and prints a summary. With `--with-prometheus` it
+also runs a real Prometheus (the `prometheus` binary on PATH) scraping every worker's
+`/metrics`, prints its URL, and checks a PromQL count against the published stream.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+from tqdm import tqdm
+
+from popsync.adapters.kafka.producer import BatchProducer, read_to_end
+from popsync.contract import models as m
+from popsync.dev.embedded.prometheus import JOB as PROMETHEUS_JOB
+from popsync.dev.embedded.prometheus import EmbeddedPrometheus, PrometheusStartError
+from popsync.dev.simulate.generator import SimulatedMessage, simulate
+from popsync.dev.stack import EmbeddedStack
+from popsync.domain.merge import fold
+from popsync.domain.rules import RuleViolation, check_event
+from popsync.ops.publish import Publisher
+from popsync.runtime.deadletter import DEAD_LETTER_CODEC
+from popsync.settings import WORKER_NAMES, Settings
+
+
+@dataclass
+class Expectation:
+    """What the store must hold once the pipeline has processed the stream."""
+
+    published: int = 0
+    invalid: int = 0
+    history_rows: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reasons: Counter[str] = field(default_factory=Counter)  # of the invalid events
+
+
+def expect(messages: Sequence[SimulatedMessage], now: datetime, skew: timedelta) -> Expectation:
+    """The reference result: validator rules and the merge fold, run in-process."""
+    result = Expectation(published=len(messages))
+    per_citizen: dict[str, dict[str, m.RegistryEvent]] = {}
+    for message in messages:
+        try:
+            event = check_event(message.event, message.key, now, skew)
+        except RuleViolation as violation:
+            result.invalid += 1
+            result.reasons[violation.reason] += 1
+            continue
+        events = per_citizen.setdefault(event.subject_pin or "", {})
+        if event.event_id in events:
+            result.duplicates += 1
+        events[event.event_id] = event
+    for pin, events in per_citizen.items():
+        snapshot, conflicts = fold(pin, events.values())
+        result.history_rows += len(events)
+        result.conflicts += len(conflicts)
+        result.snapshots[pin] = snapshot.model_dump(mode="json")
+    return result
+
+
+def count_dead_letters(settings: Settings, expected: int, timeout: float) -> Counter[str]:
+    """Dead letters by reason, read from the topic itself (to its end, as fetched)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reasons: Counter[str] = Counter()
+        for _, _, value in read_to_end(settings.kafka, settings.topics.dead_letters, timeout):
+            reasons[DEAD_LETTER_CODEC.decode(value).reason_code] += 1
+        if sum(reasons.values()) >= expected or time.monotonic() > deadline:
+            return reasons
+        time.sleep(0.5)
+
+
+@dataclass(frozen=True)
+class StoreCounts:
+    history: int = 0
+    citizens: int = 0
+    open_conflicts: int = 0
+    resolved_conflicts: int = 0
+
+
+def store_counts(dsn: str) -> StoreCounts:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM citizen_history), (SELECT count(*) FROM citizens),"
+            " (SELECT count(*) FILTER (WHERE resolved_at IS NULL) FROM citizen_conflicts),"
+            " (SELECT count(*) FILTER (WHERE resolved_at IS NOT NULL) FROM citizen_conflicts)"
+        ).fetchone()
+    return StoreCounts(*(int(v) for v in row)) if row else StoreCounts()
+
+
+def store_matches(dsn: str, snapshots: dict[str, dict[str, Any]]) -> int:
+    """How many citizens' stored snapshots equal the reference fold."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT pin, snapshot FROM citizens").fetchall()
+    stored: dict[str, Any] = {pin: snapshot for pin, snapshot in rows}
+    return sum(1 for pin, snapshot in snapshots.items() if stored.get(pin) == snapshot)
+
+
+def _raise_interrupt(_: int, __: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run_demo(
+    citizens: int,
+    seed: int,
+    workdir: Path | None,
+    timeout: float,
+    with_prometheus: bool = False,
+    metrics_plot: Path | None = None,
+) -> int:
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # stop cleanly on SIGTERM as on Ctrl-C
+    root = workdir or Path(tempfile.mkdtemp(prefix="popsync-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"popsync demo: {citizens} citizens, seed {seed}; logs and data in {root}")
+    stack = EmbeddedStack(root)
+    prometheus = EmbeddedPrometheus(root / "prometheus") if with_prometheus else None
+    try:
+        return _run(stack, citizens, seed, timeout, prometheus, metrics_plot)
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping workers, broker and database", file=sys.stderr)
+        return 130
+    finally:
+        if prometheus is not None:
+            prometheus.stop()
+        stack.stop()
+
+
+def _run(
+    stack: EmbeddedStack,
+    citizens: int,
+    seed: int,
+    timeout: float,
+    prometheus: EmbeddedPrometheus | None = None,
+    metrics_plot: Path | None = None,
+) -> int:
+    stack.start()
+    settings = stack.settings_for("popsync")
+    stack.prepare(settings)
+    for name in WORKER_NAMES:
+        stack.start_worker(name, settings)
+    if prometheus is not None:
+        prometheus.set_targets((worker.name, worker.target) for worker in stack.workers)
+        try:
+            prometheus.start()
+        except PrometheusStartError as exc:
+            print(f"popsync demo: {exc}", file=sys.stderr)
+            return 1
+        print(f"Prometheus: {prometheus.url} (job {PROMETHEUS_JOB}, scraping every worker)")
+
+    now = datetime.now(UTC)
+    messages = simulate(citizens, seed=seed, now=now)
+    skew = timedelta(seconds=settings.processing.future_skew_seconds)
+    expected = expect(messages, now, skew)
+
+    started, started_at = time.monotonic(), time.time()
+    publisher = Publisher(BatchProducer(settings.kafka), settings.topics.registry_events)
+    publisher.publish((message.key, message.event) for message in messages)
+    dsn = settings.postgres.dsn.get_secret_value()
+
+    converged = False
+    with tqdm(total=expected.history_rows, unit="ev", desc="store", leave=True) as bar:
+        while time.monotonic() - started < timeout:
+            counts = store_counts(dsn)
+            bar.update(counts.history - bar.n)
+            if counts.history >= expected.history_rows:
+                converged = True
+                break
+            dead = [w.name for w in stack.workers if not w.alive]
+            if dead:
+                print(f"worker(s) exited: {dead}; see {stack.workdir / 'logs'}", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+    elapsed = time.monotonic() - started
+    dead_letters = count_dead_letters(settings, expected.invalid, timeout=30)
+    counts = store_counts(dsn)
+    matching = store_matches(dsn, expected.snapshots)
+
+    _print_summary(expected, dead_letters, counts, matching, elapsed)
+    scraped = prometheus is None or _check_prometheus(prometheus, expected.published)
+    if prometheus is not None and metrics_plot is not None:
+        _plot(prometheus, started_at, metrics_plot, f"{expected.published:,} events, seed {seed}")
+    ok = scraped and (
+        converged
+        and counts.history == expected.history_rows
+        and counts.open_conflicts == expected.conflicts
+        and sum(dead_letters.values()) == expected.invalid
+        and matching == len(expected.snapshots)
+    )
+    if not ok:
+        print("demo did NOT converge to the expected state", file=sys.stderr)
+    return 0 if ok else 1
+
+
+PROMQL_CONSUMED = f'sum(popsync_events_consumed_total{{job="{PROMETHEUS_JOB}",worker="validator"}})'
+
+
+def _plot(prometheus: EmbeddedPrometheus, started_at: float, path: Path, subtitle: str) -> None:
+    from popsync.dev import metrics_plot
+
+    panels = metrics_plot.collect(prometheus, started_at - 5, time.time())
+    metrics_plot.draw(panels, path, subtitle)
+    print(f"  {'metrics plot':<24}{path}")
+
+
+def _check_prometheus(prometheus: EmbeddedPrometheus, published: int, timeout: float = 30) -> bool:
+    """Ask Prometheus what the validator consumed: every published event, once scraped."""
+    deadline = time.monotonic() + timeout
+    value = prometheus.value(PROMQL_CONSUMED)
+    while value != published and time.monotonic() < deadline:
+        time.sleep(1)
+        value = prometheus.value(PROMQL_CONSUMED)
+    shown = "no result" if value is None else f"{value:,.0f}"
+    verdict = "OK" if value == published else "MISMATCH"
+    print(f"  {'PromQL check':<24}{PROMQL_CONSUMED} = {shown} (published {published:,}): {verdict}")
+    print(f"  {'Prometheus':<24}{prometheus.url}/graph?g0.expr={quote(PROMQL_CONSUMED)}")
+    return value == published
+
+
+def _print_summary(
+    expected: Expectation,
+    dead_letters: Counter[str],
+    counts: StoreCounts,
+    matching: int,
+    elapsed: float,
+) -> None:
+    reasons = ", ".join(f"{r} {n}" for r, n in dead_letters.most_common(4))
+    if len(dead_letters) > 4:
+        reasons += f", {len(dead_letters) - 4} more reasons"
+    rows = [
+        ("events published", f"{expected.published:,}"),
+        ("dead-lettered", f"{sum(dead_letters.values()):,}  ({reasons})"),
+        ("applied (history rows)", f"{counts.history:,}"),
+        ("duplicates ignored", f"{expected.duplicates:,}"),
+        ("conflicts open", f"{counts.open_conflicts:,} (expected {expected.conflicts:,})"),
+        ("conflicts resolved", f"{counts.resolved_conflicts:,} (by events that arrived late)"),
+        ("citizens in store", f"{counts.citizens:,}"),
+        ("store = reference fold", f"{matching:,} of {len(expected.snapshots):,} citizens"),
+        ("elapsed", f"{elapsed:.1f} s (publish to converged)"),
+        ("throughput", f"{expected.published / elapsed:,.0f} events/s"),
+    ]
+    print("\npopsync demo summary")
+    for label, value in rows:
+        print(f"  {label:<24}{value}")

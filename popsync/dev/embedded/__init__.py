@@ -1,0 +1,10 @@
+"""Real services without Docker, for the demo and the integration tests.
+
+A Kafka-protocol broker (Tansu) and a PostgreSQL server run as local subprocesses from
+pip-installed wheels; production points the same code at Apache Kafka and PostgreSQL.
+"""
+
+from popsync.dev.embedded.broker import EmbeddedBroker
+from popsync.dev.embedded.postgres import EmbeddedPostgres
+
+__all__ = ["EmbeddedBroker", "EmbeddedPostgres"]

@@ -1,0 +1,219 @@
+"""The validator's matching step: sector records without PIN, linked, reviewed or reported.
+
+For the valid sector records of a batch that carry no subject PIN, in this order:
+1. read the decisions already stored for their event ids (a re-delivered or re-sent record
+   gets its decision back, never a new one);
+2. load the candidate citizens of the others from the central store in one query (blocking by
+   birth date, its day/month swap, and legacy ID) and match each record
+   (`popsync.identity.match`, thresholds from `POPSYNC_MATCHING__*`);
+3. store the new decisions, and a pending review for each REVIEW one, in one transaction;
+4. give each record its one output, built from its stored decision:
+   LINKED    -> the record on the validated topic with subject_pin = the citizen, keyed by it;
+   REVIEW    -> a `MatchReview` on the match-reviews topic (key: the review id);
+   UNMATCHED -> an `UnmatchedRecord` on the unmatched-records topic (key: the event id).
+The validator sends the outputs with the rest of the batch; the decisions are durable before,
+so a crash in between re-sends the same outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from popsync.adapters.kafka.producer import OutboundMessage
+from popsync.contract import models as m
+from popsync.contract.codec import Codec
+from popsync.identity.decisions import (
+    Decision,
+    MatchingStore,
+    Review,
+    blocking_query,
+    decision_from_match,
+)
+from popsync.identity.folding import default_token_weights
+from popsync.identity.matching import (
+    CitizenIndex,
+    MatchOutcome,
+    MatchThresholds,
+    SectorRecord,
+    SectorSource,
+    match,
+)
+from popsync.settings import TopicSettings
+
+if TYPE_CHECKING:  # the runtime imports faust: not needed to build a report (`popsync review`)
+    from popsync.runtime.worker import InboundMessage
+
+log = logging.getLogger(__name__)
+EVENT_CODEC = Codec(m.RegistryEvent)
+REVIEW_CODEC = Codec(m.MatchReview)
+UNMATCHED_CODEC = Codec(m.UnmatchedRecord)
+
+
+def needs_match(event: m.RegistryEvent) -> bool:
+    """A valid event the matcher must find the subject of: a sector record without PIN."""
+    return event.subject_pin is None and isinstance(event.payload, m.SectorRecordRegistered)
+
+
+def sector_record(event: m.RegistryEvent) -> SectorRecord:
+    """The matcher's view of a validated sector record (names normalized, provinces mapped)."""
+    p = event.payload
+    if not isinstance(p, m.SectorRecordRegistered):
+        raise TypeError(f"not a sector record: {event.event_type.value}")
+    return SectorRecord(
+        record_id=event.event_id,
+        source=SectorSource(event.source_registry.value),
+        full_name=p.full_name,
+        birth_date=p.birth_date,
+        sex="F" if p.sex is m.Sex.F else "M",
+        birthplace_province=p.birthplace_province,
+        hometown_province=p.hometown_province,
+        legacy_id=p.legacy_id,
+    )
+
+
+@dataclass(frozen=True)
+class Matched:
+    """One record's output; ``event`` is the record as it goes on (re-keyed when LINKED)."""
+
+    output: OutboundMessage
+    decision: Decision
+    event: m.RegistryEvent
+
+
+class SectorMatching:
+    def __init__(
+        self, topics: TopicSettings, thresholds: MatchThresholds, store: MatchingStore
+    ) -> None:
+        self._topics = topics
+        self._thresholds = thresholds
+        self._store = store
+        self._weights = default_token_weights()  # computed once (about half a second)
+
+    async def __call__(
+        self, records: Sequence[tuple[InboundMessage, m.RegistryEvent]], now: datetime
+    ) -> list[Matched | Exception]:
+        """One result per record, in order: its output, or the error that kept it from being
+        matched (a bug: the validator dead-letters that record)."""
+        if not records:
+            return []
+        stored = dict(await self._store.decisions([e.event_id for _, e in records]))
+        failed: dict[str, Exception] = {}
+        new: dict[str, tuple[InboundMessage, m.RegistryEvent]] = {}
+        for message, event in records:
+            if event.event_id not in stored:
+                new.setdefault(event.event_id, (message, event))
+        if new:
+            prepared = self._prepare(new.values(), failed)
+            stored.update(await self._decide(prepared, now, failed))
+        results: list[Matched | Exception] = []
+        for _, event in records:
+            decision = stored.get(event.event_id)
+            if decision is None:
+                results.append(failed.get(event.event_id) or RuntimeError("no decision stored"))
+            else:
+                results.append(self._output(event, decision))
+        return results
+
+    @staticmethod
+    def _prepare(
+        records: Iterable[tuple[InboundMessage, m.RegistryEvent]], failed: dict[str, Exception]
+    ) -> list[tuple[InboundMessage, m.RegistryEvent, SectorRecord]]:
+        prepared = []
+        for message, event in records:
+            try:
+                prepared.append((message, event, sector_record(event)))
+            except Exception as exc:  # a bug: park this record, not the batch
+                log.exception("matching: cannot prepare event %s", event.event_id)
+                failed[event.event_id] = exc
+        return prepared
+
+    async def _decide(
+        self,
+        records: Sequence[tuple[InboundMessage, m.RegistryEvent, SectorRecord]],
+        now: datetime,
+        failed: dict[str, Exception],
+    ) -> Mapping[str, Decision]:
+        """Match the records against candidates loaded in one query; store the decisions."""
+        if not records:
+            return {}
+        query = blocking_query((r.birth_date, r.legacy_id) for _, _, r in records)
+        index = CitizenIndex(await self._store.candidates(query), token_weights=self._weights)
+        decisions: list[Decision] = []
+        reviews: list[Review] = []
+        for message, event, record in records:
+            try:
+                found = match(record, index, self._thresholds)
+            except Exception as exc:  # a bug: park this record, not the batch
+                log.exception("matching: error while matching event %s", event.event_id)
+                failed[event.event_id] = exc
+                continue
+            decision = decision_from_match(event.event_id, event.source_registry.value, found, now)
+            decisions.append(decision)
+            if decision.outcome is MatchOutcome.REVIEW:
+                reviews.append(
+                    Review(
+                        review_id=event.event_id,
+                        event_id=event.event_id,
+                        source_registry=event.source_registry.value,
+                        source_province=event.source_province,
+                        original_topic=message.topic,
+                        original_key=message.key,
+                        original_value=message.value or b"",
+                    )
+                )
+        return await self._store.record(decisions, reviews)
+
+    def _output(self, event: m.RegistryEvent, decision: Decision) -> Matched:
+        if decision.outcome is MatchOutcome.LINKED and decision.pin is not None:
+            linked = event.model_copy(update={"subject_pin": decision.pin})
+            output = OutboundMessage(
+                self._topics.validated_events, decision.pin.encode(), EVENT_CODEC.encode(linked)
+            )
+            return Matched(output, decision, linked)
+        if decision.outcome is MatchOutcome.REVIEW:
+            review = m.MatchReview(
+                review_id=event.event_id,
+                event_id=event.event_id,
+                source_registry=event.source_registry,
+                source_province=event.source_province,
+                candidates=[m.MatchCandidate(pin=p, score=s) for p, s in decision.candidates],
+                score=decision.score,
+                method=decision.method,
+                reason=decision.reason,
+                created_at=decision.decided_at,
+            )
+            output = OutboundMessage(
+                self._topics.match_reviews, event.event_id.encode(), REVIEW_CODEC.encode(review)
+            )
+            return Matched(output, decision, event)
+        return Matched(unmatched_report(self._topics, event, decision), decision, event)
+
+
+def unmatched_report(
+    topics: TopicSettings,
+    event: m.RegistryEvent,
+    decision: Decision,
+    review_id: str | None = None,
+) -> OutboundMessage:
+    """The `UnmatchedRecord` telling the sector database that no citizen matches its record."""
+    payload = event.payload
+    if not isinstance(payload, m.SectorRecordRegistered):
+        raise TypeError(f"not a sector record: {event.event_type.value}")
+    report = m.UnmatchedRecord(
+        event_id=event.event_id,
+        source_registry=event.source_registry,
+        source_province=event.source_province,
+        record_number=payload.record_number,
+        reason=decision.reason,
+        score=decision.score,
+        decided_by=decision.decided_by,
+        decided_at=decision.decided_at,
+        review_id=review_id,
+    )
+    return OutboundMessage(
+        topics.unmatched_records, event.event_id.encode(), UNMATCHED_CODEC.encode(report)
+    )

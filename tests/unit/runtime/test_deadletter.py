@@ -1,0 +1,244 @@
+"""The dead-letter limit, and the pure parts of `popsync dlq`."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from popsync.services.synchronizer.app import SynchronizerStep
+from popsync.services.validator.app import ValidatorStep
+
+from popsync import cli
+from popsync.adapters.kafka.producer import OutboundMessage
+from popsync.contract import models as m
+from popsync.contract.codec import Codec
+from popsync.domain.aliases import InMemoryAliasDirectory
+from popsync.domain.allocation import InMemoryPinAllocator
+from popsync.identity.decisions import InMemoryMatchingStore
+from popsync.ops import dlq
+from popsync.runtime.deadletter import DEAD_LETTER_CODEC, DeadLetterLimit, dead_letter
+from popsync.runtime.worker import InboundMessage, StopWorker
+from popsync.settings import DeadLetterLimitSettings, Settings
+from tests.unit.contract.test_contract import birth_event
+
+PIN = "079203000123"
+_offsets = iter(range(10**9))
+
+
+def message(value: bytes | None = b"x", key: bytes | None = PIN.encode()) -> InboundMessage:
+    return InboundMessage("registry-events", 0, next(_offsets), key, value)
+
+
+def limit(window: int = 10, max_ratio: float = 0.5, max_consecutive: int = 5) -> DeadLetterLimit:
+    settings = DeadLetterLimitSettings(
+        window=window, max_ratio=max_ratio, max_consecutive=max_consecutive
+    )
+    return DeadLetterLimit(settings, "validator")
+
+
+def outcomes(pattern: str) -> list[tuple[InboundMessage, str | None]]:
+    """'.' = processed, a letter = dead-lettered with reason REASON_<letter>."""
+    return [(message(), None if c == "." else f"REASON_{c}") for c in pattern]
+
+
+def test_stops_at_max_consecutive_dead_letters() -> None:
+    dlq_limit = limit(max_consecutive=5)
+    dlq_limit.observe(outcomes("AAAA."))
+    dlq_limit.observe(outcomes("AAAA"))
+    assert dlq_limit.consecutive == 4
+    with pytest.raises(StopWorker) as stop:
+        dlq_limit.observe(outcomes("B"))
+    assert stop.value.exit_code == 70
+    text = str(stop.value)
+    assert "5 messages in a row" in text
+    assert "9 of the last 10 messages dead-lettered; top reasons: REASON_A=8, REASON_B=1" in text
+
+
+def test_a_processed_message_resets_the_run() -> None:
+    dlq_limit = limit(window=100, max_consecutive=3)
+    dlq_limit.observe(outcomes("AA.AA.AA.AA."))
+    assert dlq_limit.consecutive == 0
+    assert dlq_limit.parked_in_window == 8
+
+
+def test_ratio_is_judged_only_once_the_window_is_full() -> None:
+    dlq_limit = limit(window=10, max_ratio=0.5, max_consecutive=100)
+    dlq_limit.observe(outcomes("A.A.A.A.A"))  # 5 of 9 parked, window not full yet
+    dlq_limit.observe(outcomes("."))  # 5 of 10: not more than half
+    dlq_limit.observe(outcomes("A"))  # the oldest A leaves the window: still 5 of 10
+    with pytest.raises(StopWorker) as stop:
+        dlq_limit.observe(outcomes("A"))  # a processed one leaves: 6 of 10
+    assert "6 of the last 10 messages were dead-lettered (60%, limit 50%)" in str(stop.value)
+
+
+def test_the_window_slides() -> None:
+    dlq_limit = limit(window=4, max_ratio=0.5, max_consecutive=100)
+    dlq_limit.observe(outcomes("AA.."))  # 2 of 4
+    dlq_limit.observe(outcomes("..A"))  # the two A left the window: 1 of 4
+    assert dlq_limit.parked_in_window == 1
+    dlq_limit.observe(outcomes("A"))  # 2 of 4
+    with pytest.raises(StopWorker):
+        dlq_limit.observe(outcomes("A"))  # 3 of 4
+
+
+def test_a_stopped_batch_counts_nothing_and_a_retried_batch_counts_once() -> None:
+    dlq_limit = limit(window=100, max_consecutive=3)
+    batch = outcomes("AA")
+    dlq_limit.observe(batch)
+    dlq_limit.observe(batch)  # the same messages again: a retry after a broker fault
+    assert (dlq_limit.parked_in_window, dlq_limit.consecutive) == (2, 2)
+    with pytest.raises(StopWorker):
+        dlq_limit.observe(outcomes(".AAA"))
+    assert (dlq_limit.parked_in_window, dlq_limit.consecutive) == (2, 2)  # as before
+
+
+def test_offsets_are_tracked_per_partition() -> None:
+    dlq_limit = limit(window=100, max_consecutive=100)
+    dlq_limit.observe([(InboundMessage("t", 0, 5, None, None), "R")])
+    dlq_limit.observe([(InboundMessage("t", 1, 0, None, None), "R")])  # other partition
+    dlq_limit.observe([(InboundMessage("t", 0, 3, None, None), "R")])  # already seen
+    assert dlq_limit.parked_in_window == 2
+
+
+def test_the_stop_message_holds_no_personal_data() -> None:
+    dlq_limit = limit(max_consecutive=2)
+    with pytest.raises(StopWorker) as stop:
+        dlq_limit.observe(
+            [(message(PIN.encode(), PIN.encode()), "PIN_BAD_CHECK") for _ in range(2)]
+        )
+    assert PIN not in str(stop.value)
+    assert "POPSYNC_DEAD_LETTER_LIMIT__" in str(stop.value)
+
+
+class RecordingProducer:
+    def __init__(self) -> None:
+        self.sent: list[OutboundMessage] = []
+
+    async def send_all(self, messages: Sequence[OutboundMessage], timeout: float = 30) -> None:
+        self.sent.extend(messages)
+
+
+def small_limit_settings(**limit_fields: Any) -> Settings:
+    return Settings(dead_letter_limit={"window": 20, "max_consecutive": 3, **limit_fields})
+
+
+def test_the_validator_stops_before_sending_anything_of_the_batch() -> None:
+    producer = RecordingProducer()
+    now = datetime(2026, 11, 23, tzinfo=UTC)
+    step = ValidatorStep(  # type: ignore[arg-type]
+        small_limit_settings(),
+        producer,
+        InMemoryPinAllocator(),
+        InMemoryAliasDirectory(),
+        InMemoryMatchingStore(),
+        clock=lambda: now,
+    )
+    good = Codec(m.RegistryEvent).encode(birth_event())
+    asyncio.run(step([message(good), message(b"junk"), message(good)]))
+    assert len(producer.sent) == 3
+    with pytest.raises(StopWorker) as stop:
+        asyncio.run(step([message(good), *(message(b"junk") for _ in range(3)), message(good)]))
+    assert "BAD_MAGIC=" in str(stop.value)
+    assert len(producer.sent) == 3  # nothing of the stopped batch
+
+
+class NoStates:
+    async def load(self, known: object) -> object:
+        raise AssertionError("a stopping synchronizer must not touch the store")
+
+    async def save(self, dirty: object) -> None:
+        raise AssertionError("a stopping synchronizer must not touch the store")
+
+
+def test_the_synchronizer_stops_before_sending_anything_of_the_batch() -> None:
+    producer = RecordingProducer()
+    step = SynchronizerStep(small_limit_settings(), producer, NoStates())  # type: ignore[arg-type]
+    with pytest.raises(StopWorker) as stop:
+        asyncio.run(step([message(b"junk") for _ in range(3)]))
+    assert "synchronizer" in str(stop.value) and "BAD_MAGIC=3" in str(stop.value)
+    assert producer.sent == []
+
+
+def letter(**changes: Any) -> m.DeadLetter:
+    fields: dict[str, Any] = {
+        "original_topic": "registry-events",
+        "original_partition": 1,
+        "original_offset": 7,
+        "stage": "validator",
+        "reason_code": "OCCURRED_IN_FUTURE",
+        "message": "occurred_at is in the future",
+        "source_registry": "CIVIL_STATUS",
+        "failed_at": datetime(2026, 11, 23, 10, tzinfo=UTC),
+    }
+    return m.DeadLetter(**{**fields, **changes})
+
+
+def test_selection() -> None:
+    at = datetime(2026, 11, 23, 10, tzinfo=UTC)
+    assert dlq.Selection().everything and dlq.Selection().matches(letter())
+    assert dlq.Selection(reasons=frozenset({"OCCURRED_IN_FUTURE"})).matches(letter())
+    assert not dlq.Selection(reasons=frozenset({"BAD_MAGIC"})).matches(letter())
+    assert not dlq.Selection(stages=frozenset({"synchronizer"})).matches(letter())
+    assert dlq.Selection(sources=frozenset({"CIVIL_STATUS"})).matches(letter())
+    assert not dlq.Selection(sources=frozenset({"RESIDENCE"})).matches(letter())
+    assert not dlq.Selection(sources=frozenset({"RESIDENCE"})).matches(letter(source_registry=None))
+    assert dlq.Selection(since=at, until=at + timedelta(seconds=1)).matches(letter())
+    assert not dlq.Selection(until=at).matches(letter())
+    assert not dlq.Selection(since=at + timedelta(seconds=1)).matches(letter())
+    assert dlq.Selection(retryable=True).matches(letter())  # the clock catches up
+    assert not dlq.Selection(retryable=True).matches(letter(reason_code="BAD_MAGIC"))
+
+
+def test_summary_counts_without_personal_data() -> None:
+    letters = [
+        dlq.Parked(0, 0, letter(original_key=PIN.encode(), original_value=PIN.encode())),
+        dlq.Parked(0, 1, letter(reason_code="BAD_MAGIC", source_registry=None)),
+        dlq.Parked(1, 0, letter(failed_at=datetime(2026, 11, 24, tzinfo=UTC))),
+    ]
+    out = io.StringIO()
+    dlq.summarize(letters, out)
+    text = out.getvalue()
+    assert "failed between 2026-11-23T10:00:00Z and 2026-11-24T00:00:00Z" in text
+    assert "by reason:\n  2  OCCURRED_IN_FUTURE\n  1  BAD_MAGIC\n" in text
+    assert "by source registry:\n  2  CIVIL_STATUS\n  1  (unknown)\n" in text
+    assert PIN not in text
+
+
+def test_dead_letter_round_trip_keeps_the_original_bytes() -> None:
+    original = InboundMessage("registry-events", 2, 41, PIN.encode(), b"\x00raw")
+    out = dead_letter(original, topic="dlq", stage="validator", reason="BAD_MAGIC", description="")
+    parked = DEAD_LETTER_CODEC.decode(out.value)
+    assert (parked.original_key, parked.original_value) == (PIN.encode(), b"\x00raw")
+    assert (parked.original_partition, parked.original_offset) == (2, 41)
+
+
+def test_cli_parses_dlq_options_and_refuses_an_unselected_replay(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = cli.build_parser().parse_args(
+        [
+            "dlq",
+            "replay",
+            "--reason",
+            "occurred_in_future",
+            "--reason",
+            "BAD_MAGIC",
+            "--source",
+            "civil-status",
+            "--since",
+            "2026-11-23T10:00:00",
+            "--dry-run",
+            "--retryable",
+        ]
+    )
+    selection = cli._dlq_selection(args)
+    assert selection.reasons == {"OCCURRED_IN_FUTURE", "BAD_MAGIC"}
+    assert selection.sources == {"CIVIL_STATUS"}
+    assert selection.since == datetime(2026, 11, 23, 10, tzinfo=UTC)
+    assert args.dry_run and selection.retryable
+    assert cli.main(["dlq", "replay"]) == 2
+    assert "--all" in capsys.readouterr().err

@@ -1,0 +1,226 @@
+"""The synchronizer's state cache: used only while the store holds the same version."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import date
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from popsync.services.synchronizer.app import SynchronizerStep
+from popsync.services.synchronizer.states import (
+    Known,
+    StateCache,
+    StoredEvents,
+    restored,
+    to_store,
+)
+
+from popsync.adapters.postgres.store import StoredState
+from popsync.contract import models as m
+from popsync.contract.codec import Codec
+from popsync.domain.merge import FOLD_RULES_VERSION, Applied, CitizenState, apply_event
+from popsync.runtime.worker import InboundMessage
+from popsync.settings import Settings
+from tests.unit.domain.test_merge import PIN, annulment, birth, move, story
+from tests.unit.runtime.test_deadletter import RecordingProducer
+
+CODEC = Codec(m.RegistryEvent)
+UPDATES = Codec(m.CitizenUpdate)
+
+
+class MemoryStates:
+    """SyncStateStore's contract in memory, counting the events it sends back."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, StoredState] = {}
+        self.events_sent = 0
+        self.fail_next_save = False
+
+    async def load(self, known: Mapping[str, int | None]) -> dict[str, StoredState]:
+        found: dict[str, StoredState] = {}
+        for pin, held in known.items():
+            if pin in self.rows:
+                row = self.rows[pin]
+                same = held == row.version
+                found[pin] = StoredState(row.version, None) if same else row
+                self.events_sent += 0 if same else len(row.events or [])
+        return found
+
+    async def save(self, states: Mapping[str, StoredState]) -> None:
+        if self.fail_next_save:
+            self.fail_next_save = False
+            raise ConnectionError("store went away")
+        for pin, state in states.items():
+            if pin not in self.rows or self.rows[pin].version < state.version:
+                self.rows[pin] = state
+
+    def events(self, pin: str) -> list[bytes]:
+        return list(self.rows[pin].events or [])
+
+
+def message(event: m.RegistryEvent, offset: int) -> InboundMessage:
+    return InboundMessage("validated", 0, offset, PIN.encode(), CODEC.encode(event))
+
+
+def step(states: MemoryStates) -> tuple[SynchronizerStep, RecordingProducer]:
+    producer = RecordingProducer()
+    return SynchronizerStep(Settings(), producer, states), producer  # type: ignore[arg-type]
+
+
+def versions(producer: RecordingProducer) -> list[int]:
+    return [
+        UPDATES.decode(m.value).version
+        for m in producer.sent
+        if m.topic == Settings().topics.citizen_updates
+    ]
+
+
+def test_a_citizen_seen_before_is_not_sent_back_by_the_store() -> None:
+    states = MemoryStates()
+    sync, producer = step(states)
+    asyncio.run(sync([message(birth(), 0)]))
+    asyncio.run(sync([message(move(2, date(2010, 1, 1), "26734"), 1)]))
+    assert versions(producer) == [1, 2]
+    assert states.events_sent == 0  # the second batch used the cached state
+    assert states.rows[PIN].version == 2
+
+
+def test_the_cache_keeps_stored_bytes_not_decoded_events() -> None:
+    states = MemoryStates()
+    sync, producer = step(states)
+    events = [birth(), move(2, date(2010, 1, 1), "26734")]
+    asyncio.run(sync([message(e, i) for i, e in enumerate(events)]))
+    cached = sync._cache.get(PIN, 2)
+    assert cached is not None and isinstance(cached.state.events, StoredEvents)
+    assert dict(cached.state.events) == {e.event_id: e for e in events}  # decoded on demand
+    # An earlier-dated event reads them back and folds them all again.
+    asyncio.run(sync([message(move(3, date(2005, 1, 1), "26737"), 2)]))
+    assert versions(producer) == [1, 2, 3]
+    assert states.events_sent == 0
+
+
+def test_a_state_advanced_elsewhere_is_rebuilt_from_the_store() -> None:
+    """Another instance applied an event while this one held version 1 in its cache."""
+    states = MemoryStates()
+    sync, producer = step(states)
+    asyncio.run(sync([message(birth(), 0)]))
+    elsewhere = move(2, date(2010, 1, 1), "26734")
+    # As an instance of an earlier release would have left it: no ids, no fold.
+    states.rows[PIN] = StoredState(2, [*states.events(PIN), CODEC.encode(elsewhere)])
+    asyncio.run(sync([message(move(3, date(2012, 1, 1), "26737"), 5)]))
+    assert versions(producer) == [1, 3]
+    assert states.events_sent == 2
+    assert len(states.events(PIN)) == 3
+
+
+def test_a_failed_save_leaves_the_cache_as_the_store_is() -> None:
+    states = MemoryStates()
+    sync, producer = step(states)
+    asyncio.run(sync([message(birth(), 0)]))
+    states.fail_next_save = True
+    batch = [message(move(2, date(2010, 1, 1), "26734"), 1)]
+    with pytest.raises(ConnectionError):
+        asyncio.run(sync(batch))
+    asyncio.run(sync(batch))  # the retry
+    assert versions(producer) == [1, 2, 2]  # re-sent with the same version
+    assert states.rows[PIN].version == 2 and len(states.events(PIN)) == 2
+
+
+def known(pin: str) -> Known:
+    return Known(CitizenState(pin), {})
+
+
+def test_the_cache_keeps_the_most_recently_used_citizens() -> None:
+    cache = StateCache(capacity=2)
+    for pin in ("a", "b"):
+        cache.put(pin, known(pin))
+    assert cache.get("a", 0) is not None  # "a" is now the most recent
+    cache.put("c", known("c"))
+    assert cache.version("b") is None and cache.version("a") == 0 and len(cache) == 2
+    assert cache.get("a", 1) is None  # another version is never served
+
+
+def test_a_cache_of_capacity_zero_holds_nothing() -> None:
+    cache = StateCache(capacity=0)
+    cache.put("a", known("a"))
+    assert len(cache) == 0
+
+
+def stored_row(state: CitizenState) -> StoredState:
+    raw = {event_id: CODEC.encode(event) for event_id, event in state.events.items()}
+    return to_store(Known(state, raw))
+
+
+def never_decode(_: bytes) -> m.RegistryEvent:
+    raise AssertionError("a stored event was decoded")
+
+
+@settings(max_examples=60, deadline=None)
+@given(order=st.permutations([*story(), annulment(10, date(2024, 5, 1))]), cut=st.integers(1, 11))
+def test_a_state_read_back_with_its_fold_is_the_state_folded_from_its_events(
+    order: list[m.RegistryEvent], cut: int
+) -> None:
+    folded = CitizenState.from_events(PIN, order[:cut])
+    back = restored(PIN, stored_row(folded), CODEC.decode)
+    assert back is not None
+    state = back.state
+    assert (state.current(), dict(state.conflicts), state.version) == (
+        folded.current(),
+        dict(folded.conflicts),
+        folded.version,
+    )
+    assert (state.last_order, state.registered_birth) == (
+        folded.last_order,
+        folded.registered_birth,
+    )
+    assert dict(state.events) == dict(folded.events)  # decoded on demand
+    # And the next event merges onto it as onto the folded state.
+    for following in order[cut:]:
+        got, want = apply_event(state, following), apply_event(folded, following)
+        assert isinstance(got, Applied) and isinstance(want, Applied)
+        assert (got.snapshot, got.changed_fields, dict(got.new_conflicts)) == (
+            want.snapshot,
+            want.changed_fields,
+            dict(want.new_conflicts),
+        )
+        state, folded = got.state, want.state
+
+
+def test_a_state_read_back_merges_a_later_event_without_decoding_any() -> None:
+    folded = CitizenState.from_events(PIN, story()[:7])
+    back = restored(PIN, stored_row(folded), never_decode)
+    assert back is not None
+    outcome = apply_event(back.state, move(8, date(2023, 6, 1), "26740"))
+    assert isinstance(outcome, Applied) and outcome.version == 8
+
+
+def test_a_fold_of_other_rules_or_of_no_rules_is_not_trusted() -> None:
+    row = stored_row(CitizenState.from_events(PIN, story()[:5]))
+    other_rules = json.loads(row.fold or b"")
+    other_rules["rules"] = FOLD_RULES_VERSION + 1
+    for untrusted in (
+        replace(row, fold=json.dumps(other_rules).encode()),
+        replace(row, fold=None),  # written before folds were kept
+        replace(row, event_ids=None),
+        replace(row, fold=b"{not json"),
+        replace(row, version=row.version + 1),  # does not describe these events
+    ):
+        assert restored(PIN, untrusted, CODEC.decode) is None
+
+
+def test_a_restarted_synchronizer_reads_states_back_without_folding_them_again() -> None:
+    states = MemoryStates()
+    first, _ = step(states)
+    asyncio.run(first([message(e, i) for i, e in enumerate(story()[:7])]))
+    assert states.rows[PIN].fold is not None and states.rows[PIN].event_ids is not None
+    restarted, producer = step(states)  # an empty cache, as after a restart or rebalance
+    asyncio.run(restarted([message(move(8, date(2023, 6, 1), "26740"), 7)]))
+    assert versions(producer) == [8]
+    reference = CitizenState.from_events(PIN, [*story()[:7], move(8, date(2023, 6, 1), "26740")])
+    (update,) = [UPDATES.decode(m.value) for m in producer.sent if m.topic.endswith("updates.v1")]
+    assert update.snapshot == reference.current()

@@ -1,0 +1,36 @@
+"""What the validator sends on: the normalized event, in the current schema."""
+
+from __future__ import annotations
+
+import asyncio
+
+from popsync.runtime.worker import InboundMessage
+from tests.unit.contract.test_contract import birth_event, first_release_birth
+from tests.unit.domain.test_aliases import EVENTS, SETTINGS, step
+
+PIN = "079203000123"
+
+
+def validated_value(value: bytes) -> bytes | None:
+    validator, producer, _ = step()
+    asyncio.run(validator([InboundMessage("registry-events", 0, 0, PIN.encode(), value)]))
+    (output,) = producer.sent
+    assert output.topic == SETTINGS.topics.validated_events
+    return output.value
+
+
+def test_an_event_the_rules_leave_as_it_is_goes_on_with_its_own_bytes() -> None:
+    value = EVENTS.encode(birth_event())
+    assert validated_value(value) is value
+
+
+def test_an_event_the_rules_normalize_goes_on_re_encoded() -> None:
+    payload = birth_event().payload.model_copy(update={"full_name": "nguyễn  văn an"})
+    sent = validated_value(EVENTS.encode(birth_event(payload=payload)))
+    assert EVENTS.decode(sent) == birth_event()  # name cased and spaced by the rules
+
+
+def test_an_event_of_an_earlier_writer_goes_on_in_the_current_schema() -> None:
+    sent = validated_value(first_release_birth())
+    assert sent == EVENTS.encode(birth_event())
+    assert EVENTS.written_with_current_schema(sent)
