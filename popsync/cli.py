@@ -30,7 +30,7 @@ def _source(text: str) -> m.SourceRegistry:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from popsync.dev.stack import migrate
+    from popsync.ops.provision import migrate
     from popsync.runtime.worker import run_worker
 
     settings = Settings()
@@ -82,14 +82,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_topics_create(_: argparse.Namespace) -> int:
-    from popsync.dev.stack import provision
+    from popsync.ops.provision import provision
 
     provision(Settings())
     return 0
 
 
 def cmd_db_migrate(_: argparse.Namespace) -> int:
-    from popsync.dev.stack import migrate
+    from popsync.ops.provision import migrate
 
     migrate(Settings())
     return 0

@@ -1,9 +1,23 @@
-"""The topics popsync owns, with their partitioning and retention, from settings."""
+"""The pipeline, declared once: every topic popsync owns and what each worker does with it.
+
+Follow an event: registries publish to `registry_events`; the validator checks it and
+sends it to `validated_events`; the synchronizer merges it into the citizen and sends a
+snapshot to `citizen_updates`; the store writer puts that into the `citizens` and
+`citizen_history` tables. Anything a worker cannot process goes to `dead_letters`.
+
+Everything else is derived from, or tested against, this declaration: topic
+provisioning (`topic_specs`), each worker's subscriptions (`consumed_topics`), the
+producer's size cap, `popsync topology` and the architecture doc's table
+(`describe`, `mermaid`), and the deployment files (tests/unit/deploy).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 from popsync.adapters.kafka.admin import TopicSpec
-from popsync.settings import Settings
+from popsync.settings import Settings, WorkerName
 
 DAY_MS = 24 * 3600 * 1000
 # Largest event a registry may publish. A dead letter carries the original key and
@@ -12,39 +26,188 @@ DAY_MS = 24 * 3600 * 1000
 MAX_EVENT_BYTES = 1024 * 1024
 MAX_DEAD_LETTER_BYTES = 2 * MAX_EVENT_BYTES + 64 * 1024
 
+TopicRole = Literal[
+    "registry_events",
+    "validated_events",
+    "dead_letters",
+    "citizen_updates",
+    "conflicts",
+    "identity_assigned",
+    "match_reviews",
+    "unmatched_records",
+]
+"""A topic's part in the pipeline; its name is the `TopicSettings` field of the same name."""
+
+CODEC = "Avro, popsync framing (schema fingerprint + record), popsync.contract.codec"
+
+
+@dataclass(frozen=True)
+class Topic:
+    """One topic: what it carries, how it is keyed and how long it is kept."""
+
+    role: TopicRole
+    record: str  # the Avro record of its values, schemas/avro/vn.gov.popsync.<record>.avsc
+    key: str
+    retention_days: int | None  # None: compacted, the latest record per key kept forever
+    max_message_bytes: int | None  # None: the broker's default
+    carries: str
+
+    def name(self, settings: Settings) -> str:
+        name: str = getattr(settings.topics, self.role)
+        return name
+
+    def config(self) -> dict[str, str]:
+        """The topic's Kafka configuration."""
+        config: dict[str, str] = {}
+        if self.retention_days is None:
+            # The lag keeps every version readable for a week, so the store writer's
+            # history has no gaps even after compaction.
+            config["cleanup.policy"] = "compact"
+            config["min.compaction.lag.ms"] = str(7 * DAY_MS)
+        else:
+            config["retention.ms"] = str(self.retention_days * DAY_MS)
+        if self.max_message_bytes is not None:
+            config["max.message.bytes"] = str(self.max_message_bytes)
+        return config
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One kind of worker: the topics it consumes and produces, the tables it writes."""
+
+    name: WorkerName
+    consumes: tuple[TopicRole, ...]
+    produces: tuple[TopicRole, ...]
+    writes: tuple[str, ...]  # PostgreSQL tables
+    does: str
+
+
+TOPICS: tuple[Topic, ...] = (
+    Topic(
+        "registry_events",
+        "RegistryEvent",
+        "subject PIN (or the identifier the registry knows)",
+        30,
+        MAX_EVENT_BYTES,
+        "events as registries publish them",
+    ),
+    Topic(
+        "validated_events",
+        "RegistryEvent",
+        "subject PIN",
+        7,
+        MAX_EVENT_BYTES,
+        "events that passed every rule, normalized",
+    ),
+    Topic(
+        "dead_letters",
+        "DeadLetter",
+        "original key",
+        90,  # long enough for a fix and a replay
+        MAX_DEAD_LETTER_BYTES,
+        "what a worker could not process: original bytes, where it was read, stage, reason",
+    ),
+    Topic(
+        "citizen_updates",
+        "CitizenUpdate",
+        "PIN",
+        None,
+        None,
+        "full snapshot after each applied event, the changed fields, the version",
+    ),
+    Topic(
+        "conflicts",
+        "MergeConflict",
+        "PIN",
+        90,
+        None,
+        "valid events that contradict the citizen's state, and their resolution",
+    ),
+    Topic(
+        "identity_assigned",
+        "IdentityAssigned",
+        "PIN",
+        30,  # registries read their allocated PINs here; kept as long as the input
+        None,
+        "PINs allocated to births registered without one, for the registering registry",
+    ),
+    Topic(
+        "match_reviews",
+        "MatchReview",
+        "record key",
+        90,  # the reviews themselves stay in PostgreSQL until resolved; this notifies
+        None,
+        "sector records whose best match needs an operator (`popsync review`)",
+    ),
+    Topic(
+        "unmatched_records",
+        "UnmatchedRecord",
+        "record key",
+        90,
+        None,
+        "sector records that match no citizen, for the sector database to correct",
+    ),
+)
+
+WORKERS: tuple[Worker, ...] = (
+    Worker(
+        "validator",
+        consumes=("registry_events",),
+        produces=(
+            "validated_events",
+            "dead_letters",
+            "identity_assigned",
+            "match_reviews",
+            "unmatched_records",
+        ),
+        writes=(
+            "pin_serials",
+            "pin_allocations",
+            "citizen_aliases",
+            "match_decisions",
+            "match_reviews",
+        ),
+        does="decode, check the contract and the rules, normalize; allocate PINs to births "
+        "without one; match sector records without a PIN",
+    ),
+    Worker(
+        "synchronizer",
+        consumes=("validated_events",),
+        produces=("citizen_updates", "conflicts", "dead_letters"),
+        writes=("sync_citizen_state",),
+        does="merge each event into its citizen's state by the merge rules",
+    ),
+    Worker(
+        "store-writer",
+        consumes=("citizen_updates", "conflicts"),
+        produces=("dead_letters",),
+        writes=("citizens", "citizen_history", "citizen_conflicts", "store_writer_offsets"),
+        does="write snapshots, history and conflicts into the central store",
+    ),
+)
+
+_TOPICS_BY_ROLE = {topic.role: topic for topic in TOPICS}
+_WORKERS_BY_NAME = {worker.name: worker for worker in WORKERS}
+
+
+def topic(role: TopicRole) -> Topic:
+    return _TOPICS_BY_ROLE[role]
+
+
+def worker(name: WorkerName) -> Worker:
+    return _WORKERS_BY_NAME[name]
+
+
+def consumed_topics(settings: Settings, name: WorkerName) -> list[str]:
+    """The names of the topics worker `name` subscribes to."""
+    return [topic(role).name(settings) for role in worker(name).consumes]
+
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """Every topic; one partition count for all, so a PIN keeps one partition number."""
+    """Every topic to provision; one partition count for all, so a PIN keeps its partition
+    number through the pipeline."""
     t = settings.topics
-
-    def spec(name: str, **config: str) -> TopicSpec:
-        return TopicSpec(name, t.partitions, t.replication_factor, config)
-
     return [
-        spec(
-            t.registry_events,
-            **{"retention.ms": str(30 * DAY_MS), "max.message.bytes": str(MAX_EVENT_BYTES)},
-        ),
-        spec(
-            t.validated_events,
-            **{"retention.ms": str(7 * DAY_MS), "max.message.bytes": str(MAX_EVENT_BYTES)},
-        ),
-        # Dead letters are kept long enough for a fix and a replay.
-        spec(
-            t.dead_letters,
-            **{"retention.ms": str(90 * DAY_MS), "max.message.bytes": str(MAX_DEAD_LETTER_BYTES)},
-        ),
-        # Compacted: the latest snapshot per PIN stays forever; the lag keeps every
-        # version readable for a week so the store writer's history has no gaps.
-        spec(
-            t.citizen_updates,
-            **{"cleanup.policy": "compact", "min.compaction.lag.ms": str(7 * DAY_MS)},
-        ),
-        spec(t.conflicts, **{"retention.ms": str(90 * DAY_MS)}),
-        # Registries read their allocated PINs from here; kept as long as the input.
-        spec(t.identity_assigned, **{"retention.ms": str(30 * DAY_MS)}),
-        # Reviews stay in PostgreSQL (`match_reviews`) until resolved; the topic notifies.
-        spec(t.match_reviews, **{"retention.ms": str(90 * DAY_MS)}),
-        # Sector databases read the records to correct from here.
-        spec(t.unmatched_records, **{"retention.ms": str(90 * DAY_MS)}),
+        TopicSpec(decl.name(settings), t.partitions, t.replication_factor, decl.config())
+        for decl in TOPICS
     ]

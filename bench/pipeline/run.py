@@ -15,7 +15,8 @@ from typing import Any
 
 from bench.pipeline import dataset as ds
 from bench.pipeline import floor, naive, pipeline
-from popsync.dev.stack import EmbeddedStack, embedded_stack, free_port, provision, settings_env
+from popsync.dev.stack import EmbeddedStack, embedded_stack, free_port, settings_env
+from popsync.ops.provision import provision
 from popsync.runtime.worker import read_committed
 
 

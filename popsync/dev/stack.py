@@ -19,14 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from pydantic import BaseModel, SecretStr
 
-from popsync.adapters.kafka.admin import provision_topics
-from popsync.adapters.postgres.store import schema_sql
 from popsync.dev.embedded import EmbeddedBroker, EmbeddedPostgres
+from popsync.ops.provision import migrate, provision
 from popsync.settings import GroupSettings, Settings, TopicSettings, WorkerName
-from popsync.topology import topic_specs
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +66,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
     walk("POPSYNC_", settings)
     return env
-
-
-def migrate(settings: Settings) -> None:
-    """Apply the idempotent schema (synchronously, before workers start)."""
-    with psycopg.connect(settings.postgres.dsn.get_secret_value()) as conn:
-        conn.execute(schema_sql().encode())
-
-
-def provision(settings: Settings) -> None:
-    provision_topics(settings.kafka.librdkafka(), topic_specs(settings))
 
 
 class WorkerProcess:

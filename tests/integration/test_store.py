@@ -19,7 +19,8 @@ from popsync.adapters.postgres.store import (
     WriteResult,
 )
 from popsync.contract import models as m
-from popsync.dev.stack import EmbeddedStack, migrate
+from popsync.dev.stack import EmbeddedStack
+from popsync.ops.provision import migrate
 from popsync.settings import Settings
 
 pytestmark = pytest.mark.integration
