@@ -88,6 +88,18 @@ def cmd_topics_create(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_topology(args: argparse.Namespace) -> int:
+    from popsync import topology
+
+    render = {
+        "text": topology.describe,
+        "markdown": topology.markdown,
+        "mermaid": topology.mermaid,
+    }[args.format]
+    print(render(Settings()), end="")
+    return 0
+
+
 def cmd_db_migrate(_: argparse.Namespace) -> int:
     from popsync.ops.provision import migrate
 
@@ -287,6 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
     topics_sub.add_parser("create", help="create every popsync topic").set_defaults(
         func=cmd_topics_create
     )
+
+    topology = sub.add_parser(
+        "topology",
+        help="every topic and worker as the current settings name them",
+        description="Print the pipeline declared in popsync.topology: topics (record, key, "
+        "retention, size limit, partitions) and workers (consumes, produces, writes).",
+    )
+    topology.add_argument(
+        "--format", choices=("text", "markdown", "mermaid"), default="text", help="default: text"
+    )
+    topology.set_defaults(func=cmd_topology)
 
     db = sub.add_parser("db", help="database administration")
     db_sub = db.add_subparsers(dest="db_command", required=True)

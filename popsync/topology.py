@@ -211,3 +211,112 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(decl.name(settings), t.partitions, t.replication_factor, decl.config())
         for decl in TOPICS
     ]
+
+
+# Renderers: `popsync topology` prints them with the current settings, so a renamed topic
+# (POPSYNC_TOPICS__*) shows under its real name; docs paste the markdown and mermaid.
+
+REGISTRIES = "registries"  # outside popsync: they publish to `registry_events`
+
+
+def _size(limit: int | None) -> str:
+    if limit is None:
+        return "broker default"
+    if limit % (1024 * 1024) == 0:
+        return f"{limit // (1024 * 1024)} MiB"
+    return f"{limit // 1024} KiB"
+
+
+def _retention(decl: Topic) -> str:
+    if decl.retention_days is None:
+        return "compacted (latest per key)"
+    return f"{decl.retention_days} days"
+
+
+def _names(settings: Settings, roles: tuple[TopicRole, ...]) -> list[str]:
+    return [topic(role).name(settings) for role in roles]
+
+
+def describe(settings: Settings) -> str:
+    """The topology as plain text, for a terminal."""
+    t = settings.topics
+    lines = ["Topics"]
+    for decl in TOPICS:
+        lines += [
+            f"  {decl.name(settings)}  ({decl.role})",
+            f"    value       {decl.record}",
+            f"    key         {decl.key}",
+            f"    kept        {_retention(decl)}",
+            f"    max size    {_size(decl.max_message_bytes)}",
+            f"    partitions  {t.partitions} (replication factor {t.replication_factor})",
+            f"    carries     {decl.carries}",
+        ]
+    lines += ["", "Workers"]
+    for w in WORKERS:
+        lines += [
+            f"  popsync worker {w.name}  (group {settings.groups.for_worker(w.name)})",
+            f"    consumes    {', '.join(_names(settings, w.consumes))}",
+            f"    produces    {', '.join(_names(settings, w.produces))}",
+            f"    writes      {', '.join(w.writes)}",
+            f"    does        {w.does}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _codes(items: list[str] | tuple[str, ...]) -> str:
+    return ", ".join(f"`{item}`" for item in items)
+
+
+def markdown(settings: Settings, schemas: str = "schemas/avro") -> str:
+    """Two markdown tables, topics and workers; `schemas` is the Avro folder as the
+    document's reader reaches it (relative to the repository root by default)."""
+    lines = [
+        "| Topic | Key | Value | Retention | Carries |",
+        "|---|---|---|---|---|",
+    ]
+    for decl in TOPICS:
+        record = f"[`{decl.record}`]({schemas}/vn.gov.popsync.{decl.record}.avsc)"
+        lines.append(
+            f"| `{decl.name(settings)}` | {_cell(decl.key)} | {record} "
+            f"| {_retention(decl)} | {_cell(decl.carries)} |"
+        )
+    lines += [
+        "",
+        "| Worker | Consumes | Produces | Writes (PostgreSQL) | Does |",
+        "|---|---|---|---|---|",
+    ]
+    for w in WORKERS:
+        lines.append(
+            f"| `popsync worker {w.name}` | {_codes(_names(settings, w.consumes))} "
+            f"| {_codes(_names(settings, w.produces))} | {_codes(w.writes)} "
+            f"| {_cell(w.does)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _id(kind: str, name: str) -> str:
+    # Mermaid ids are letters, digits and underscores; the prefix keeps the topic and
+    # the table both called match_reviews apart.
+    return f"{kind}_{name.replace('-', '_')}"
+
+
+def mermaid(settings: Settings) -> str:
+    """A mermaid flowchart (no fences): registries -> topics -> workers -> topics,
+    workers -> PostgreSQL tables. One line per edge."""
+    lines = ["flowchart LR", f'  {REGISTRIES}(["registries"])']
+    lines += [f'  {_id("t", d.role)}[["{d.name(settings)}"]]' for d in TOPICS]
+    lines += [f'  {_id("w", w.name)}("popsync worker {w.name}")' for w in WORKERS]
+    tables = dict.fromkeys(table for w in WORKERS for table in w.writes)
+    lines.append('  subgraph postgres["PostgreSQL"]')
+    lines += [f'    {_id("db", table)}[("{table}")]' for table in tables]
+    lines.append("  end")
+    lines.append(f"  {REGISTRIES} --> {_id('t', 'registry_events')}")
+    for w in WORKERS:
+        lines += [f"  {_id('t', role)} --> {_id('w', w.name)}" for role in w.consumes]
+        lines += [f"  {_id('w', w.name)} --> {_id('t', role)}" for role in w.produces]
+        lines += [f"  {_id('w', w.name)} --> {_id('db', table)}" for table in w.writes]
+    return "\n".join(lines) + "\n"
