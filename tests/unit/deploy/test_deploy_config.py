@@ -2,12 +2,17 @@
 
 A misspelled top-level POPSYNC_* variable is silently ignored by pydantic-settings, and a
 misspelled worker name only fails when the container starts, so both are checked here,
-against docker-compose.yml and deploy/k8s/. docker-compose.yml is validated against the
-compose specification (check-jsonschema's vendored schema), the Dockerfile is linted
-(hadolint), and every overlay is rendered (kubectl kustomize) and validated against the
-Kubernetes schemas (kubernetes-validate); custom resources (ServiceMonitor, KEDA
-ScaledObject) are checked field by field. The tools come with the `dev` extra; without
-one a test skips, except under POPSYNC_CI=1 (.ci/run), where it fails.
+against docker-compose.yml and deploy/k8s/. The workers, the topics they consume and their
+consumer groups are those of popsync.topology as each container's settings name them: one
+Deployment and one compose service per worker, the init step creating the topics the
+workers read, KEDA scaling each worker on exactly its own topics and group.
+
+docker-compose.yml is validated against the compose specification (check-jsonschema's
+vendored schema), the Dockerfile is linted (hadolint), and every overlay is rendered
+(kubectl kustomize) and validated against the Kubernetes schemas (kubernetes-validate);
+custom resources (ServiceMonitor, KEDA ScaledObject) are checked field by field. The tools
+come with the `dev` extra; without one a test skips, except under POPSYNC_CI=1 (.ci/run),
+where it fails.
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ from pydantic import BaseModel
 
 from popsync.contract.schemas import SCHEMA_DIR_ENV
 from popsync.dev.embedded.postgres import SERVER_OPTIONS
-from popsync.runtime.worker import STOP_MARGIN_SECONDS
-from popsync.settings import WORKER_NAMES, Settings
+from popsync.runtime.drain import STOP_MARGIN_SECONDS
+from popsync.settings import Settings, WorkerName
+from popsync.topology import WORKERS, consumed_topics
 
 yaml = pytest.importorskip("yaml")
 
@@ -51,6 +57,7 @@ CUSTOM_KINDS = {
     "keda.sh/v1alpha1": {"ScaledObject"},
 }
 COMPONENT = "app.kubernetes.io/component"
+WORKER_NAMES: tuple[WorkerName, ...] = tuple(worker.name for worker in WORKERS)
 
 
 def require_tool(name: str) -> str:
@@ -154,15 +161,16 @@ def container_commands(docs: list[Any]) -> Iterator[Any]:
 
 
 @functools.cache
-def _rendered(overlay: str) -> tuple[dict[str, Any], ...]:
-    result = run_tool("kubectl", "kustomize", str(K8S / "overlays" / overlay))
+def _rendered(target: str) -> tuple[dict[str, Any], ...]:
+    path = K8S / "base" if target == "base" else K8S / "overlays" / target
+    result = run_tool("kubectl", "kustomize", str(path))
     assert result.returncode == 0, result.stderr
     return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
 
 
-def kustomize(overlay: str) -> list[dict[str, Any]]:
-    """The overlay as `kubectl kustomize` renders it (a fresh copy per call)."""
-    return copy.deepcopy(list(_rendered(overlay)))
+def kustomize(target: str) -> list[dict[str, Any]]:
+    """The overlay (or "base") as `kubectl kustomize` renders it (a fresh copy per call)."""
+    return copy.deepcopy(list(_rendered(target)))
 
 
 def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -193,13 +201,50 @@ def overlay_settings(docs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
     return settings_from(k8s_env(of_kind(docs, "ConfigMap")), monkeypatch)
 
 
-def input_topics(settings: Settings) -> dict[str, set[str]]:
-    """What each worker consumes (README, pipeline table)."""
-    topics = settings.topics
+def containers(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(kind, container) of every Deployment's and Job's containers, init ones included."""
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "Job"):
+            pod = doc["spec"]["template"]["spec"]
+            for container in pod.get("initContainers", []) + pod["containers"]:
+                yield doc["kind"], container
+
+
+def container_settings(
+    docs: list[dict[str, Any]], container: Mapping[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    """Settings as this container reads them: its ConfigMaps, then its own literal `env:`
+    (values from Secrets left at the code's defaults)."""
+    maps = {doc["metadata"]["name"]: doc.get("data") or {} for doc in of_kind(docs, "ConfigMap")}
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(maps[source["configMapRef"]["name"]])
+    env.update({v["name"]: str(v["value"]) for v in container.get("env", []) if "value" in v})
+    return settings_from({k: v for k, v in env.items() if k.startswith("POPSYNC_")}, monkeypatch)
+
+
+def k8s_worker_settings(
+    docs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> dict[WorkerName, Settings]:
+    """Each worker's settings, as its Deployment's container reads them."""
+    deployments = worker_deployments(docs)
+    found: dict[WorkerName, Settings] = {}
+    for worker in WORKER_NAMES:
+        (container,) = deployments[worker]["spec"]["template"]["spec"]["containers"]
+        found[worker] = container_settings(docs, container, monkeypatch)
+    return found
+
+
+def compose_settings(service: Mapping[str, Any], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    env = env_mapping(service.get("environment"))
+    return settings_from({k: v for k, v in env.items() if k.startswith("POPSYNC_")}, monkeypatch)
+
+
+def compose_worker_settings(monkeypatch: pytest.MonkeyPatch) -> dict[WorkerName, Settings]:
+    services = compose()["services"]
     return {
-        "validator": {topics.registry_events},
-        "synchronizer": {topics.validated_events},
-        "store-writer": {topics.citizen_updates, topics.conflicts},
+        name: compose_settings(services[f"popsync-{name}"], monkeypatch) for name in WORKER_NAMES
     }
 
 
@@ -241,8 +286,30 @@ def test_compose_values_parse(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_compose_runs_each_worker_once() -> None:
-    names = [n for s in compose()["services"].values() for n in worker_names(s.get("command"))]
+    services = compose()["services"]
+    names = [n for s in services.values() for n in worker_names(s.get("command"))]
     assert sorted(names) == sorted(WORKER_NAMES)
+    for name in WORKER_NAMES:
+        service = services[f"popsync-{name}"]
+        # The image's entrypoint is `popsync` (test_image_runs_popsync).
+        assert "entrypoint" not in service, name
+        assert service["command"] == ["worker", name]
+
+
+def test_compose_init_creates_the_topics_the_workers_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    init = compose()["services"]["popsync-init"]
+    steps = [step.strip() for step in " ".join(init["command"]).split("&&")]
+    assert "popsync topics create" in steps
+    created = compose_settings(init, monkeypatch).topics
+    for name, settings in compose_worker_settings(monkeypatch).items():
+        assert settings.topics == created, f"{name} reads topics the init did not create"
+
+
+def test_image_runs_popsync() -> None:
+    """Deployments and compose pass only `worker NAME`: the image's entrypoint is popsync."""
+    lines = DOCKERFILE.read_text(encoding="utf-8").splitlines()
+    (entrypoint,) = [line for line in lines if line.startswith("ENTRYPOINT")]
+    assert entrypoint == 'ENTRYPOINT ["popsync"]'
 
 
 def test_compose_validates_against_the_compose_spec() -> None:
@@ -304,7 +371,8 @@ def test_compose_workers_serve_their_endpoint_to_prometheus() -> None:
     assert sorted(dns["names"]) == sorted(workers)
     # The worker label Prometheus derives from the service name is the worker's name.
     (relabel,) = [r for r in job["relabel_configs"] if r["target_label"] == "worker"]
-    labels = {re.fullmatch(relabel["regex"], name).group(1) for name in workers}
+    # (A name the regex does not match drops out, and the sets differ.)
+    labels = {m.group(1) for name in workers if (m := re.fullmatch(relabel["regex"], name))}
     assert labels == set(WORKER_NAMES)
 
 
@@ -338,6 +406,46 @@ def test_overlay_renders_valid_settings(overlay: str, monkeypatch: pytest.Monkey
     settings_from(config, monkeypatch)  # values parse, nested names exist
     workers = [n for cmd in container_commands(docs) for n in worker_names(cmd)]
     assert sorted(workers) == sorted(WORKER_NAMES)
+
+
+@pytest.mark.parametrize("target", ("base", *OVERLAYS))
+def test_k8s_runs_each_worker_once(target: str) -> None:
+    for name, deployment in worker_deployments(kustomize(target)).items():
+        assert deployment["metadata"]["name"] == f"popsync-{name}"
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        # The image's entrypoint is `popsync` (test_image_runs_popsync).
+        assert "command" not in container, name
+        assert container["args"] == ["worker", name]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_init_creates_the_topics_the_workers_use(
+    overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = kustomize(overlay)
+    creators = [
+        (kind, container)
+        for kind, container in containers(docs)
+        if container.get("args") == ["topics", "create"]
+    ]
+    ((kind, creator),) = creators
+    assert kind == "Job"
+    created = container_settings(docs, creator, monkeypatch).topics
+    for name, settings in k8s_worker_settings(docs, monkeypatch).items():
+        assert settings.topics == created, f"{overlay}: {name} reads topics not created"
+
+
+def test_dead_letter_limit_applies_alike_to_every_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No deploy file gives one worker its own limit, nor turns the ratio off (a ratio of 1
+    is never exceeded)."""
+    stacks = {"compose": compose_worker_settings(monkeypatch)}
+    for overlay in OVERLAYS:
+        stacks[overlay] = k8s_worker_settings(kustomize(overlay), monkeypatch)
+    for where, workers in stacks.items():
+        limits = {settings.dead_letter_limit for settings in workers.values()}
+        assert len(limits) == 1, f"{where}: a worker-specific dead-letter limit"
+        (limit,) = limits
+        assert limit.max_ratio < 1, f"{where}: the dead-letter ratio limit is off"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -490,15 +598,14 @@ def test_production_autoscales_each_worker_on_its_own_lag(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     docs = kustomize("production")
-    settings = overlay_settings(docs, monkeypatch)
-    assert settings.topics.replication_factor == 3
     deployments = worker_deployments(docs)
     # KEDA owns the replica count: a count in the manifest would reset it on each apply.
     assert all("replicas" not in d["spec"] for d in deployments.values())
     scaled = by_component(docs, "ScaledObject")
     assert sorted(scaled) == sorted(WORKER_NAMES)
-    consumes = input_topics(settings)
-    for worker, obj in scaled.items():
+    for worker, settings in k8s_worker_settings(docs, monkeypatch).items():
+        assert settings.topics.replication_factor == 3
+        obj = scaled[worker]
         assert obj["apiVersion"] == "keda.sh/v1alpha1"
         spec = obj["spec"]
         assert spec["scaleTargetRef"]["name"] == deployments[worker]["metadata"]["name"]
@@ -506,7 +613,9 @@ def test_production_autoscales_each_worker_on_its_own_lag(
         triggers = spec["triggers"]
         assert {t["type"] for t in triggers} == {"kafka"}
         metadata = [t["metadata"] for t in triggers]
-        assert {m["topic"] for m in metadata} == consumes[worker], worker
+        # One trigger per topic the worker consumes (the topology, as its settings name them).
+        topics = sorted(m["topic"] for m in metadata)
+        assert topics == sorted(consumed_topics(settings, worker)), worker
         for meta in metadata:
             assert meta["consumerGroup"] == settings.groups.for_worker(worker)
             assert meta["bootstrapServers"] == settings.kafka.bootstrap_servers
