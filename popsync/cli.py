@@ -37,7 +37,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     name: WorkerName = args.name
     migrate(settings)  # idempotent; every worker writes PostgreSQL (the validator: identity)
     module = importlib.import_module(SERVICE_MODULES[name])
-    run_worker(module.build(settings), settings)
+    run_worker(module.build(settings))
     return 0
 
 

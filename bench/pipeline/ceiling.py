@@ -1,7 +1,7 @@
 """faust's consumption alone: popsync's own batch runtime with a step that does nothing.
 
 The most a faust-based worker can do on this machine: the same runtime as every popsync
-worker (`popsync.runtime.worker.register_batch_step`, `run_worker`) takes batches from the raw
+worker (`popsync.runtime.worker.Worker.subscribe`, `run_worker`) takes batches from the raw
 topic and throws them away. No decoding, no output, no store. Its events/s and CPU per
 event bound each of popsync's three stages from above.
 
@@ -19,10 +19,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from popsync.runtime.worker import InboundMessage, Worker, make_app, register_batch_step, run_worker
+from popsync.runtime.messages import InboundMessage
+from popsync.runtime.worker import Worker, run_worker
 from popsync.settings import Settings
-
-STAGE = "ceiling"
 
 
 class Counter:
@@ -56,10 +55,10 @@ class Counter:
 
 def main() -> None:
     settings = Settings()
-    app = make_app(settings, "validator")
+    worker = Worker(settings, "validator")  # the validator's group and input topic
     step = Counter(int(os.environ["BENCH_EVENTS"]), Path(os.environ["BENCH_RESULT"]))
-    register_batch_step(app, settings.topics.registry_events, step, settings, STAGE)
-    run_worker(Worker(app), settings)
+    worker.subscribe(settings.topics.registry_events, step)
+    run_worker(worker)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from bench.pipeline import dataset as ds
 from bench.pipeline import floor, naive, pipeline
 from popsync.dev.stack import EmbeddedStack, embedded_stack, free_port, settings_env
 from popsync.ops.provision import provision
-from popsync.runtime.worker import read_committed
+from popsync.runtime.drain import read_committed
 
 
 @dataclass(frozen=True)

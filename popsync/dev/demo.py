@@ -26,7 +26,8 @@ from urllib.parse import quote
 import psycopg
 from tqdm import tqdm
 
-from popsync.adapters.kafka.producer import BatchProducer, read_to_end
+from popsync.adapters.kafka.producer import BatchProducer
+from popsync.adapters.kafka.reader import read_to_end
 from popsync.contract import models as m
 from popsync.dev.embedded.prometheus import JOB as PROMETHEUS_JOB
 from popsync.dev.embedded.prometheus import EmbeddedPrometheus, PrometheusStartError

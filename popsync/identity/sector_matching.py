@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from popsync.adapters.kafka.producer import OutboundMessage
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
 from popsync.identity.decisions import (
@@ -42,10 +41,11 @@ from popsync.identity.matching import (
     SectorSource,
     match,
 )
+from popsync.runtime.messages import OutboundMessage
 from popsync.settings import TopicSettings
 
 if TYPE_CHECKING:  # the runtime imports faust: not needed to build a report (`popsync review`)
-    from popsync.runtime.worker import InboundMessage
+    from popsync.runtime.messages import InboundMessage
 
 log = logging.getLogger(__name__)
 EVENT_CODEC = Codec(m.RegistryEvent)

@@ -32,10 +32,12 @@ from typing import TextIO
 from confluent_kafka import KafkaError, Producer
 from tqdm import tqdm
 
-from popsync.adapters.kafka.producer import Headers, TopicReadError, producer_config, read_to_end
+from popsync.adapters.kafka.producer import producer_config
+from popsync.adapters.kafka.reader import TopicReadError, read_to_end
 from popsync.contract import models as m
 from popsync.contract.codec import Codec, DecodeError
 from popsync.domain.reasons import is_retryable
+from popsync.runtime.messages import Headers
 from popsync.settings import Settings
 
 REPLAY_HEADER_PREFIX = "popsync.replay."

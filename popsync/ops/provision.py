@@ -9,7 +9,7 @@ from __future__ import annotations
 import psycopg
 
 from popsync.adapters.kafka.admin import provision_topics
-from popsync.adapters.postgres.store import schema_sql
+from popsync.adapters.postgres.database import schema_sql
 from popsync.settings import Settings
 from popsync.topology import topic_specs
 

@@ -11,10 +11,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from popsync.adapters.kafka.producer import BatchProducer, OutboundMessage
+from popsync.adapters.kafka.producer import BatchProducer
 from popsync.contract import models as m
 from popsync.contract.codec import Codec, DecodeError
 from popsync.contract.json_form import event_from_json
+from popsync.runtime.messages import OutboundMessage
 
 EVENT_CODEC = Codec(m.RegistryEvent)
 

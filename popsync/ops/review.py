@@ -36,7 +36,7 @@ from typing import Any, TextIO
 
 import psycopg
 
-from popsync.adapters.kafka.producer import BatchProducer, OutboundMessage
+from popsync.adapters.kafka.producer import BatchProducer
 from popsync.adapters.postgres.matching import INSERT_DECISION, decision_row
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
@@ -50,6 +50,7 @@ from popsync.identity.decisions import (
 )
 from popsync.identity.matching import MatchOutcome
 from popsync.identity.sector_matching import unmatched_report
+from popsync.runtime.messages import OutboundMessage
 from popsync.settings import Settings
 
 EVENT_CODEC = Codec(m.RegistryEvent)

@@ -12,11 +12,11 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from popsync.adapters.kafka.producer import Headers, OutboundMessage
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
 from popsync.runtime import metrics
-from popsync.runtime.worker import InboundMessage, StopWorker
+from popsync.runtime.exits import StopWorker
+from popsync.runtime.messages import Headers, InboundMessage, OutboundMessage
 from popsync.settings import DeadLetterLimitSettings
 
 DEAD_LETTER_CODEC = Codec(m.DeadLetter)
@@ -94,16 +94,20 @@ class DeadLetterLimit:
     def consecutive(self) -> int:
         return self._consecutive
 
-    def observe(self, outcomes: Iterable[Outcome]) -> None:
-        """Count a batch's outcomes; raise `StopWorker`, counting none, past the limit."""
+    def observe(self, outcomes: Iterable[Outcome], *, recount: bool = False) -> None:
+        """Count a batch's outcomes; raise `StopWorker`, counting none, past the limit.
+
+        `recount`: count them even if their offsets were counted already (a message
+        counted as processed, then parked after all when a later part of its batch failed).
+        """
         window, max_in_a_row = self._settings.window, self._settings.max_consecutive
         recent, reasons, parked = deque(self._recent), Counter(self._reasons), self._parked
         consecutive, observed = self._consecutive, dict(self._observed)
         for message, reason in outcomes:
             where = (message.topic, message.partition)
-            if message.offset <= observed.get(where, -1):
+            if message.offset <= observed.get(where, -1) and not recount:
                 continue  # already counted: the same batch, retried
-            observed[where] = message.offset
+            observed[where] = max(message.offset, observed.get(where, -1))
             recent.append(reason)
             if reason is None:
                 consecutive = 0

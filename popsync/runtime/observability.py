@@ -219,21 +219,24 @@ async def watch(
 
 # --- what the workers observe -----------------------------------------------------------
 
-_newest: dict[tuple[str, str], float] = {}
 
-
-def record_freshness(events: Iterable[m.RegistryEvent]) -> None:
+class Freshness:
     """Newest `recorded_at` per source registry and (current) province of validated events.
 
     Only ever moves forward, so an event that arrives late does not make a stream look
     stale. The validator has already mapped a legacy province code to the current one.
     """
-    for event in events:
-        key = (event.source_registry.value, event.source_province)
-        recorded = event.recorded_at.timestamp()
-        if recorded > _newest.get(key, float("-inf")):
-            _newest[key] = recorded
-            metrics.LAST_EVENT_TIMESTAMP.labels(*key).set(recorded)
+
+    def __init__(self) -> None:
+        self._newest: dict[tuple[str, str], float] = {}
+
+    def record(self, events: Iterable[m.RegistryEvent]) -> None:
+        for event in events:
+            key = (event.source_registry.value, event.source_province)
+            recorded = event.recorded_at.timestamp()
+            if recorded > self._newest.get(key, float("-inf")):
+                self._newest[key] = recorded
+                metrics.LAST_EVENT_TIMESTAMP.labels(*key).set(recorded)
 
 
 def observe_event_to_store(

@@ -23,7 +23,7 @@ from datetime import date
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
-from popsync.adapters.postgres.store import StoredState
+from popsync.adapters.postgres.sync_state import StoredState
 from popsync.contract import models as m
 from popsync.domain.merge import FOLD_RULES_VERSION, CitizenState, Conflict
 

@@ -1,30 +1,40 @@
 """confluent-kafka: the producer of every popsync output (idempotent, batched, flushed per
-step), and reading a whole topic to its current end."""
+step); it implements `popsync.runtime.ports.Producer`."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    Message,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import KafkaError, Message, Producer
 
+from popsync.runtime.messages import OutboundMessage
 from popsync.settings import KafkaSettings
 from popsync.topology import MAX_DEAD_LETTER_BYTES
 
-Headers = list[tuple[str, str | bytes | None]]
+# Delivery errors that no retry can mend: the message itself is refused.
+_PERMANENT = frozenset(
+    {
+        "MSG_SIZE_TOO_LARGE",
+        "_MSG_SIZE_TOO_LARGE",
+        "INVALID_MSG",
+        "INVALID_RECORD",
+        "CORRUPT_MESSAGE",
+        "RECORD_LIST_TOO_LARGE",
+    }
+)
 
 
 class DeliveryFailed(RuntimeError):
-    """The broker did not confirm every message of a step; the step must be retried."""
+    """The broker did not confirm every message of a step.
+
+    `permanent` when some message was refused for what it is (too large, invalid):
+    retrying the same messages would fail again. Otherwise the step must be retried.
+    """
+
+    def __init__(self, text: str, permanent: bool = False) -> None:
+        super().__init__(text)
+        self.permanent = permanent
 
 
 def producer_config(kafka: KafkaSettings, **overrides: str | int) -> dict[str, str | int]:
@@ -40,14 +50,6 @@ def producer_config(kafka: KafkaSettings, **overrides: str | int) -> dict[str, s
         "message.max.bytes": MAX_DEAD_LETTER_BYTES + 64 * 1024,
         **overrides,
     }
-
-
-@dataclass
-class OutboundMessage:
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: Headers = field(default_factory=list)
 
 
 class BatchProducer:
@@ -80,7 +82,11 @@ class BatchProducer:
         remaining = self._producer.flush(timeout)
         failures, self._failures = self._failures, []
         if remaining or failures:
-            raise DeliveryFailed(f"{remaining} undelivered, failures: {sorted(set(failures))[:5]}")
+            names = sorted(set(failures))
+            raise DeliveryFailed(
+                f"{remaining} undelivered, failures: {names[:5]}",
+                permanent=bool(_PERMANENT.intersection(names)),
+            )
 
     async def send_all(self, messages: Sequence[OutboundMessage], timeout: float = 30.0) -> None:
         """Produce then flush off the event loop; raises DeliveryFailed unless all landed."""
@@ -90,61 +96,3 @@ class BatchProducer:
 
     def close(self) -> None:
         self._producer.flush(10)
-
-
-class TopicReadError(RuntimeError):
-    """A topic could not be read to its end (missing, broken, or too slow)."""
-
-
-_GIVE_UP = {
-    KafkaError.UNKNOWN_TOPIC_OR_PART,
-    KafkaError.TOPIC_AUTHORIZATION_FAILED,
-    KafkaError._UNKNOWN_PARTITION,
-    KafkaError._UNKNOWN_TOPIC,
-}
-
-
-def read_to_end(
-    kafka: KafkaSettings, topic: str, timeout: float
-) -> Iterator[tuple[int, int, bytes | None]]:
-    """Every record of `topic` as (partition, offset, value), up to each partition's EOF."""
-    consumer = Consumer(
-        {
-            **kafka.librdkafka(),
-            "group.id": f"{kafka.client_id}-reader",  # never joined, never committed
-            "enable.auto.commit": "false",
-            "enable.partition.eof": "true",
-            "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 100,  # an empty partition's EOF comes after one fetch wait
-        }
-    )
-    try:
-        # All topics, not just this one: asking for one by name may auto-create it.
-        metadata = consumer.list_topics(timeout=min(timeout, 30))
-        if topic not in metadata.topics:
-            raise TopicReadError(f"topic {topic} does not exist")
-        partitions = sorted(metadata.topics[topic].partitions)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        open_partitions = set(partitions)
-        deadline = time.monotonic() + timeout
-        while open_partitions:
-            if time.monotonic() > deadline:
-                raise TopicReadError(
-                    f"the end of {topic} partitions {sorted(open_partitions)} was not "
-                    f"reached within {timeout:.0f}s"
-                )
-            for message in consumer.consume(500, 0.1):
-                error = message.error()
-                if error is not None and error.code() != KafkaError._PARTITION_EOF:
-                    if error.fatal() or error.code() in _GIVE_UP:
-                        raise TopicReadError(f"reading {topic}: {error.name()}")
-                    continue  # transient (e.g. a lost connection): librdkafka retries
-                partition, offset = message.partition(), message.offset()
-                if partition is None or offset is None or partition not in open_partitions:
-                    continue  # a partition whose end we reached: later records are not read
-                if error is not None:  # partition EOF
-                    open_partitions.discard(partition)
-                    continue
-                yield partition, offset, message.value()
-    finally:
-        consumer.close()

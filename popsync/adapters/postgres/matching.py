@@ -15,7 +15,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from popsync.adapters.postgres.store import Database
+from popsync.adapters.postgres.database import Database
 from popsync.domain.pin import Sex
 from popsync.identity.decisions import BlockingQuery, Decision, Review
 from popsync.identity.matching import CandidateCitizen, MatchOutcome

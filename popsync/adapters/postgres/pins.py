@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 
-from popsync.adapters.postgres.store import Database
+from popsync.adapters.postgres.database import Database
 from popsync.domain.aliases import Alias
 from popsync.domain.allocation import AllocationRequest, pin_for
 

@@ -1,10 +1,9 @@
-"""PostgreSQL: the synchronizer's state and the central population store.
+"""PostgreSQL: the central population store (citizens, their history and conflicts).
 
 Every write here is idempotent, so a batch re-delivered after a crash changes
 nothing the first delivery already wrote:
 - history rows are keyed by (pin, version) and inserted with DO NOTHING;
 - a citizen row only moves forward (`WHERE citizens.version < excluded.version`);
-- synchronizer state only moves forward the same way;
 - the store writer records, in the same transaction as the rows, the next offset
   of every partition it consumed (`store_writer_offsets`), and skips what is
   below it: a re-delivery after a crash, or a batch of a writer that lost its
@@ -13,132 +12,17 @@ nothing the first delivery already wrote:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
+from popsync.adapters.postgres.database import Database, copy_rows
 from popsync.contract import models as m
-from popsync.settings import PostgresSettings
 
-log = logging.getLogger(__name__)
-
-
-def schema_sql() -> str:
-    return resources.files("popsync.adapters.postgres").joinpath("schema.sql").read_text("utf-8")
-
-
-class Database:
-    """One lazily (re)opened async connection, used by one transaction at a time.
-
-    A worker may run several agents (the store writer reads two topics); the lock
-    keeps them from interleaving commands on the shared connection. After any
-    failure the connection is dropped, so the retry starts on a clean one.
-    """
-
-    def __init__(self, settings: PostgresSettings) -> None:
-        self._settings = settings
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._lock = asyncio.Lock()
-
-    async def _connection(self) -> psycopg.AsyncConnection[Any]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = await psycopg.AsyncConnection.connect(
-                self._settings.dsn.get_secret_value(),
-                connect_timeout=int(self._settings.connect_timeout_seconds),
-            )
-        return self._conn
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
-        async with self._lock:
-            conn = await self._connection()
-            try:
-                async with conn.transaction(), conn.cursor() as cursor:
-                    yield cursor
-            except BaseException:
-                await self._discard()
-                raise
-
-    async def _discard(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.closed:
-            with contextlib.suppress(Exception):
-                await conn.close()
-
-    async def migrate(self) -> None:
-        async with self.transaction() as cur:
-            await cur.execute(schema_sql().encode())
-
-    async def close(self) -> None:
-        await self._discard()
-
-
-@dataclass(frozen=True)
-class StoredState:
-    """A citizen's persisted synchronizer state; `events` is None when the caller's copy of
-    this version is current (see `SyncStateStore.load`). `event_ids` (one per event) and
-    `fold` (what the events fold to) are None in rows written before they were kept."""
-
-    version: int
-    events: list[bytes] | None
-    event_ids: list[str] | None = None
-    fold: bytes | None = None
-
-
-class SyncStateStore:
-    """Each citizen's accepted events, as the synchronizer persists them."""
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
-
-    async def load(self, known: Mapping[str, int | None]) -> dict[str, StoredState]:
-        """The stored state of each pin of `known`, which maps a pin to the version the
-        caller already holds (None: none). The events of a version the caller holds are
-        not sent back, so a warm cache costs one small query per batch."""
-        pins = list(known)
-        versions = [-1 if known[pin] is None else known[pin] for pin in pins]
-        async with self._db.transaction() as cur:
-            await cur.execute(
-                """
-                SELECT s.pin, s.version, c.events, c.event_ids, c.fold
-                  FROM sync_citizen_state s
-                  JOIN unnest(%s::text[], %s::bigint[]) AS k(pin, version) USING (pin)
-                  -- the row's contents only where the caller's version is not it
-                  LEFT JOIN LATERAL (SELECT s.events, s.event_ids, s.fold
-                                      WHERE s.version <> k.version) c ON true
-                """,
-                (pins, versions),
-            )
-            return {
-                pin: StoredState(version, events, event_ids, fold)
-                for pin, version, events, event_ids, fold in await cur.fetchall()
-            }
-
-    async def save(self, states: Mapping[str, StoredState]) -> None:
-        """Persist each citizen's state (all of its fields set) unless the store has a
-        version as new already."""
-        if not states:
-            return
-        async with self._db.transaction() as cur:
-            await cur.execute(_STAGE_SYNC_STATE)
-            await _copy(
-                cur,
-                "stage_sync_state",
-                _SYNC_STATE_COLUMNS,
-                [(pin, s.version, s.events, s.event_ids, s.fold) for pin, s in states.items()],
-            )
-            await cur.execute(_UPSERT_SYNC_STATE)
-
-
-# Staged columns and their types: the binary COPY needs them (see `_copy`).
+# Staged columns and their types: the binary COPY needs them (see `copy_rows`).
 _CITIZEN_COLUMNS = {
     "pin": "text",
     "version": "int8",
@@ -183,13 +67,6 @@ _CONFLICT_COLUMNS = {
     "detected_at": "timestamptz",
     "resolved_at": "timestamptz",
 }
-_SYNC_STATE_COLUMNS = {
-    "pin": "text",
-    "version": "int8",
-    "events": "bytea[]",
-    "event_ids": "text[]",
-    "fold": "bytea",
-}
 
 # A batch is COPYed into staging tables, then moved with one INSERT … SELECT … ON CONFLICT
 # per table: far cheaper than one statement per row. They are TEMP (private to the
@@ -205,18 +82,6 @@ _STAGE_ROWS = """
         ON COMMIT DELETE ROWS;
     CREATE TEMP TABLE IF NOT EXISTS stage_conflicts (LIKE citizen_conflicts INCLUDING DEFAULTS)
         ON COMMIT DELETE ROWS;
-"""
-_STAGE_SYNC_STATE = """
-    CREATE TEMP TABLE IF NOT EXISTS stage_sync_state (LIKE sync_citizen_state INCLUDING DEFAULTS)
-        ON COMMIT DELETE ROWS
-"""
-_UPSERT_SYNC_STATE = """
-    INSERT INTO sync_citizen_state (pin, version, events, event_ids, fold)
-    SELECT pin, version, events, event_ids, fold FROM pg_temp.stage_sync_state ORDER BY pin
-    ON CONFLICT (pin) DO UPDATE
-       SET version = excluded.version, events = excluded.events,
-           event_ids = excluded.event_ids, fold = excluded.fold, updated_at = now()
-     WHERE sync_citizen_state.version < excluded.version
 """
 _UPSERT_CITIZENS = f"""
     INSERT INTO citizens ({", ".join(_CITIZEN_COLUMNS)})
@@ -241,24 +106,6 @@ _UPSERT_CONFLICTS = f"""
         detected_at = excluded.detected_at, resolved_at = excluded.resolved_at
     WHERE citizen_conflicts.detected_at <= excluded.detected_at
 """  # noqa: S608 - column names are constants above
-
-
-async def _copy(
-    cur: psycopg.AsyncCursor[Any],
-    table: str,
-    columns: Mapping[str, str],
-    rows: Sequence[Sequence[Any]],
-) -> None:
-    """COPY `rows` into the staging table `table`, whose `columns` map name to type.
-
-    Binary format: measured faster than text here (2,000 citizen and history rows in about
-    2/3 of the time), and bytea needs no hex encoding.
-    """
-    query = f"COPY pg_temp.{table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
-    async with cur.copy(query) as copy:
-        copy.set_types(list(columns.values()))
-        for row in rows:
-            await copy.write_row(row)
 
 
 def _as_is(text: bytes) -> bytes:
@@ -458,7 +305,7 @@ class CitizenStore:
             ("stage_conflicts", _CONFLICT_COLUMNS, rows.conflicts, _UPSERT_CONFLICTS),
         ):
             if staged:
-                await _copy(cur, table, columns, staged)
+                await copy_rows(cur, table, columns, staged)
                 moves.append(move)
         # No parameters: one round trip for all of them (simple query protocol).
         await cur.execute(";".join(moves))

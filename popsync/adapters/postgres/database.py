@@ -1,0 +1,87 @@
+"""PostgreSQL: the connection every store shares, the schema, and binary COPY."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+import psycopg
+
+from popsync.settings import PostgresSettings
+
+log = logging.getLogger(__name__)
+
+
+def schema_sql() -> str:
+    return resources.files("popsync.adapters.postgres").joinpath("schema.sql").read_text("utf-8")
+
+
+class Database:
+    """One lazily (re)opened async connection, used by one transaction at a time.
+
+    A worker may run several agents (the store writer reads two topics); the lock
+    keeps them from interleaving commands on the shared connection. After any
+    failure the connection is dropped, so the retry starts on a clean one.
+    """
+
+    def __init__(self, settings: PostgresSettings, application_name: str = "popsync") -> None:
+        self._settings = settings
+        self._application_name = application_name  # shows who holds a connection
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._lock = asyncio.Lock()
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self._settings.dsn.get_secret_value(),
+                connect_timeout=int(self._settings.connect_timeout_seconds),
+                application_name=self._application_name,
+            )
+        return self._conn
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
+        async with self._lock:
+            conn = await self._connection()
+            try:
+                async with conn.transaction(), conn.cursor() as cursor:
+                    yield cursor
+            except BaseException:
+                await self._discard()
+                raise
+
+    async def _discard(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.closed:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def migrate(self) -> None:
+        async with self.transaction() as cur:
+            await cur.execute(schema_sql().encode())
+
+    async def close(self) -> None:
+        await self._discard()
+
+
+async def copy_rows(
+    cur: psycopg.AsyncCursor[Any],
+    table: str,
+    columns: Mapping[str, str],
+    rows: Sequence[Sequence[Any]],
+) -> None:
+    """COPY `rows` into the staging table `table`, whose `columns` map name to type.
+
+    Binary format: measured faster than text here (2,000 citizen and history rows in about
+    2/3 of the time), and bytea needs no hex encoding.
+    """
+    query = f"COPY pg_temp.{table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+    async with cur.copy(query) as copy:
+        copy.set_types(list(columns.values()))
+        for row in rows:
+            await copy.write_row(row)

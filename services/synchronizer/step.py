@@ -1,0 +1,209 @@
+"""Synchronizer: applies validated events to each citizen's state and emits updates.
+
+One batch, in this order (each part idempotent, so a crash anywhere only repeats work):
+1. load the touched citizens' states from PostgreSQL: their accepted events and what
+   those fold to (only their versions when the in-memory cache holds those versions,
+   see `states`);
+2. merge each event (`popsync.domain.merge`): an update per applied event, a
+   conflict record per newly surfaced conflict, nothing for a duplicate;
+3. the runtime sends updates and conflicts and waits until the broker has them all;
+4. `finish`: save the new states, events and fold (a state only moves forward in
+   version), then cache them.
+A crash between 3 and 4 re-emits the same updates with the same versions on
+restart; the store writer ignores versions it already has.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from popsync.adapters.postgres.sync_state import StoredState
+from popsync.contract import models as m
+from popsync.contract.codec import Codec, DecodeError
+from popsync.domain.merge import Applied, CitizenState, Conflict, Duplicate, apply_event
+from popsync.runtime import metrics
+from popsync.runtime.messages import InboundMessage, OutboundMessage
+from popsync.runtime.processing import Rejected, StepResult
+from popsync.settings import ProcessingSettings, TopicSettings
+
+from .states import Known, StateCache, restored, to_store
+
+log = logging.getLogger(__name__)
+STAGE = "synchronizer"
+EVENT_CODEC = Codec(m.RegistryEvent)
+UPDATE_CODEC = Codec(m.CitizenUpdate)
+CONFLICT_CODEC = Codec(m.MergeConflict)
+
+
+@dataclass
+class BatchResult:
+    """What one batch produced; counted in metrics only once it is durable."""
+
+    outputs: list[OutboundMessage] = field(default_factory=list)
+    rejected: dict[int, Rejected] = field(default_factory=dict)  # by position in the batch
+    applied: list[m.RegistryEvent] = field(default_factory=list)
+    conflict_codes: list[str] = field(default_factory=list)
+    duplicates: int = 0
+    changed: set[str] = field(default_factory=set)  # PINs whose state this batch advanced
+
+
+class SyncStates(Protocol):
+    """Each citizen's accepted events (`popsync.adapters.postgres.sync_state`)."""
+
+    async def load(self, known: Mapping[str, int | None]) -> dict[str, StoredState]: ...
+
+    async def save(self, states: Mapping[str, StoredState]) -> None: ...
+
+
+class SynchronizerStep:
+    def __init__(
+        self,
+        topics: TopicSettings,
+        processing: ProcessingSettings,
+        states: SyncStates,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._topics = topics
+        self._states = states
+        self._clock = clock
+        self._cache = StateCache(processing.state_cache_citizens)
+
+    async def __call__(self, batch: Sequence[InboundMessage]) -> StepResult:
+        decoded, result = self._decode(batch)
+        states = await self._load({event.subject_pin or "" for _, event in decoded})
+        self.merge(decoded, states, result)
+
+        async def save() -> None:  # once the updates are out: see the module doc
+            await self._states.save({pin: to_store(states[pin]) for pin in result.changed})
+            for pin, known in states.items():  # only once saved: the cache mirrors the store
+                self._cache.put(pin, known.compact(EVENT_CODEC.decode))
+            self._count(result)
+
+        return StepResult(outputs=result.outputs, rejected=result.rejected, finish=save)
+
+    async def _load(self, pins: set[str]) -> dict[str, Known]:
+        """Each citizen's current state: from the cache when the store holds that version."""
+        stored = await self._states.load({pin: self._cache.version(pin) for pin in pins})
+        states: dict[str, Known] = {}
+        for pin in pins:
+            entry = stored.get(pin)
+            if entry is None:
+                states[pin] = Known(CitizenState(pin), {})
+            elif entry.events is not None:
+                states[pin] = _restore(pin, entry)
+            elif (cached := self._cache.get(pin, entry.version)) is not None:
+                states[pin] = cached
+        missing = pins - states.keys()  # evicted meanwhile: ask for the events themselves
+        if missing:
+            again = await self._states.load(dict.fromkeys(missing))
+            states.update((pin, _restore(pin, again[pin])) for pin in missing)
+        return states
+
+    def _decode(
+        self, batch: Sequence[InboundMessage]
+    ) -> tuple[list[tuple[InboundMessage, m.RegistryEvent]], BatchResult]:
+        result = BatchResult()
+        decoded = []
+        for i, message in enumerate(batch):
+            try:
+                event = EVENT_CODEC.decode(message.value)
+                if event.subject_pin is None or message.key != event.subject_pin.encode():
+                    raise DecodeError("KEY_PIN_MISMATCH", "validated event keyed wrongly")
+            except DecodeError as exc:
+                # Only a validator bug or a foreign producer gets here; park it.
+                result.rejected[i] = Rejected(exc.reason, str(exc))
+                continue
+            decoded.append((message, event))
+        return decoded, result
+
+    def merge(
+        self,
+        decoded: Sequence[tuple[InboundMessage, m.RegistryEvent]],
+        states: dict[str, Known],
+        result: BatchResult,
+    ) -> None:
+        """Apply the batch's events in arrival order to the citizens' current states."""
+        now = self._clock()
+        for message, event in decoded:
+            pin = event.subject_pin or ""
+            known = states[pin]
+            outcome = apply_event(known.state, event)
+            if isinstance(outcome, Duplicate):
+                result.duplicates += 1
+                continue
+            if not isinstance(outcome, Applied):
+                result.outputs.append(self._conflict(event, outcome.conflict, now))
+                result.conflict_codes.append(outcome.conflict.code)
+                continue
+            # Copied once per batch: the cached dict must stay as stored until the save.
+            raw = known.raw if pin in result.changed else dict(known.raw)
+            raw[event.event_id] = message.value or b""
+            states[pin] = Known(outcome.state, raw)
+            result.changed.add(pin)
+            result.applied.append(event)
+            result.outputs.append(self._update(event, outcome, now))
+            for event_id, conflict in outcome.new_conflicts.items():
+                conflicting = outcome.state.events[event_id]
+                result.outputs.append(self._conflict(conflicting, conflict, now))
+                result.conflict_codes.append(conflict.code)
+            for event_id, conflict in outcome.resolved_conflicts.items():
+                resolved = outcome.state.events[event_id]
+                result.outputs.append(self._conflict(resolved, conflict, now, resolved=True))
+
+    def _update(self, event: m.RegistryEvent, outcome: Applied, now: datetime) -> OutboundMessage:
+        update = m.CitizenUpdate(
+            pin=outcome.snapshot.pin,
+            version=outcome.version,
+            snapshot=outcome.snapshot,
+            changed_fields=list(outcome.changed_fields),
+            event_id=event.event_id,
+            event_type=event.event_type,
+            source_registry=event.source_registry,
+            occurred_at=event.occurred_at,
+            applied_at=now,
+            recorded_at=event.recorded_at,
+        )
+        key = update.pin.encode()
+        return OutboundMessage(self._topics.citizen_updates, key, UPDATE_CODEC.encode(update))
+
+    def _conflict(
+        self, event: m.RegistryEvent, conflict: Conflict, now: datetime, resolved: bool = False
+    ) -> OutboundMessage:
+        record = m.MergeConflict(
+            pin=event.subject_pin or "",
+            event_id=event.event_id,
+            event_type=event.event_type,
+            source_registry=event.source_registry,
+            conflict_code=conflict.code,
+            message=conflict.message,
+            resolved=resolved,
+            occurred_at=event.occurred_at,
+            detected_at=now,
+        )
+        key = record.pin.encode()
+        return OutboundMessage(self._topics.conflicts, key, CONFLICT_CODEC.encode(record))
+
+    def _count(self, result: BatchResult) -> None:
+        for event in result.applied:
+            metrics.UPDATES_APPLIED.labels(
+                event.event_type.value, event.source_registry.value
+            ).inc()
+        for code in result.conflict_codes:
+            metrics.CONFLICTS.labels(code).inc()
+        metrics.DUPLICATES_SKIPPED.labels(STAGE).inc(result.duplicates)
+
+
+def _restore(pin: str, stored: StoredState) -> Known:
+    """A citizen's state from its stored row: its persisted fold, or else its events."""
+    return restored(pin, stored, EVENT_CODEC.decode) or _rebuild(pin, stored.events or [])
+
+
+def _rebuild(pin: str, stored: Sequence[bytes]) -> Known:
+    """A citizen's state folded from its stored events (validated bytes, so they decode)."""
+    events = [EVENT_CODEC.decode(value) for value in stored]
+    raw = {event.event_id: value for event, value in zip(events, stored, strict=True)}
+    return Known(CitizenState.from_events(pin, events), raw)
