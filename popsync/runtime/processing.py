@@ -32,6 +32,7 @@ from popsync.runtime.exits import StopWorker
 from popsync.runtime.messages import InboundMessage, OutboundMessage
 from popsync.runtime.ports import Producer
 from popsync.runtime.retry import RetryPolicy
+from popsync.settings import Settings, WorkerName
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,21 @@ class BatchProcessor:
         self._dead_letter_topic = dead_letter_topic
         self._limit = limit
         self._retry = retry
+
+    @classmethod
+    def for_worker(
+        cls, settings: Settings, worker: WorkerName, step: Step, producer: Producer
+    ) -> BatchProcessor:
+        """The processor of one worker's step, as every worker has it: its name as the
+        stage, the dead-letter topic, limit and retry policy from settings."""
+        return cls(
+            step,
+            stage=worker,
+            producer=producer,
+            dead_letter_topic=settings.topics.dead_letters,
+            limit=DeadLetterLimit(settings.dead_letter_limit, worker),
+            retry=RetryPolicy(settings.processing, worker),
+        )
 
     async def __call__(self, batch: Sequence[InboundMessage]) -> None:
         """Return once the batch is durable; raises only `StopWorker` or a cancellation."""

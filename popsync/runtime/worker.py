@@ -29,7 +29,6 @@ from faust.types.tuples import Message
 from popsync import topology
 from popsync.runtime import observability
 from popsync.runtime.app import make_app, raw_topic
-from popsync.runtime.deadletter import DeadLetterLimit
 from popsync.runtime.drain import (
     STOP_MARGIN_SECONDS,
     DrainController,
@@ -42,7 +41,6 @@ from popsync.runtime.exits import EXIT_UNFINISHED_BATCH, StopWorker, exit_withou
 from popsync.runtime.messages import InboundMessage
 from popsync.runtime.ports import Producer
 from popsync.runtime.processing import BatchProcessor, Step
-from popsync.runtime.retry import RetryPolicy
 from popsync.settings import Settings, WorkerName
 
 log = logging.getLogger(__name__)
@@ -75,14 +73,7 @@ class Worker:
 
     def process_with(self, step: Step, producer: Producer) -> BatchProcessor:
         """Run `step` on every batch of the topics this worker consumes (the topology)."""
-        processor = BatchProcessor(
-            step,
-            stage=self.name,
-            producer=producer,
-            dead_letter_topic=self.settings.topics.dead_letters,
-            limit=DeadLetterLimit(self.settings.dead_letter_limit, self.name),
-            retry=RetryPolicy(self.settings.processing, self.name),
-        )
+        processor = BatchProcessor.for_worker(self.settings, self.name, step, producer)
         for topic in topology.consumed_topics(self.settings, self.name):
             self.subscribe(topic, processor)
         return processor
