@@ -14,28 +14,35 @@ Thị, so "nguyen" and "thi" weigh 1-2 bits, while an uncommon given name such a
 weighs 7-8. Weights are capped (``max_weight``) so that one unseen token -- usually a typo --
 cannot dominate a comparison.
 
-The default table (``default_token_weights``) is measured on names drawn from the
-simulator's frequency tables (``popsync.dev.simulate.names``: survey surname shares, Văn/Thị
-shares by birth year, given names, the names of ethnic minorities mixed in by province as
-``popsync.dev.simulate.geography`` does), with a fixed seed, so it is deterministic. In
-production, build the table from the names actually held (``TokenWeights.from_names``).
+The default table (``default_token_weights``) is read from ``token_weights.tsv``, shipped in
+this package: how many of a sample of names contain each folded token, with the parameters that
+produced it in its header. The names are drawn from the development simulator's frequency
+tables by ``python -m popsync.dev.token_weights``, which writes the file; production only reads
+it, so it never imports or runs the simulator, and a change to those tables shows as a diff of
+the file. In production, build the table from the names actually held
+(``TokenWeights.from_names``).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import random
+import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from types import MappingProxyType
 
 from popsync.domain.names import fold_for_matching
 
 __all__ = [
     "DEFAULT_MAX_TOKEN_WEIGHT",
+    "DEFAULT_SMOOTHING",
+    "WEIGHTS_FILE",
+    "WEIGHTS_FILE_FORMAT",
+    "TokenTable",
     "TokenWeights",
     "default_token_weights",
     "fold_for_matching",
@@ -43,10 +50,12 @@ __all__ = [
 ]
 
 DEFAULT_MAX_TOKEN_WEIGHT = 10.0
-_DEFAULT_SAMPLE = 20_000
-_DEFAULT_SEED = 20250701
-_VOCABULARY_DRAWS = 200  # per ethnicity and sex, to list the names of minorities
-_SMOOTHING = 0.5  # added to every count (Jeffreys prior): unseen tokens get a finite weight
+DEFAULT_SMOOTHING = 0.5  # added to every count (Jeffreys prior): unseen tokens get a finite weight
+WEIGHTS_FILE = "token_weights.tsv"  # in this package (pyproject's package-data)
+WEIGHTS_FILE_FORMAT = 1  # raise it when the layout changes, so an old reader refuses a new file
+_TABLE_COLUMNS = "token\tnames"
+_TABLE_FIELD = re.compile(r"# ([a-z_]+): (\S.*)")
+_TABLE_PARAMETERS = ("format", "sample", "smoothing", "max_weight")
 
 _APOSTROPHES = str.maketrans({"'": None, "\u2019": None, "-": " "})
 
@@ -103,29 +112,32 @@ class TokenWeights:
         names: float,
         *,
         max_weight: float = DEFAULT_MAX_TOKEN_WEIGHT,
+        smoothing: float = DEFAULT_SMOOTHING,
     ) -> TokenWeights:
         """From ``counts[token]`` = number of names (out of ``names``) containing the token.
 
         Tokens are folded (counts of tokens that fold alike are added). Counts are smoothed
-        by +0.5, so a token seen in no name gets ``0.5 / (names + 1)``.
+        by ``smoothing``, so a token seen in no name gets ``s / (names + 2 s)``.
         """
         if names <= 0:
             raise ValueError("names must be positive")
+        if smoothing <= 0:
+            raise ValueError("smoothing must be positive")
         folded: dict[str, float] = {}
         for token, count in counts.items():
             if count < 0:
                 raise ValueError("counts must not be negative")
             key = fold_for_matching(token)
             folded[key] = folded.get(key, 0.0) + count
-        denominator = names + 2 * _SMOOTHING
+        denominator = names + 2 * smoothing
         probabilities = {
-            token: min((count + _SMOOTHING) / denominator, 1.0)
+            token: min((count + smoothing) / denominator, 1.0)
             for token, count in folded.items()
             if token
         }
         return cls(
             MappingProxyType(probabilities),
-            unknown_probability=_SMOOTHING / denominator,
+            unknown_probability=smoothing / denominator,
             max_weight=max_weight,
         )
 
@@ -159,47 +171,100 @@ class TokenWeights:
         return value
 
 
-def _simulated_counts(count: int, seed: int) -> tuple[Counter[str], int]:
-    # Imported here: only the default table needs the simulator.
-    from popsync.dev.simulate import geography
-    from popsync.dev.simulate.names import (
-        ETHNICITIES,
-        GIVEN_NAMES,
-        MIDDLE_NAMES,
-        SURNAMES,
-        random_name,
-    )
+@dataclass(frozen=True, slots=True)
+class TokenTable:
+    """Token counts with what produced them: the content of ``token_weights.tsv``.
 
-    rng = random.Random(seed)  # noqa: S311 -- a frequency table, not a secret
-    counts: Counter[str] = Counter()
-    for _ in range(count):
-        unit = geography.pick_unit(rng)
-        ethnicity = geography.pick_ethnicity(rng, geography.current_of(unit))
-        sex = "M" if rng.random() < 0.5 else "F"
-        birth_year = 1935 + int(rng.random() * 80)
-        drawn = random_name(rng, sex, ethnicity=ethnicity, birth_year=birth_year)
-        counts.update(set(name_tokens(drawn.full)[0]))
-    # Every name the simulator can produce is a known name, even if too rare to be drawn.
-    vocabulary = [*SURNAMES.items]
-    for sex in ("M", "F"):
-        vocabulary += [*MIDDLE_NAMES[sex].items, *GIVEN_NAMES[sex].items]
-        for ethnicity in ETHNICITIES:
-            for _ in range(_VOCABULARY_DRAWS):
-                vocabulary.append(random_name(rng, sex, ethnicity=ethnicity).full)
-    for text in vocabulary:
-        for token in name_tokens(text)[0]:
-            counts[token] += 0
-    return counts, count
+    ``counts[token]`` is how many of ``sample`` names contain the folded token; ``smoothing``
+    and ``max_weight`` turn them into weights (``weights``). ``provenance`` names the
+    generator and its own parameters; it is kept in the file, not interpreted.
+
+    The text form is tab-separated, one token per line in sorted order so a regeneration
+    diffs line by line, after a header of ``# key: value`` lines (any other ``#`` line is a
+    comment) and the column line ``token<TAB>names``.
+    """
+
+    counts: Mapping[str, int]
+    sample: int
+    smoothing: float = DEFAULT_SMOOTHING
+    max_weight: float = DEFAULT_MAX_TOKEN_WEIGHT
+    provenance: Mapping[str, str] = field(default_factory=dict)
+
+    def weights(self) -> TokenWeights:
+        return TokenWeights.from_counts(
+            self.counts, self.sample, max_weight=self.max_weight, smoothing=self.smoothing
+        )
+
+    def to_text(self) -> str:
+        clash = set(self.provenance) & set(_TABLE_PARAMETERS)
+        if clash:
+            raise ValueError(f"provenance must not redefine {sorted(clash)}")
+        for key, value in self.provenance.items():
+            if not _TABLE_FIELD.fullmatch(f"# {key}: {value}"):
+                raise ValueError(f"provenance {key!r}: {value!r} does not fit on a header line")
+        for token, count in self.counts.items():
+            if not token or token.split() != [token] or count < 0:
+                raise ValueError(f"bad table row: {token!r} {count!r}")
+        lines = [
+            "# Name-token counts for record matching, read by popsync.identity.folding.",
+            "# Generated by `python -m popsync.dev.token_weights`: do not edit by hand.",
+            "# weight = min(-log2((names + smoothing) / (sample + 2 smoothing)), max_weight)",
+            f"# format: {WEIGHTS_FILE_FORMAT}",
+            f"# sample: {self.sample}",
+            f"# smoothing: {self.smoothing!r}",
+            f"# max_weight: {self.max_weight!r}",
+            *(f"# {key}: {value}" for key, value in self.provenance.items()),
+            _TABLE_COLUMNS,
+            *(f"{token}\t{self.counts[token]}" for token in sorted(self.counts)),
+        ]
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_text(cls, text: str) -> TokenTable:
+        fields: dict[str, str] = {}
+        counts: dict[str, int] = {}
+        lines = enumerate(text.splitlines(), 1)
+        for number, line in lines:
+            if line == _TABLE_COLUMNS:
+                break
+            if not line.startswith("#"):
+                raise ValueError(f"line {number}: expected a header line or {_TABLE_COLUMNS!r}")
+            if (found := _TABLE_FIELD.fullmatch(line)) is not None:
+                if found[1] in fields:
+                    raise ValueError(f"line {number}: {found[1]!r} given twice")
+                fields[found[1]] = found[2]
+        else:
+            raise ValueError(f"not a token table: no column line {_TABLE_COLUMNS!r}")
+        # Checked before the rows: a newer layout must fail here, not on its first row.
+        if fields.get("format") != str(WEIGHTS_FILE_FORMAT):
+            found_format = fields.get("format", "missing")
+            raise ValueError(f"token table format {found_format}, expected {WEIGHTS_FILE_FORMAT}")
+        missing = [key for key in _TABLE_PARAMETERS if key not in fields]
+        if missing:
+            raise ValueError(f"token table header lacks {missing}")
+        for number, line in lines:
+            token, _, count = line.partition("\t")
+            if not token or token in counts or not (count.isascii() and count.isdigit()):
+                raise ValueError(f"line {number}: expected a new token, a tab and a count")
+            counts[token] = int(count)
+        return cls(
+            counts=MappingProxyType(counts),
+            sample=int(fields["sample"]),
+            smoothing=float(fields["smoothing"]),
+            max_weight=float(fields["max_weight"]),
+            provenance=MappingProxyType(
+                {k: v for k, v in fields.items() if k not in _TABLE_PARAMETERS}
+            ),
+        )
 
 
 @functools.cache
 def default_token_weights() -> TokenWeights:
-    """Weights measured on 20,000 names drawn (seed 20250701) from the simulator's tables.
+    """The packaged table (``token_weights.tsv``), read once per process.
 
-    Birth years 1935-2014 uniformly, provinces by population with their ethnic mix; every
-    name in the simulator's pools is in the table (a known name), even if never drawn. Yields
-    e.g. nguyen ~1.5 bits, thi ~1.6, van ~2.2, anh ~4.2, oanh ~7.2, and ``max_weight`` (10)
-    for any token outside the table.
+    Names drawn from the simulator's tables: birth years and provinces spread as in the
+    population, with each province's ethnic mix; every name in the simulator's pools is in
+    the table (a known name), even if never drawn. ``max_weight`` for any token outside it.
     """
-    counts, names = _simulated_counts(_DEFAULT_SAMPLE, _DEFAULT_SEED)
-    return TokenWeights.from_counts(counts, names)
+    resource = resources.files("popsync.identity").joinpath(WEIGHTS_FILE)
+    return TokenTable.from_text(resource.read_text(encoding="utf-8")).weights()
