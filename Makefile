@@ -1,16 +1,18 @@
-.PHONY: help install lint test demo generate
+.PHONY: help install lint test demo generate docs
 help:            ## list targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 install:         ## install popsync with the dev tools
 	pip install -e '.[dev]'
-lint:            ## ruff, formatting, mypy --strict, contract models up to date
-	ruff check . && ruff format --check . && mypy && popsync contract generate --check
+lint:            ## ruff, formatting, mypy --strict, contract models and generated docs up to date
+	ruff check . && ruff format --check . && mypy && popsync contract generate --check && python -m popsync.dev.docs --check
 test:            ## unit and integration tests (real broker and PostgreSQL)
 	pytest
 demo:            ## the whole pipeline on embedded services
 	popsync demo
 generate:        ## regenerate pydantic models from schemas/avro
 	python -m popsync.contract.codegen
+docs:            ## regenerate docs/configuration.md and the topology blocks of README.md, docs/architecture.md
+	python -m popsync.dev.docs
 .PHONY: bench bench-matching bench-pipeline
 bench: bench-matching bench-pipeline  ## run every benchmark; figures in bench/results/ (see bench/README.md)
 bench-matching:  ## record matching: precision, recall, review band -> bench/results/matching.json
