@@ -127,7 +127,8 @@ class SectorMatching:
             try:
                 prepared.append((message, event, sector_record(event)))
             except Exception as exc:  # a bug: park this record, not the batch
-                log.exception("matching: cannot prepare event %s", event.event_id)
+                # The type only: an exception's text may quote the record's personal data.
+                log.error("matching: %s preparing event %s", type(exc).__name__, event.event_id)
                 failed[event.event_id] = exc
         return prepared
 
@@ -148,7 +149,7 @@ class SectorMatching:
             try:
                 found = match(record, index, self._thresholds)
             except Exception as exc:  # a bug: park this record, not the batch
-                log.exception("matching: error while matching event %s", event.event_id)
+                log.error("matching: %s matching event %s", type(exc).__name__, event.event_id)
                 failed[event.event_id] = exc
                 continue
             decision = decision_from_match(event.event_id, event.source_registry.value, found, now)

@@ -75,7 +75,7 @@ class RetryPolicy:
                     self._publish()
                     metrics.STEP_RETRIES.labels(self._worker).inc()
                     log.warning(
-                        "%s: infrastructure fault (%s: %s), attempt %d; retrying in %.1fs",
+                        "%s: infrastructure fault (%s: %s), attempt %d; waiting %.1fs to retry",
                         label,
                         type(exc).__name__,
                         str(exc)[:200],

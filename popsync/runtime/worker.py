@@ -63,6 +63,7 @@ class Worker:
         self.name = name
         self.app = make_app(settings, name)
         self.drain = DrainController()
+        self.processes: dict[str, Process] = {}  # by topic
         self._resources: list[Closeable] = []
         self._closed = False
 
@@ -81,6 +82,7 @@ class Worker:
     def subscribe(self, topic: str, process: Process) -> None:
         """Hand the batches of `topic` to `process` (see `run_batch`)."""
         self.app.topics.add(raw_topic(self.app, topic))  # faust subscribes to what is added
+        self.processes[topic] = process
         self.app.batch_handlers[topic] = functools.partial(
             run_batch, process=process, drain=self.drain, label=f"{self.name}:{topic}"
         )
