@@ -31,10 +31,8 @@ log = logging.getLogger(__name__)
 # broker (see shared notes); production keeps its own value.
 EMBEDDED_SESSION_TIMEOUT_MS = 6000
 # The embedded broker answers a held fetch only when its wait runs out, even when messages
-# arrived meanwhile (bench/README.md, "Latency"): a short wait bounds that. Measured at
-# 2,000 events/s with the batch window: 25 ms and 0.02 s beat 100 ms and 0.05 s (p50 294 vs
-# 473 ms); 10 ms and 0.01 s made batches too small to keep up. Apache Kafka answers as soon
-# as a message arrives; production keeps its own value.
+# arrived meanwhile: a short wait bounds that (bench/README.md, "Latency", has the values
+# tried). Apache Kafka answers as soon as a message arrives; production keeps its own value.
 EMBEDDED_FETCH_MAX_WAIT_MS = 25
 
 

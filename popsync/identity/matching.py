@@ -67,7 +67,7 @@ tokens) so sets stay small even for a national population:
 A record looks up ``G`` and ``S`` with its birth date and, if day and month can be swapped,
 the transposed date. Missed by design: an error in the date together with one in the first
 or last name token. The benchmark (``bench/matching``) measures how many true matches
-blocking keeps (99.8%) and the mean candidate set (under 2 for 50,000 citizens).
+blocking keeps and the mean candidate set.
 
 No personal data in text: ``repr`` of every class here shows PINs masked and no names, dates
 or record ids; ``MatchDecision.audit()`` has scores, levels and codes only.

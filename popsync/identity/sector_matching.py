@@ -91,7 +91,7 @@ class SectorMatching:
         self._topics = topics
         self._thresholds = thresholds
         self._store = store
-        self._weights = default_token_weights()  # computed once (about half a second)
+        self._weights = default_token_weights()  # read once per process
 
     async def __call__(
         self, records: Sequence[tuple[InboundMessage, m.RegistryEvent]], now: datetime

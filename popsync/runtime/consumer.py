@@ -2,14 +2,14 @@
 
 faust delivers what it fetched one message at a time: a conductor, a channel queue, a
 stream, the `take_events` buffer and, for every message, two asyncio tasks in
-`Service.wait_first`. Measured here (bench `faust consumption alone`), that is about
-210 µs of CPU per message in each stage; popsync's steps take whole batches anyway.
+`Service.wait_first`: far more CPU per message than the steps themselves (bench/README.md,
+`faust consumption alone`), and popsync's steps take whole batches anyway.
 `BatchConsumer` replaces only that delivery loop (`_drain_messages`): it groups what
 one fetch returned (topped up for at most the batch window) by topic and awaits the
-topic's handler with each batch, about 19 µs per message.
+topic's handler with each batch.
 
 It also sets the longest fetch wait (`KafkaSettings.fetch_max_wait_ms`), which faust
-fixes at 1,500 ms. Everything else stays faust's, unchanged: group membership and rebalances, flow
+fixes. Everything else stays faust's, unchanged: group membership and rebalances, flow
 control, the tracking of unacked messages that a rebalance waits for before it gives
 partitions away (`stream_wait_empty`), read offsets, gaps, acks and commits. faust's
 own loop is the model for this one (faust-streaming 0.15, `Consumer._drain_messages`);
@@ -124,7 +124,7 @@ class BatchConsumerThread(aiokafka.AIOKafkaConsumerThread):
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        # faust fixes it at 1,500 ms; aiokafka reads it when the consumer starts.
+        # faust fixes it; aiokafka reads it when the consumer starts.
         consumer._fetch_max_wait_ms = cast(BatchApp, self.app).fetch_max_wait_ms
         return consumer
 

