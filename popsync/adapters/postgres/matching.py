@@ -121,11 +121,12 @@ class PostgresMatchingStore:
     async def record(
         self, decisions: Sequence[Decision], reviews: Sequence[Review]
     ) -> Mapping[str, Decision]:
-        if not decisions:
+        if not decisions and not reviews:
             return {}
         async with self._db.transaction() as cur:
             ordered = sorted(decisions, key=lambda d: d.event_id)  # one lock order for all workers
-            await cur.executemany(INSERT_DECISION, [decision_row(d) for d in ordered])
+            if ordered:
+                await cur.executemany(INSERT_DECISION, [decision_row(d) for d in ordered])
             if reviews:
                 await cur.executemany(
                     _INSERT_REVIEW,

@@ -189,22 +189,6 @@ def test_a_review_of_an_earlier_review_decision_is_kept_in_any_batch(
     assert matching.reviews() == {"ev-1": review("ev-1")}
 
 
-@pytest.mark.parametrize(
-    "matching",
-    [
-        "fake",
-        pytest.param(
-            "real",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="PostgresMatchingStore.record returns early when `decisions` is empty,"
-                " so it drops the reviews of stored REVIEW decisions that the MatchingStore"
-                " docstring (and the fake) keep",
-            ),
-        ),
-    ],
-    indirect=True,
-)
 def test_a_review_of_an_earlier_review_decision_is_kept_without_decisions(
     matching: MatchingUnderTest,
 ) -> None:
