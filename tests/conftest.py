@@ -18,3 +18,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=2,
         help="how many times the crash test kills each kind of worker",
     )
+    parser.addoption(
+        "--keep-server-data",
+        action="store_true",
+        help="keep the data of the integration tests' broker and PostgreSQL (only their logs "
+        "are kept otherwise)",
+    )

@@ -60,18 +60,3 @@ def declared_aliases(event: m.RegistryEvent) -> list[Alias]:
     if isinstance(payload, m.CivilStatusChanged) and payload.previous_pin:
         found.append(Alias(payload.previous_pin, pin, "PREVIOUS_PIN", event.event_id))
     return [a for a in found if a.alias != pin]
-
-
-class InMemoryAliasDirectory:
-    """For unit tests only: the contract of the PostgreSQL directory, in memory."""
-
-    def __init__(self) -> None:
-        self.pins: dict[str, str] = {}
-
-    async def resolve(self, identifiers: Sequence[str]) -> Mapping[str, str]:
-        return {i: self.pins[i] for i in identifiers if i in self.pins}
-
-    async def register(self, aliases: Sequence[Alias]) -> Mapping[str, str]:
-        for alias in aliases:
-            self.pins.setdefault(alias.alias, alias.pin)
-        return {a.alias: self.pins[a.alias] for a in aliases}

@@ -78,19 +78,3 @@ def pin_for(prefix: str, serial: int) -> str:
     if not 0 < serial <= MAX_SERIAL:
         raise SerialsExhausted(f"no serial left for prefix {prefix[:4]}..")
     return f"{prefix}{serial:06d}"
-
-
-class InMemoryPinAllocator:
-    """For unit tests only: the same contract as the PostgreSQL allocator, in memory."""
-
-    def __init__(self) -> None:
-        self._by_event: dict[str, str] = {}
-        self._next: dict[str, int] = {}
-
-    async def allocate(self, requests: Sequence[AllocationRequest]) -> Mapping[str, str]:
-        for request in requests:
-            if request.event_id not in self._by_event:
-                serial = self._next.get(request.prefix, 0) + 1
-                self._next[request.prefix] = serial
-                self._by_event[request.event_id] = pin_for(request.prefix, serial)
-        return {r.event_id: self._by_event[r.event_id] for r in requests}

@@ -8,8 +8,8 @@ link is a new event whose id ``operator_event_id`` derives from the review id, s
 twice publishes the same event twice (a no-op for the synchronizer).
 
 ``MatchingStore`` is what the validator needs from the central store:
-``popsync.adapters.postgres.matching`` is the PostgreSQL one, ``InMemoryMatchingStore`` the
-fake for unit tests.
+``popsync.adapters.postgres.matching`` is the PostgreSQL one (the unit tests' fake is in
+tests/fakes.py).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ __all__ = [
     "REVIEW_REJECTED",
     "BlockingQuery",
     "Decision",
-    "InMemoryMatchingStore",
     "MatchingStore",
     "Review",
     "blocking_query",
@@ -159,35 +158,3 @@ class MatchingStore(Protocol):
         """Store each decision unless its event already has one, and the review of each stored
         REVIEW decision; every event's decision as stored (the first one wins)."""
         ...
-
-
-class InMemoryMatchingStore:
-    """For unit tests only: the contract of the PostgreSQL store, in memory."""
-
-    def __init__(self, citizens: Iterable[CandidateCitizen] = ()) -> None:
-        self.citizens: dict[str, CandidateCitizen] = {c.pin: c for c in citizens}
-        self.stored: dict[str, Decision] = {}
-        self.reviews: dict[str, Review] = {}
-        self.queries: list[BlockingQuery] = []
-
-    async def decisions(self, event_ids: Sequence[str]) -> Mapping[str, Decision]:
-        return {e: self.stored[e] for e in event_ids if e in self.stored}
-
-    async def candidates(self, query: BlockingQuery) -> Sequence[CandidateCitizen]:
-        self.queries.append(query)
-        return [
-            c
-            for c in self.citizens.values()
-            if c.birth_date in query.birth_dates or set(c.aliases) & query.legacy_ids
-        ]
-
-    async def record(
-        self, decisions: Sequence[Decision], reviews: Sequence[Review]
-    ) -> Mapping[str, Decision]:
-        for decision in decisions:
-            self.stored.setdefault(decision.event_id, decision)
-        for review in reviews:
-            stored = self.stored.get(review.event_id)
-            if stored is not None and stored.outcome is MatchOutcome.REVIEW:
-                self.reviews.setdefault(review.review_id, review)
-        return {d.event_id: self.stored[d.event_id] for d in decisions}

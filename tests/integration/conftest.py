@@ -2,22 +2,64 @@
 
 from __future__ import annotations
 
-import time
+import os
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from popsync.adapters.kafka.producer import BatchProducer, read_to_end
+from popsync.adapters.kafka.producer import BatchProducer
 from popsync.dev.stack import EmbeddedStack, embedded_stack
 from popsync.ops.publish import Publisher
 from popsync.settings import WORKER_NAMES, Settings
+from tests.polling import Query
+
+ServerWorkdir = Callable[[str], AbstractContextManager[Path]]
+
+
+def _remove_all_but_logs(root: Path) -> None:
+    """Best effort, as pytest's own clean-up: a file that will not go stays."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            if not name.endswith(".log"):
+                (Path(folder) / name).unlink(missing_ok=True)
+        if folder != str(root) and not os.listdir(folder):
+            os.rmdir(folder)
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
-    with embedded_stack(tmp_path_factory.mktemp("stack"), fast_postgres=True) as running:
+def server_workdir(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> ServerWorkdir:
+    """A new directory for embedded servers (a broker, a PostgreSQL, a whole stack), as a
+    context: once it exits, and the servers in it have stopped, everything in it but the
+    logs is removed. pytest removes its temporary directories only after a session that
+    passed (tmp_path_retention_policy = "failed") and keeps those of the last sessions that
+    failed, while one stack's data is hundreds of MB; its logs are what a failure message
+    points at. `--keep-server-data` keeps everything."""
+    keep = request.config.getoption("--keep-server-data")
+
+    @contextmanager
+    def workdir(name: str) -> Iterator[Path]:
+        path = tmp_path_factory.mktemp(name)
+        try:
+            yield path
+        finally:
+            if not keep:
+                _remove_all_but_logs(path)
+
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def stack(server_workdir: ServerWorkdir) -> Iterator[EmbeddedStack]:
+    with (
+        server_workdir("stack") as workdir,
+        embedded_stack(workdir, fast_postgres=True) as running,
+    ):
         yield running
 
 
@@ -38,9 +80,6 @@ def publisher(pipeline: Settings) -> Publisher:
     return Publisher(BatchProducer(pipeline.kafka), pipeline.topics.registry_events)
 
 
-Query = Callable[..., list[tuple[Any, ...]]]
-
-
 @pytest.fixture(scope="session")
 def query(pipeline: Settings) -> Query:
     def run(sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -48,28 +87,3 @@ def query(pipeline: Settings) -> Query:
             return conn.execute(sql.encode(), params).fetchall()
 
     return run
-
-
-def eventually(probe: Callable[[], Any], timeout: float = 60.0) -> Any:
-    """Poll until `probe` returns something truthy; the pipeline is asynchronous."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.25)
-
-
-def read_until(
-    settings: Settings,
-    topic: str,
-    enough: Callable[[list[bytes | None]], bool],
-    timeout: float = 60.0,
-) -> list[bytes | None]:
-    """The values of `topic`, re-read to its end until `enough` of them have arrived."""
-    deadline = time.monotonic() + timeout
-    while True:
-        values = [value for _, _, value in read_to_end(settings.kafka, topic, timeout)]
-        if enough(values) or time.monotonic() > deadline:
-            return values
-        time.sleep(0.25)

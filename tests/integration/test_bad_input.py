@@ -28,8 +28,8 @@ from popsync.domain.reasons import REASONS
 from popsync.ops.publish import Publisher
 from popsync.settings import WORKER_NAMES, Settings
 from popsync.topology import MAX_EVENT_BYTES
-from tests.integration.conftest import eventually, read_until
-from tests.unit.services.validator.test_bad_input_catalogue import Citizens, bad_messages
+from tests.builders import Citizens, bad_messages
+from tests.polling import eventually, read_until
 
 pytestmark = pytest.mark.integration
 

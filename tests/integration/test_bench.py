@@ -5,6 +5,8 @@ PostgreSQL, and the result has the figures the README quotes. Speed is never ass
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import psycopg
@@ -17,12 +19,15 @@ from popsync.dev.stack import EmbeddedStack
 pytestmark = pytest.mark.integration
 
 
-def test_the_harness_measures_every_contender_and_writes_json_and_chart(tmp_path: Path) -> None:
+def test_the_harness_measures_every_contender_and_writes_json_and_chart(
+    tmp_path: Path, server_workdir: Callable[[str], AbstractContextManager[Path]]
+) -> None:
     output = tmp_path / "result.json"
     argv = ["bench", "--events", "1500", "--rates", "300", "--latency-seconds", "2"]
     argv += ["--instances", "1,2", "--ceiling-events", "900", "--output", str(output)]
-    argv += ["--cache-dir", str(tmp_path / "cache"), "--workdir", str(tmp_path / "work")]
-    assert cli.main(argv) == 0
+    with server_workdir("bench") as workdir:
+        argv += ["--cache-dir", str(tmp_path / "cache"), "--workdir", str(workdir)]
+        assert cli.main(argv) == 0
 
     result = json.loads(output.read_text())
     assert output.with_suffix(".png").stat().st_size > 10_000

@@ -20,7 +20,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from popsync.adapters.kafka.producer import BatchProducer, OutboundMessage, read_to_end
+from popsync.adapters.kafka.producer import BatchProducer
+from popsync.adapters.kafka.reader import read_to_end
 from popsync.contract import models as m
 from popsync.dev.stack import EmbeddedStack, WorkerProcess, settings_env
 from popsync.domain.legal_time import legal_date
@@ -31,13 +32,14 @@ from popsync.domain.rules import check_event
 from popsync.ops import dlq
 from popsync.ops.publish import Publisher
 from popsync.runtime.deadletter import DEAD_LETTER_CODEC
+from popsync.runtime.messages import OutboundMessage
 from popsync.settings import (
     DeadLetterLimitSettings,
     Settings,
     WorkerName,
 )
-from tests.integration.conftest import eventually
-from tests.integration.test_pipeline import birth, divorce, marriage, move
+from tests.builders import birth, divorce, marriage, move
+from tests.polling import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import psycopg
@@ -25,8 +26,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker(tmp_path_factory.mktemp("broker")) as running:
+def broker(
+    server_workdir: Callable[[str], AbstractContextManager[Path]],
+) -> Iterator[EmbeddedBroker]:
+    with server_workdir("broker") as workdir, EmbeddedBroker(workdir) as running:
         yield running
 
 
@@ -140,18 +143,21 @@ def _insert(pg: EmbeddedPostgres, names: list[str]) -> None:
 
 
 @pytest.fixture
-def postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    pg = EmbeddedPostgres(tmp_path / "pgdata", fast=True)
-    pg.start()
-    try:
-        pg.create_database("popsync_test")
-        pg.create_database("popsync_test")  # idempotent
-        with psycopg.connect(pg.dsn("popsync_test")) as conn:
-            conn.execute("CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL)")
-        yield pg
-    finally:
-        pg.stop()
-    assert not pg.is_running
+def postgres(
+    server_workdir: Callable[[str], AbstractContextManager[Path]],
+) -> Iterator[EmbeddedPostgres]:
+    with server_workdir("postgres") as workdir:
+        pg = EmbeddedPostgres(workdir / "pgdata", fast=True)
+        pg.start()
+        try:
+            pg.create_database("popsync_test")
+            pg.create_database("popsync_test")  # idempotent
+            with psycopg.connect(pg.dsn("popsync_test")) as conn:
+                conn.execute("CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL)")
+            yield pg
+        finally:
+            pg.stop()
+        assert not pg.is_running
 
 
 def test_postgres_keeps_data_across_stop_and_restart(postgres: EmbeddedPostgres) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,8 +28,13 @@ OUTAGE_SECONDS = 12
 
 
 @pytest.fixture(scope="module")
-def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
-    with embedded_stack(tmp_path_factory.mktemp("faults"), fast_postgres=True) as running:
+def own_stack(
+    server_workdir: Callable[[str], AbstractContextManager[Path]],
+) -> Iterator[EmbeddedStack]:
+    with (
+        server_workdir("faults") as workdir,
+        embedded_stack(workdir, fast_postgres=True) as running,
+    ):
         yield running
 
 

@@ -13,8 +13,8 @@ import psycopg
 import pytest
 
 from popsync.adapters.kafka.producer import BatchProducer
+from popsync.adapters.postgres.database import Database
 from popsync.adapters.postgres.pins import PostgresPinAllocator
-from popsync.adapters.postgres.store import Database
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
 from popsync.dev.stack import EmbeddedStack, WorkerProcess
@@ -22,15 +22,13 @@ from popsync.domain.allocation import AllocationRequest
 from popsync.domain.pin import make_pin
 from popsync.ops.publish import Publisher
 from popsync.settings import Settings
-from tests.integration.conftest import Query, eventually, read_until
-from tests.integration.test_pipeline import birth, citizen, death, envelope, move, publish
+from tests.builders import birth, citizen, death, move, publish, registry_event
+from tests.polling import Query, eventually, read_until
 
 pytestmark = pytest.mark.integration
 
 _numbers = itertools.count(1)
-# PINs of their own in the shared `pipeline` database: test_pipeline's `new_pin` counts from
-# 100 in each module object, and pytest imports that file as `test_pipeline` while this one
-# imports it as `tests.integration.test_pipeline`: two counters, the same PINs.
+# PINs of their own in the shared `pipeline` database: test_pipeline's `new_pin` counts from 100.
 _serials = itertools.count(700)
 
 
@@ -176,7 +174,7 @@ def test_a_court_annulment_reactivates_a_citizen_declared_dead(
     )
     publish(
         publisher,
-        envelope(
+        registry_event(
             pin, annul, m.EventType.DEATH_ANNULLED, m.SourceRegistry.CIVIL_STATUS, date(2024, 9, 1)
         ),
     )
@@ -209,7 +207,9 @@ def test_an_event_naming_a_citizen_by_its_old_cmnd_updates_that_citizen(
     publish(
         publisher,
         birth(pin),
-        envelope(pin, card, m.EventType.ID_CARD_ISSUED, m.SourceRegistry.ID_CARD, date(2021, 6, 1)),
+        registry_event(
+            pin, card, m.EventType.ID_CARD_ISSUED, m.SourceRegistry.ID_CARD, date(2021, 6, 1)
+        ),
     )
     assert eventually(lambda: citizen(query, pin, 2)) is not None
     by_cmnd = move(pin, date(2022, 2, 2), commune="26737").model_copy(

@@ -25,7 +25,7 @@ from popsync.domain.pin import make_pin, mask_pin
 from popsync.identity.decisions import operator_event_id
 from popsync.ops.publish import Publisher
 from popsync.settings import Settings
-from tests.integration.conftest import eventually, read_until
+from tests.polling import eventually, read_until
 
 pytestmark = pytest.mark.integration
 

@@ -26,8 +26,8 @@ from popsync.domain.pin import make_pin
 from popsync.domain.provinces import resolve_province
 from popsync.ops.publish import Publisher
 from popsync.settings import WORKER_NAMES, Settings, WorkerName
-from tests.integration.conftest import eventually
-from tests.integration.test_pipeline import birth, death, move
+from tests.builders import birth, death, move
+from tests.polling import eventually
 
 pytestmark = pytest.mark.integration
 

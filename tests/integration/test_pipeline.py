@@ -8,9 +8,8 @@ import os
 import subprocess
 import sys
 import time
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,107 +20,25 @@ from popsync.dev.stack import settings_env
 from popsync.domain.pin import make_pin
 from popsync.ops.publish import Publisher
 from popsync.settings import Settings
-from tests.integration.conftest import Query, eventually, read_until
+from tests.builders import (
+    birth,
+    citizen,
+    death,
+    divorce,
+    marriage,
+    move,
+    publish,
+    read_dead_letters,
+)
+from tests.polling import Query, eventually
 
 pytestmark = pytest.mark.integration
 
 _serials = itertools.count(100)
-_events = itertools.count(1)
 
 
 def new_pin(birth_year: int = 1990, sex: str = "F") -> str:
     return make_pin("079", "F" if sex == "F" else "M", birth_year, next(_serials)).value
-
-
-def envelope(
-    pin: str,
-    payload: m.ContractModel,
-    event_type: m.EventType,
-    source: m.SourceRegistry,
-    day: date,
-    **extra: Any,
-) -> m.RegistryEvent:
-    number = next(_events)
-    moment = datetime(day.year, day.month, day.day, 10, tzinfo=UTC)
-    return m.RegistryEvent(
-        event_id=f"00000000-0000-4000-8000-{number:012d}",
-        event_type=event_type,
-        source_registry=source,
-        source_province="79",
-        subject_pin=pin,
-        occurred_at=moment,
-        recorded_at=moment,
-        source_sequence=number,
-        payload=payload,
-        **extra,
-    )
-
-
-def birth(pin: str, name: str = "trần  thị BÌNH") -> m.RegistryEvent:
-    payload = m.BirthRegistered(
-        full_name=name,
-        birth_date=date(1990, 4, 5),
-        sex=m.Sex.F,
-        birthplace_province="79",
-        registration_number="KS-1990-1",
-    )
-    return envelope(
-        pin, payload, m.EventType.BIRTH_REGISTERED, m.SourceRegistry.CIVIL_STATUS, date(1990, 4, 5)
-    )
-
-
-def marriage(pin: str, day: date) -> m.RegistryEvent:
-    payload = m.MarriageRegistered(
-        spouse_full_name="Lê Văn Cường",
-        marriage_date=day,
-        registration_number="KH-1",
-    )
-    return envelope(
-        pin, payload, m.EventType.MARRIAGE_REGISTERED, m.SourceRegistry.CIVIL_STATUS, day
-    )
-
-
-def move(pin: str, day: date, province: str = "79", commune: str = "26734") -> m.RegistryEvent:
-    payload = m.PermanentResidenceRegistered(
-        address=m.Address(
-            province_code=province, commune_code=commune, address_line="45 Nguyễn Huệ"
-        ),
-        effective_date=day,
-    )
-    return envelope(
-        pin, payload, m.EventType.PERMANENT_RESIDENCE_REGISTERED, m.SourceRegistry.RESIDENCE, day
-    )
-
-
-def death(pin: str, day: date) -> m.RegistryEvent:
-    payload = m.DeathRegistered(
-        death_date=day, death_place_province="79", registration_number="KT-1"
-    )
-    return envelope(pin, payload, m.EventType.DEATH_REGISTERED, m.SourceRegistry.CIVIL_STATUS, day)
-
-
-def divorce(pin: str, day: date) -> m.RegistryEvent:
-    payload = m.DivorceRecorded(divorce_date=day, court_decision_number="QĐ-12/2019")
-    return envelope(pin, payload, m.EventType.DIVORCE_RECORDED, m.SourceRegistry.CIVIL_STATUS, day)
-
-
-def publish(publisher: Publisher, *events: m.RegistryEvent) -> None:
-    publisher.publish((e.subject_pin.encode() if e.subject_pin else None, e) for e in events)
-
-
-def citizen(query: Query, pin: str, version: int) -> tuple[Any, ...] | None:
-    rows = query(
-        "SELECT version, full_name, marital_status, life_status, permanent_province,"
-        " snapshot FROM citizens WHERE pin = %s AND version >= %s",
-        pin,
-        version,
-    )
-    return rows[0] if rows else None
-
-
-def read_dead_letters(settings: Settings, wanted: int, timeout: float = 60) -> list[m.DeadLetter]:
-    values = read_until(settings, settings.topics.dead_letters, lambda v: len(v) >= wanted, timeout)
-    return [Codec(m.DeadLetter).decode(value) for value in values]
 
 
 def test_birth_creates_a_citizen(publisher: Publisher, query: Query) -> None:

@@ -19,7 +19,7 @@ from popsync.dev.simulate.generator import simulate
 from popsync.dev.stack import EmbeddedStack, WorkerProcess
 from popsync.ops.publish import Publisher
 from popsync.settings import WORKER_NAMES, Settings
-from tests.integration.conftest import eventually
+from tests.polling import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -44,7 +44,7 @@ from popsync.dev.stack import EmbeddedStack, WorkerProcess, wait_until
 from popsync.domain.pin import make_pin
 from popsync.ops.publish import Publisher
 from popsync.settings import WORKER_NAMES, Settings, WorkerName
-from tests.integration.test_pipeline import birth, death, move, read_dead_letters
+from tests.builders import birth, death, move, read_dead_letters
 
 pytestmark = pytest.mark.integration
 

@@ -28,8 +28,8 @@ from popsync.domain.pin import make_pin
 from popsync.ops.publish import Publisher
 from popsync.runtime.worker import EXIT_UNFINISHED_BATCH
 from popsync.settings import Settings, WorkerName
-from tests.integration.conftest import eventually
-from tests.integration.test_pipeline import birth, move
+from tests.builders import birth, move
+from tests.polling import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -31,17 +30,18 @@ from popsync.adapters.postgres.sync_state import SyncStateStore
 from popsync.domain.aliases import AliasDirectory
 from popsync.domain.allocation import PinAllocator
 from popsync.identity import CandidateCitizen
-from popsync.identity.decisions import MatchingStore, Review
+from popsync.identity.decisions import Review
 from popsync.ops.provision import migrate, provision
-from popsync.runtime.messages import OutboundMessage
-from popsync.runtime.ports import Producer
 from popsync.settings import KafkaSettings, Settings
 from services.synchronizer.step import SyncStates
 from tests.fakes import (
+    Delivered,
     InMemoryAliasDirectory,
     InMemoryMatchingStore,
     InMemoryPinAllocator,
     InMemorySyncStates,
+    MatchingUnderTest,
+    ProducerUnderTest,
     RecordingProducer,
 )
 
@@ -64,37 +64,6 @@ def _database(request: pytest.FixtureRequest, port: str) -> tuple[Settings, Data
 
 # --------------------------------------------------------------------------------------------
 # Producer: what landed on a topic
-
-
-@dataclass(frozen=True)
-class Delivered:
-    """A message as a consumer of its topic gets it: header values are bytes on the wire
-    (a `str` value is sent UTF-8 encoded), and no headers read back as none."""
-
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes | None], ...]
-
-    @classmethod
-    def of(cls, message: OutboundMessage) -> Delivered:
-        headers = tuple(
-            (name, value.encode() if isinstance(value, str) else value)
-            for name, value in message.headers
-        )
-        return cls(message.key, message.value, headers)
-
-
-@dataclass
-class ProducerUnderTest:
-    """`producer` and `delivered(topic)`: every message on `topic`, each partition's in order
-    (the fake has one order for all). `topics`: two topics that exist."""
-
-    producer: Producer
-    topics: tuple[str, str]
-    delivered: Callable[[str], list[Delivered]]
-
-    def expected(self, messages: Sequence[OutboundMessage], topic: str) -> list[Delivered]:
-        return [Delivered.of(m) for m in messages if m.topic == topic]
 
 
 def _read_topic(kafka: KafkaSettings, topic: str, timeout: float = 30.0) -> list[Delivered]:
@@ -196,16 +165,6 @@ def alias_directory(request: pytest.FixtureRequest) -> Iterator[AliasDirectory]:
         yield PostgresAliasDirectory(db)
     finally:
         asyncio.run(db.close())
-
-
-@dataclass
-class MatchingUnderTest:
-    """`store`; `seed(citizens)` puts citizens (and their aliases) where the store finds its
-    candidates; `reviews()` the reviews it keeps, by review id."""
-
-    store: MatchingStore
-    seed: Callable[[Sequence[CandidateCitizen]], None]
-    reviews: Callable[[], dict[str, Review]]
 
 
 _SEED_CITIZEN = """

@@ -9,15 +9,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
 from popsync.identity import CandidateCitizen, MatchOutcome
 from popsync.identity.decisions import BlockingQuery, Decision, Review, blocking_query
-
-if TYPE_CHECKING:
-    from tests.integration.contract.conftest import MatchingUnderTest
+from tests.fakes import MatchingUnderTest
 
 pytestmark = pytest.mark.integration
 

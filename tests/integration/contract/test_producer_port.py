@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from typing import TYPE_CHECKING
 
 import pytest
 
 from popsync.runtime.messages import OutboundMessage
-
-if TYPE_CHECKING:
-    from tests.integration.contract.conftest import ProducerUnderTest
+from tests.fakes import ProducerUnderTest
 
 pytestmark = pytest.mark.integration
 

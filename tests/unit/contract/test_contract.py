@@ -15,6 +15,7 @@ from popsync.contract import models as m
 from popsync.contract.codec import PAYLOAD_MODELS, Codec, DecodeError, payload_record_for
 from popsync.contract.json_form import event_from_json, event_to_json
 from popsync.contract.schemas import all_schema_names, raw_schema, schema_dir
+from tests.builders import birth_event, first_release_birth
 
 
 def test_generated_models_are_up_to_date() -> None:
@@ -69,28 +70,6 @@ def test_every_event_type_has_its_payload_record() -> None:
     for event_type in m.EventType:
         if event_type is not m.EventType.UNKNOWN:
             assert payload_record_for(event_type.value) in PAYLOAD_MODELS
-
-
-def birth_event(**overrides: Any) -> m.RegistryEvent:
-    fields: dict[str, Any] = {
-        "event_id": "2f1c7a52-0000-4000-8000-000000000001",
-        "event_type": m.EventType.BIRTH_REGISTERED,
-        "source_registry": m.SourceRegistry.CIVIL_STATUS,
-        "source_province": "79",
-        "subject_pin": "079203000123",
-        "occurred_at": datetime(2003, 1, 2, 8, 30, tzinfo=UTC),
-        "recorded_at": datetime(2003, 1, 3, 9, 0, tzinfo=UTC),
-        "source_sequence": 7,
-        "payload": m.BirthRegistered(
-            full_name="Nguyễn Văn An",
-            birth_date=date(2003, 1, 2),
-            sex=m.Sex.M,
-            birthplace_province="79",
-            registration_number="R-1",
-        ),
-    }
-    fields.update(overrides)
-    return m.RegistryEvent(**fields)
 
 
 def test_codec_round_trip_keeps_payload_type() -> None:
@@ -297,26 +276,6 @@ def test_simulated_events_decode_as_validated() -> None:
     for message in messages:
         value = codec.encode(message.event)
         _assert_built_as_validated(codec, value, message.event, all_fields_given=False)
-
-
-def first_release_birth() -> bytes:
-    """`birth_event()` as the first released RegistryEvent schema (v1) wrote it."""
-    import io
-
-    from fastavro import schemaless_writer
-
-    from popsync.contract.codec import MAGIC
-    from popsync.contract.schemas import earlier_versions
-
-    old = {
-        **birth_event().model_dump(mode="python", exclude={"payload", "subject_legacy_id"}),
-        "payload": ("vn.gov.popsync.BirthRegistered", birth_event().payload.model_dump()),
-    }
-    (v1,) = earlier_versions("RegistryEvent")
-    buffer = io.BytesIO()
-    buffer.write(MAGIC + v1.fingerprint)
-    schemaless_writer(buffer, v1.parsed, old)
-    return buffer.getvalue()
 
 
 def test_a_value_of_an_earlier_writer_version_is_still_validated(

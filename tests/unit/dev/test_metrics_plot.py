@@ -3,23 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from popsync.dev import metrics_plot
-
-
-class FakePrometheus:
-    """For this unit test only: answers every range query with one series per worker."""
-
-    def __init__(self) -> None:
-        self.queries: list[str] = []
-
-    def query_range(
-        self, promql: str, start: float, end: float, step: float = 1.0
-    ) -> list[dict[str, Any]]:
-        self.queries.append(promql)
-        values = [[start + i, str(i * 10.0)] for i in range(5)] + [[start + 5, "NaN"]]
-        return [{"metric": {"worker": "validator"}, "values": values}]
+from tests.fakes import FakePrometheus
 
 
 def test_every_panel_is_queried_and_drawn(tmp_path: Path) -> None:

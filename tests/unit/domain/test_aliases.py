@@ -4,34 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from popsync.services.validator.app import ValidatorStep
 
-from popsync.adapters.kafka.producer import OutboundMessage
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
-from popsync.domain.aliases import Alias, InMemoryAliasDirectory
-from popsync.domain.allocation import InMemoryPinAllocator
-from popsync.identity.decisions import InMemoryMatchingStore
-from popsync.runtime.worker import InboundMessage
+from popsync.domain.aliases import Alias
+from popsync.runtime.messages import InboundMessage
 from popsync.settings import Settings
-from tests.unit.services.validator.test_bad_input_catalogue import Citizens, envelope, spoil
+from tests.builders import Citizens, envelope, spoil
+from tests.fakes import (
+    InMemoryAliasDirectory,
+    InMemoryMatchingStore,
+    InMemoryPinAllocator,
+    RecordingProducer,
+)
 
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
 SETTINGS = Settings()
 EVENTS = Codec(m.RegistryEvent)
 CMND = "023456789"
 _offsets = itertools.count()
-
-
-class RecordingProducer:
-    def __init__(self) -> None:
-        self.sent: list[OutboundMessage] = []
-
-    async def send_all(self, messages: Sequence[OutboundMessage]) -> None:
-        self.sent += messages
 
 
 def step() -> tuple[ValidatorStep, RecordingProducer, InMemoryAliasDirectory]:

@@ -1,45 +1,38 @@
-"""PIN allocation in the validator, with the in-memory allocator (the PostgreSQL one has
-integration tests in tests/integration/test_identity.py)."""
+"""PIN allocation in the validator, with the in-memory allocator of tests/fakes.py (the
+PostgreSQL one has integration tests in tests/integration/test_identity.py)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from popsync.services.validator.app import ValidatorStep
 
-from popsync.adapters.kafka.producer import OutboundMessage
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
-from popsync.domain.aliases import InMemoryAliasDirectory
 from popsync.domain.allocation import (
     AllocationRequest,
-    InMemoryPinAllocator,
     SerialsExhausted,
     pin_for,
     provisional_pin,
 )
 from popsync.domain.pin import check_pin_matches, parse_pin
-from popsync.identity.decisions import InMemoryMatchingStore
-from popsync.runtime.worker import InboundMessage
+from popsync.runtime.messages import InboundMessage
 from popsync.settings import Settings
-from tests.unit.contract.test_contract import birth_event
+from tests.builders import birth_event
+from tests.fakes import (
+    InMemoryAliasDirectory,
+    InMemoryMatchingStore,
+    InMemoryPinAllocator,
+    RecordingProducer,
+)
 
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
 EVENTS = Codec(m.RegistryEvent)
 NOTICES = Codec(m.IdentityAssigned)
 SETTINGS = Settings()
-
-
-class RecordingProducer:
-    def __init__(self) -> None:
-        self.sent: list[OutboundMessage] = []
-
-    async def send_all(self, messages: Sequence[OutboundMessage]) -> None:
-        self.sent += messages
 
 
 def pinless_birth(event_id: str = "b-1", **overrides: Any) -> m.RegistryEvent:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from datetime import UTC, date, datetime
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,78 +17,20 @@ from popsync.domain.merge import (
     apply_event,
     fold,
 )
+from tests.builders import (
+    BIRTH,
+    PIN,
+    address,
+    story,
+    story_annulment,
+    story_birth,
+    story_death,
+    story_event,
+    story_marriage,
+    story_move,
+)
 
-PIN = "079203000123"
-BIRTH = date(2003, 1, 2)
-
-
-def at(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, 9, tzinfo=UTC)
-
-
-def event(
-    event_id: str, day: date, payload: m.ContractModel, source: m.SourceRegistry, **extra: Any
-) -> m.RegistryEvent:
-    event_type = {
-        m.BirthRegistered: m.EventType.BIRTH_REGISTERED,
-        m.DeathRegistered: m.EventType.DEATH_REGISTERED,
-        m.MarriageRegistered: m.EventType.MARRIAGE_REGISTERED,
-        m.DivorceRecorded: m.EventType.DIVORCE_RECORDED,
-        m.PermanentResidenceRegistered: m.EventType.PERMANENT_RESIDENCE_REGISTERED,
-        m.IdCardIssued: m.EventType.ID_CARD_ISSUED,
-        m.CivilStatusChanged: m.EventType.CIVIL_STATUS_CHANGED,
-        m.DeathAnnulled: m.EventType.DEATH_ANNULLED,
-    }[type(payload)]
-    return m.RegistryEvent(
-        event_id=event_id,
-        event_type=event_type,
-        source_registry=source,
-        source_province="79",
-        subject_pin=PIN,
-        occurred_at=at(day),
-        recorded_at=at(day) + timedelta(hours=2),
-        source_sequence=int(event_id.split("-")[-1]),
-        payload=payload,
-        **extra,
-    )
-
-
-CS, RES, ID = m.SourceRegistry.CIVIL_STATUS, m.SourceRegistry.RESIDENCE, m.SourceRegistry.ID_CARD
-
-
-def address(commune: str) -> m.Address:
-    return m.Address(province_code="79", commune_code=commune, address_line="12 Lê Lợi")
-
-
-def birth() -> m.RegistryEvent:
-    payload = m.BirthRegistered(
-        full_name="Nguyễn Văn An",
-        birth_date=BIRTH,
-        sex=m.Sex.M,
-        birthplace_province="79",
-        registration_number="B-1",
-    )
-    return event("ev-1", BIRTH, payload, CS)
-
-
-def move(n: int, day: date, commune: str) -> m.RegistryEvent:
-    payload = m.PermanentResidenceRegistered(address=address(commune), effective_date=day)
-    return event(f"ev-{n}", day, payload, RES)
-
-
-def marriage(n: int, day: date) -> m.RegistryEvent:
-    payload = m.MarriageRegistered(
-        spouse_pin="079303000999",
-        spouse_full_name="Trần Thị Bình",
-        marriage_date=day,
-        registration_number="M-1",
-    )
-    return event(f"ev-{n}", day, payload, CS)
-
-
-def death(n: int, day: date) -> m.RegistryEvent:
-    payload = m.DeathRegistered(death_date=day, death_place_province="79", registration_number="D")
-    return event(f"ev-{n}", day, payload, CS)
+CS, ID = m.SourceRegistry.CIVIL_STATUS, m.SourceRegistry.ID_CARD
 
 
 def apply_all(events: list[m.RegistryEvent]) -> CitizenState:
@@ -102,7 +43,7 @@ def apply_all(events: list[m.RegistryEvent]) -> CitizenState:
 
 
 def test_birth_creates_the_citizen() -> None:
-    outcome = apply_event(CitizenState(pin=PIN), birth())
+    outcome = apply_event(CitizenState(pin=PIN), story_birth())
     assert isinstance(outcome, Applied)
     assert outcome.version == 1
     assert outcome.snapshot.full_name == "Nguyễn Văn An"
@@ -111,29 +52,29 @@ def test_birth_creates_the_citizen() -> None:
 
 
 def test_same_event_twice_is_a_no_op() -> None:
-    state = apply_all([birth()])
-    assert isinstance(apply_event(state, birth()), Duplicate)
+    state = apply_all([story_birth()])
+    assert isinstance(apply_event(state, story_birth()), Duplicate)
 
 
 def test_same_event_id_with_other_content_is_rejected() -> None:
-    state = apply_all([birth()])
-    changed = birth().model_copy(update={"source_sequence": 99})
+    state = apply_all([story_birth()])
+    changed = story_birth().model_copy(update={"source_sequence": 99})
     outcome = apply_event(state, changed)
     assert isinstance(outcome, Rejected)
     assert outcome.conflict.code == "DUPLICATE_EVENT_ID_DIFFERENT_CONTENT"
 
 
 def test_later_event_time_wins_whatever_the_arrival_order() -> None:
-    early, late = move(2, date(2020, 1, 1), "26734"), move(3, date(2022, 1, 1), "26737")
+    early, late = story_move(2, date(2020, 1, 1), "26734"), story_move(3, date(2022, 1, 1), "26737")
     for order in ([early, late], [late, early]):
-        state = apply_all([birth(), *order])
+        state = apply_all([story_birth(), *order])
         assert state.current().permanent_residence == address("26737")
 
 
 def test_move_after_death_is_a_conflict_even_when_it_arrives_first() -> None:
-    after_death = move(3, date(2024, 6, 1), "26737")
-    state = apply_all([birth(), after_death])
-    outcome = apply_event(state, death(4, date(2024, 1, 1)))
+    after_death = story_move(3, date(2024, 6, 1), "26737")
+    state = apply_all([story_birth(), after_death])
+    outcome = apply_event(state, story_death(4, date(2024, 1, 1)))
     assert isinstance(outcome, Applied)
     assert outcome.snapshot.life_status is m.LifeStatus.DECEASED
     assert outcome.snapshot.permanent_residence is None  # the move never applied
@@ -141,49 +82,20 @@ def test_move_after_death_is_a_conflict_even_when_it_arrives_first() -> None:
 
 
 def test_event_before_birth_is_a_conflict() -> None:
-    _, conflicts = fold(PIN, [birth(), move(2, date(2001, 1, 1), "26734")])
+    _, conflicts = fold(PIN, [story_birth(), story_move(2, date(2001, 1, 1), "26734")])
     assert [c.code for c in conflicts.values()] == ["EVENT_BEFORE_BIRTH"]
 
 
 def test_a_registry_cannot_set_fields_it_does_not_own() -> None:
-    bad = move(2, date(2020, 1, 1), "26734").model_copy(update={"source_registry": ID})
-    _, conflicts = fold(PIN, [birth(), bad])
+    bad = story_move(2, date(2020, 1, 1), "26734").model_copy(update={"source_registry": ID})
+    _, conflicts = fold(PIN, [story_birth(), bad])
     assert [c.code for c in conflicts.values()] == ["NOT_AUTHORITATIVE"]
 
 
 def test_divorce_without_marriage_is_a_conflict() -> None:
     payload = m.DivorceRecorded(divorce_date=date(2030, 1, 1), court_decision_number="C-1")
-    _, conflicts = fold(PIN, [birth(), event("ev-2", date(2025, 1, 1), payload, CS)])
+    _, conflicts = fold(PIN, [story_birth(), story_event("ev-2", date(2025, 1, 1), payload, CS)])
     assert [c.code for c in conflicts.values()] == ["NOT_MARRIED"]
-
-
-def story() -> list[m.RegistryEvent]:
-    """One citizen's life, including an event that conflicts with a later-known death."""
-    card = m.IdCardIssued(
-        card=m.IdCard(
-            card_number=PIN,
-            issue_date=date(2017, 3, 1),
-            issuing_authority="Cục Cảnh sát QLHC về TTXH",
-        )
-    )
-    rename = m.CivilStatusChanged(
-        change_kind=m.CivilStatusChangeKind.NAME_CHANGE,
-        new_full_name="Nguyễn Văn Bình",
-        effective_date=date(2021, 5, 5),
-        decision_number="QĐ-1",
-    )
-    divorce = m.DivorceRecorded(divorce_date=date(2023, 2, 2), court_decision_number="C-9")
-    return [
-        birth(),
-        move(2, date(2010, 1, 1), "26734"),
-        event("ev-3", date(2017, 3, 1), card, ID),
-        marriage(4, date(2022, 1, 1)),
-        event("ev-5", date(2021, 5, 5), rename, CS),
-        move(6, date(2022, 8, 8), "26737"),
-        event("ev-7", date(2023, 2, 2), divorce, CS),
-        death(8, date(2024, 1, 1)),
-        move(9, date(2024, 3, 3), "26740"),  # after the death: a conflict
-    ]
 
 
 @settings(max_examples=200, deadline=None)
@@ -216,10 +128,10 @@ def test_state_rebuilt_from_its_events_equals_the_live_state() -> None:
 
 def test_a_conflict_caused_by_arrival_order_is_resolved_when_the_missing_event_arrives() -> None:
     payload = m.DivorceRecorded(divorce_date=date(2023, 2, 2), court_decision_number="C-9")
-    divorce = event("ev-7", date(2023, 2, 2), payload, CS)
-    state = apply_all([birth(), divorce])
+    divorce = story_event("ev-7", date(2023, 2, 2), payload, CS)
+    state = apply_all([story_birth(), divorce])
     assert {c.code for c in state.conflicts.values()} == {"NOT_MARRIED"}
-    outcome = apply_event(state, marriage(4, date(2022, 1, 1)))
+    outcome = apply_event(state, story_marriage(4, date(2022, 1, 1)))
     assert isinstance(outcome, Applied)
     assert list(outcome.resolved_conflicts) == ["ev-7"]
     assert not outcome.state.conflicts
@@ -228,38 +140,33 @@ def test_a_conflict_caused_by_arrival_order_is_resolved_when_the_missing_event_a
 
 def test_legal_dates_are_read_in_vietnam_time() -> None:
     # 06:00 on the birth day in Hà Nội is the evening before in UTC: not "before birth".
-    early = move(2, BIRTH, "26734").model_copy(
+    early = story_move(2, BIRTH, "26734").model_copy(
         update={"occurred_at": datetime(2003, 1, 1, 23, tzinfo=UTC)}
     )
-    _, conflicts = fold(PIN, [birth(), early])
+    _, conflicts = fold(PIN, [story_birth(), early])
     assert not conflicts
 
 
-def annulment(n: int, day: date, number: str = "D") -> m.RegistryEvent:
-    payload = m.DeathAnnulled(
-        death_registration_number=number, court_decision_number="12/2024/QĐ-TA", decision_date=day
-    )
-    return event(f"ev-{n}", day, payload, CS)
-
-
 def test_an_annulled_death_reactivates_the_citizen_and_releases_what_it_blocked() -> None:
-    blocked = move(3, date(2024, 6, 1), "26737")
-    state = apply_all([birth(), death(2, date(2024, 1, 1)), blocked])
+    blocked = story_move(3, date(2024, 6, 1), "26737")
+    state = apply_all([story_birth(), story_death(2, date(2024, 1, 1)), blocked])
     assert state.current().life_status is m.LifeStatus.DECEASED
     assert {c.code for c in state.conflicts.values()} == {"SUBJECT_DECEASED"}
-    outcome = apply_event(state, annulment(4, date(2024, 9, 1)))
+    outcome = apply_event(state, story_annulment(4, date(2024, 9, 1)))
     assert isinstance(outcome, Applied)
     assert outcome.snapshot.life_status is m.LifeStatus.ALIVE
     assert outcome.snapshot.death_date is None
     assert outcome.snapshot.permanent_residence == address("26737")  # void from the start
     assert set(outcome.changed_fields) == {"life_status", "death_date", "permanent_residence"}
     assert list(outcome.resolved_conflicts) == ["ev-3"]
-    later = apply_event(outcome.state, move(5, date(2025, 1, 1), "26740"))
+    later = apply_event(outcome.state, story_move(5, date(2025, 1, 1), "26740"))
     assert isinstance(later, Applied) and not later.new_conflicts
 
 
 def test_an_annulment_only_voids_the_death_it_names() -> None:
-    state = apply_all([birth(), death(2, date(2024, 1, 1)), annulment(3, date(2024, 2, 1), "X")])
+    state = apply_all(
+        [story_birth(), story_death(2, date(2024, 1, 1)), story_annulment(3, date(2024, 2, 1), "X")]
+    )
     assert state.current().life_status is m.LifeStatus.DECEASED
     assert {k: c.code for k, c in state.conflicts.items()} == {"ev-3": "NO_DEATH_TO_ANNUL"}
 
@@ -268,10 +175,10 @@ def test_an_annulment_only_voids_the_death_it_names() -> None:
 @given(
     order=st.permutations(
         [
-            birth(),
-            death(2, date(2024, 1, 1)),
-            annulment(3, date(2024, 3, 1)),
-            move(4, date(2024, 6, 1), "26737"),
+            story_birth(),
+            story_death(2, date(2024, 1, 1)),
+            story_annulment(3, date(2024, 3, 1)),
+            story_move(4, date(2024, 6, 1), "26737"),
         ]
     )
 )
@@ -311,7 +218,7 @@ def test_an_event_that_comes_last_merges_without_reading_the_earlier_events() ->
         state.last_order,
         state.registered_birth,
     )
-    later = move(8, date(2023, 6, 1), "26740")
+    later = story_move(8, date(2023, 6, 1), "26740")
     outcome = apply_event(sealed, later)
     assert isinstance(outcome, Applied)
     reference = CitizenState.from_events(PIN, [*earlier, later])
@@ -321,7 +228,7 @@ def test_an_event_that_comes_last_merges_without_reading_the_earlier_events() ->
 
 
 @settings(max_examples=200, deadline=None)
-@given(order=st.permutations([*story(), annulment(10, date(2024, 5, 1))]))
+@given(order=st.permutations([*story(), story_annulment(10, date(2024, 5, 1))]))
 def test_each_merge_equals_folding_everything_received_so_far(
     order: list[m.RegistryEvent],
 ) -> None:
@@ -360,7 +267,7 @@ def fold_digest() -> str:
     import itertools
     import json
 
-    stories = [story(), [*story(), annulment(10, date(2024, 5, 1))], story()[:4]]
+    stories = [story(), [*story(), story_annulment(10, date(2024, 5, 1))], story()[:4]]
     stories += [list(p) for p in itertools.islice(itertools.permutations(story()[1:6]), 0, 120, 7)]
     folds = []
     for events in stories:

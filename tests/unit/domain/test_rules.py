@@ -9,7 +9,7 @@ import pytest
 
 from popsync.contract import models as m
 from popsync.domain.rules import RuleViolation, check_event
-from tests.unit.contract.test_contract import birth_event
+from tests.builders import birth_event
 
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
 SKEW = timedelta(minutes=5)

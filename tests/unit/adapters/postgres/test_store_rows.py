@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from psycopg.types.json import Jsonb, JsonbBinaryDumper
 
-from popsync.adapters.postgres import store
-from popsync.adapters.postgres.store import (
+from popsync.adapters.postgres import citizens
+from popsync.adapters.postgres.citizens import (
     _CITIZEN_COLUMNS,
     _CONFLICT_COLUMNS,
     _HISTORY_COLUMNS,
@@ -74,7 +74,7 @@ def test_each_snapshot_is_serialized_once_per_row(monkeypatch: pytest.MonkeyPatc
     """The whole snapshot once for its citizens row (none for a superseded version), the
     changed fields once for its history row, and never through a Python dict."""
     dumps: list[tuple[str | None, bool]] = []
-    original = store._snapshot_jsonb
+    original = citizens._snapshot_jsonb
 
     def counting(snapshot: m.CitizenSnapshot, include: set[str] | None = None) -> Jsonb:
         dumps.append((snapshot.full_name, include is None))
@@ -83,7 +83,7 @@ def test_each_snapshot_is_serialized_once_per_row(monkeypatch: pytest.MonkeyPatc
     def no_dict(self: m.CitizenSnapshot, **kwargs: Any) -> dict[str, Any]:
         raise AssertionError("model_dump")
 
-    monkeypatch.setattr(store, "_snapshot_jsonb", counting)
+    monkeypatch.setattr(citizens, "_snapshot_jsonb", counting)
     monkeypatch.setattr(m.CitizenSnapshot, "model_dump", no_dict)
     _batch_rows([update(1, "An"), update(2, "Anh"), update(1, "Bao", "079190000002")])
     assert sorted(dumps) == [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
 from dataclasses import replace
 from datetime import date
 
@@ -20,54 +19,24 @@ from popsync.services.synchronizer.states import (
     to_store,
 )
 
-from popsync.adapters.postgres.store import StoredState
+from popsync.adapters.postgres.sync_state import StoredState
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
 from popsync.domain.merge import FOLD_RULES_VERSION, Applied, CitizenState, apply_event
-from popsync.runtime.worker import InboundMessage
+from popsync.runtime.messages import InboundMessage
 from popsync.settings import Settings
-from tests.unit.domain.test_merge import PIN, annulment, birth, move, story
-from tests.unit.runtime.test_deadletter import RecordingProducer
+from tests.builders import PIN, story, story_annulment, story_birth, story_move
+from tests.fakes import InMemorySyncStates, RecordingProducer
 
 CODEC = Codec(m.RegistryEvent)
 UPDATES = Codec(m.CitizenUpdate)
-
-
-class MemoryStates:
-    """SyncStateStore's contract in memory, counting the events it sends back."""
-
-    def __init__(self) -> None:
-        self.rows: dict[str, StoredState] = {}
-        self.events_sent = 0
-        self.fail_next_save = False
-
-    async def load(self, known: Mapping[str, int | None]) -> dict[str, StoredState]:
-        found: dict[str, StoredState] = {}
-        for pin, held in known.items():
-            if pin in self.rows:
-                row = self.rows[pin]
-                same = held == row.version
-                found[pin] = StoredState(row.version, None) if same else row
-                self.events_sent += 0 if same else len(row.events or [])
-        return found
-
-    async def save(self, states: Mapping[str, StoredState]) -> None:
-        if self.fail_next_save:
-            self.fail_next_save = False
-            raise ConnectionError("store went away")
-        for pin, state in states.items():
-            if pin not in self.rows or self.rows[pin].version < state.version:
-                self.rows[pin] = state
-
-    def events(self, pin: str) -> list[bytes]:
-        return list(self.rows[pin].events or [])
 
 
 def message(event: m.RegistryEvent, offset: int) -> InboundMessage:
     return InboundMessage("validated", 0, offset, PIN.encode(), CODEC.encode(event))
 
 
-def step(states: MemoryStates) -> tuple[SynchronizerStep, RecordingProducer]:
+def step(states: InMemorySyncStates) -> tuple[SynchronizerStep, RecordingProducer]:
     producer = RecordingProducer()
     return SynchronizerStep(Settings(), producer, states), producer  # type: ignore[arg-type]
 
@@ -81,49 +50,49 @@ def versions(producer: RecordingProducer) -> list[int]:
 
 
 def test_a_citizen_seen_before_is_not_sent_back_by_the_store() -> None:
-    states = MemoryStates()
+    states = InMemorySyncStates()
     sync, producer = step(states)
-    asyncio.run(sync([message(birth(), 0)]))
-    asyncio.run(sync([message(move(2, date(2010, 1, 1), "26734"), 1)]))
+    asyncio.run(sync([message(story_birth(), 0)]))
+    asyncio.run(sync([message(story_move(2, date(2010, 1, 1), "26734"), 1)]))
     assert versions(producer) == [1, 2]
     assert states.events_sent == 0  # the second batch used the cached state
     assert states.rows[PIN].version == 2
 
 
 def test_the_cache_keeps_stored_bytes_not_decoded_events() -> None:
-    states = MemoryStates()
+    states = InMemorySyncStates()
     sync, producer = step(states)
-    events = [birth(), move(2, date(2010, 1, 1), "26734")]
+    events = [story_birth(), story_move(2, date(2010, 1, 1), "26734")]
     asyncio.run(sync([message(e, i) for i, e in enumerate(events)]))
     cached = sync._cache.get(PIN, 2)
     assert cached is not None and isinstance(cached.state.events, StoredEvents)
     assert dict(cached.state.events) == {e.event_id: e for e in events}  # decoded on demand
     # An earlier-dated event reads them back and folds them all again.
-    asyncio.run(sync([message(move(3, date(2005, 1, 1), "26737"), 2)]))
+    asyncio.run(sync([message(story_move(3, date(2005, 1, 1), "26737"), 2)]))
     assert versions(producer) == [1, 2, 3]
     assert states.events_sent == 0
 
 
 def test_a_state_advanced_elsewhere_is_rebuilt_from_the_store() -> None:
     """Another instance applied an event while this one held version 1 in its cache."""
-    states = MemoryStates()
+    states = InMemorySyncStates()
     sync, producer = step(states)
-    asyncio.run(sync([message(birth(), 0)]))
-    elsewhere = move(2, date(2010, 1, 1), "26734")
+    asyncio.run(sync([message(story_birth(), 0)]))
+    elsewhere = story_move(2, date(2010, 1, 1), "26734")
     # As an instance of an earlier release would have left it: no ids, no fold.
     states.rows[PIN] = StoredState(2, [*states.events(PIN), CODEC.encode(elsewhere)])
-    asyncio.run(sync([message(move(3, date(2012, 1, 1), "26737"), 5)]))
+    asyncio.run(sync([message(story_move(3, date(2012, 1, 1), "26737"), 5)]))
     assert versions(producer) == [1, 3]
     assert states.events_sent == 2
     assert len(states.events(PIN)) == 3
 
 
 def test_a_failed_save_leaves_the_cache_as_the_store_is() -> None:
-    states = MemoryStates()
+    states = InMemorySyncStates()
     sync, producer = step(states)
-    asyncio.run(sync([message(birth(), 0)]))
+    asyncio.run(sync([message(story_birth(), 0)]))
     states.fail_next_save = True
-    batch = [message(move(2, date(2010, 1, 1), "26734"), 1)]
+    batch = [message(story_move(2, date(2010, 1, 1), "26734"), 1)]
     with pytest.raises(ConnectionError):
         asyncio.run(sync(batch))
     asyncio.run(sync(batch))  # the retry
@@ -161,7 +130,9 @@ def never_decode(_: bytes) -> m.RegistryEvent:
 
 
 @settings(max_examples=60, deadline=None)
-@given(order=st.permutations([*story(), annulment(10, date(2024, 5, 1))]), cut=st.integers(1, 11))
+@given(
+    order=st.permutations([*story(), story_annulment(10, date(2024, 5, 1))]), cut=st.integers(1, 11)
+)
 def test_a_state_read_back_with_its_fold_is_the_state_folded_from_its_events(
     order: list[m.RegistryEvent], cut: int
 ) -> None:
@@ -195,7 +166,7 @@ def test_a_state_read_back_merges_a_later_event_without_decoding_any() -> None:
     folded = CitizenState.from_events(PIN, story()[:7])
     back = restored(PIN, stored_row(folded), never_decode)
     assert back is not None
-    outcome = apply_event(back.state, move(8, date(2023, 6, 1), "26740"))
+    outcome = apply_event(back.state, story_move(8, date(2023, 6, 1), "26740"))
     assert isinstance(outcome, Applied) and outcome.version == 8
 
 
@@ -214,13 +185,15 @@ def test_a_fold_of_other_rules_or_of_no_rules_is_not_trusted() -> None:
 
 
 def test_a_restarted_synchronizer_reads_states_back_without_folding_them_again() -> None:
-    states = MemoryStates()
+    states = InMemorySyncStates()
     first, _ = step(states)
     asyncio.run(first([message(e, i) for i, e in enumerate(story()[:7])]))
     assert states.rows[PIN].fold is not None and states.rows[PIN].event_ids is not None
     restarted, producer = step(states)  # an empty cache, as after a restart or rebalance
-    asyncio.run(restarted([message(move(8, date(2023, 6, 1), "26740"), 7)]))
+    asyncio.run(restarted([message(story_move(8, date(2023, 6, 1), "26740"), 7)]))
     assert versions(producer) == [8]
-    reference = CitizenState.from_events(PIN, [*story()[:7], move(8, date(2023, 6, 1), "26740")])
+    reference = CitizenState.from_events(
+        PIN, [*story()[:7], story_move(8, date(2023, 6, 1), "26740")]
+    )
     (update,) = [UPDATES.decode(m.value) for m in producer.sent if m.topic.endswith("updates.v1")]
     assert update.snapshot == reference.current()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
-from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -18,11 +17,8 @@ import pytest
 from popsync.services.validator.app import ValidatorStep
 from prometheus_client import REGISTRY
 
-from popsync.adapters.kafka.producer import OutboundMessage
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
-from popsync.domain.aliases import InMemoryAliasDirectory
-from popsync.domain.allocation import InMemoryPinAllocator
 from popsync.domain.merge import Applied, CitizenState, apply_event
 from popsync.domain.pin import mask_pin
 from popsync.domain.rules import RuleViolation, check_event
@@ -30,14 +26,19 @@ from popsync.identity import CandidateCitizen, MatchOutcome
 from popsync.identity.decisions import (
     AUTOMATIC,
     BlockingQuery,
-    InMemoryMatchingStore,
     blocking_query,
     operator_event_id,
 )
 from popsync.ops import review
-from popsync.runtime.worker import InboundMessage
+from popsync.runtime.messages import InboundMessage
 from popsync.settings import Settings
 from popsync.topology import topic_specs
+from tests.fakes import (
+    InMemoryAliasDirectory,
+    InMemoryMatchingStore,
+    InMemoryPinAllocator,
+    RecordingProducer,
+)
 
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
 SETTINGS = Settings()
@@ -56,14 +57,6 @@ NAMES = ("Nguy", "Khai", "Tran", "Hung", "Hưng", "Bảo", "Toàn")
 
 _ids = itertools.count(1)
 _offsets = itertools.count(0)
-
-
-class RecordingProducer:
-    def __init__(self) -> None:
-        self.sent: list[OutboundMessage] = []
-
-    async def send_all(self, messages: Sequence[OutboundMessage], timeout: float = 30.0) -> None:
-        self.sent.extend(messages)
 
 
 def record(

@@ -3,16 +3,42 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
-from popsync.runtime.worker import InboundMessage
-from tests.unit.contract.test_contract import birth_event, first_release_birth
-from tests.unit.domain.test_aliases import EVENTS, SETTINGS, step
+from popsync.services.validator.app import ValidatorStep
 
-PIN = "079203000123"
+from popsync.contract import models as m
+from popsync.contract.codec import Codec
+from popsync.runtime.messages import InboundMessage
+from popsync.settings import Settings
+from tests.builders import PIN, birth_event, first_release_birth
+from tests.fakes import (
+    InMemoryAliasDirectory,
+    InMemoryMatchingStore,
+    InMemoryPinAllocator,
+    RecordingProducer,
+)
+
+NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
+SETTINGS = Settings()
+EVENTS = Codec(m.RegistryEvent)
+
+
+def step() -> tuple[ValidatorStep, RecordingProducer]:
+    producer = RecordingProducer()
+    validator = ValidatorStep(  # type: ignore[arg-type]
+        SETTINGS,
+        producer,
+        InMemoryPinAllocator(),
+        InMemoryAliasDirectory(),
+        InMemoryMatchingStore(),
+        clock=lambda: NOW,
+    )
+    return validator, producer
 
 
 def validated_value(value: bytes) -> bytes | None:
-    validator, producer, _ = step()
+    validator, producer = step()
     asyncio.run(validator([InboundMessage("registry-events", 0, 0, PIN.encode(), value)]))
     (output,) = producer.sent
     assert output.topic == SETTINGS.topics.validated_events
