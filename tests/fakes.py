@@ -18,6 +18,8 @@ from popsync.identity import CandidateCitizen, MatchOutcome
 from popsync.identity.decisions import BlockingQuery, Decision, MatchingStore, Review
 from popsync.runtime.messages import OutboundMessage
 from popsync.runtime.ports import Producer
+from popsync.runtime.processing import BatchProcessor, Step
+from popsync.settings import Settings, WorkerName
 
 
 class RecordingProducer:
@@ -214,3 +216,11 @@ class MatchingUnderTest:
     store: MatchingStore
     seed: Callable[[Sequence[CandidateCitizen]], None]
     reviews: Callable[[], dict[str, Review]]
+
+
+def processing(
+    step: Step, worker: WorkerName, settings: Settings | None = None
+) -> tuple[BatchProcessor, RecordingProducer]:
+    """`step` behind the runtime's error path, as its worker runs it, sending to a fake."""
+    producer = RecordingProducer()
+    return BatchProcessor.for_worker(settings or Settings(), worker, step, producer), producer

@@ -50,6 +50,11 @@ class Routed:
     needs_match: bool = False  # a valid sector record without a PIN: matched later
     match_outcome: MatchOutcome | None = None  # how a sector record without a PIN went
 
+    @property
+    def reason(self) -> str | None:
+        """The dead-letter reason code; None: validated."""
+        return self.rejected.reason if self.rejected else None
+
 
 class ValidatorStep:
     def __init__(
@@ -180,7 +185,7 @@ class ValidatorStep:
             if r.event is not None and r.event.event_id in taken:
                 text = "a declared alias already names another citizen"
                 routed[i] = _rejected("ALIAS_TAKEN", text, r.event)
-            elif r.rejected is not None and r.rejected.reason == "ALIAS_UNKNOWN":
+            elif r.reason == "ALIAS_UNKNOWN":
                 routed[i] = self.route(message, now, aliases, decoded[i])
         return routed
 

@@ -21,7 +21,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from popsync.adapters.kafka.producer import BatchProducer, read_to_end
+from popsync.adapters.kafka.producer import BatchProducer
+from popsync.adapters.kafka.reader import read_to_end
 from popsync.dev.demo import Expectation, expect
 from popsync.dev.simulate.generator import SimulatedMessage, simulate
 from popsync.dev.stack import EmbeddedStack, WorkerProcess, wait_until

@@ -26,7 +26,7 @@ from popsync.contract.codec import Codec
 from popsync.dev.stack import EmbeddedStack, WorkerProcess, wait_until
 from popsync.domain.pin import make_pin
 from popsync.ops.publish import Publisher
-from popsync.runtime.worker import EXIT_UNFINISHED_BATCH
+from popsync.runtime.exits import EXIT_UNFINISHED_BATCH
 from popsync.settings import Settings, WorkerName
 from tests.builders import birth, move
 from tests.polling import eventually

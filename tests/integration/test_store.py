@@ -9,15 +9,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from popsync.adapters.postgres import store
-from popsync.adapters.postgres.store import (
-    CitizenStore,
-    Consumed,
-    Database,
-    StoredState,
-    SyncStateStore,
-    WriteResult,
-)
+from popsync.adapters.postgres import citizens, sync_state
+from popsync.adapters.postgres.citizens import CitizenStore, Consumed, WriteResult
+from popsync.adapters.postgres.database import Database
+from popsync.adapters.postgres.sync_state import StoredState, SyncStateStore
 from popsync.contract import models as m
 from popsync.dev.stack import EmbeddedStack
 from popsync.ops.provision import migrate
@@ -358,10 +353,10 @@ def test_sync_state_rows_of_an_earlier_release_read_back_without_a_fold(
 @pytest.mark.parametrize(
     ("table", "columns"),
     [
-        ("citizens", store._CITIZEN_COLUMNS),
-        ("citizen_history", store._HISTORY_COLUMNS),
-        ("citizen_conflicts", store._CONFLICT_COLUMNS),
-        ("sync_citizen_state", store._SYNC_STATE_COLUMNS),
+        ("citizens", citizens._CITIZEN_COLUMNS),
+        ("citizen_history", citizens._HISTORY_COLUMNS),
+        ("citizen_conflicts", citizens._CONFLICT_COLUMNS),
+        ("sync_citizen_state", sync_state._SYNC_STATE_COLUMNS),
     ],
 )
 def test_the_binary_copy_types_are_the_schemas(

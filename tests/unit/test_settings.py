@@ -6,7 +6,7 @@ import pytest
 from pydantic import SecretStr
 
 from popsync.dev.stack import settings_env
-from popsync.runtime.worker import faust_credentials
+from popsync.runtime.app import faust_credentials
 from popsync.settings import KafkaSettings, Settings
 
 

@@ -219,10 +219,11 @@ def test_rules_and_dashboard_cover_every_metric() -> None:
 
 
 def test_dead_letter_stage_is_the_worker_name() -> None:
-    """The ratio rule joins dead letters (stage) to consumed messages (worker) by name."""
-    from popsync.services.store_writer import app as store_writer
-    from popsync.services.synchronizer import app as synchronizer
-    from popsync.services.validator import app as validator
+    """The ratio rule joins dead letters (stage) to consumed messages (worker) by name: the
+    runtime labels both with the worker's name, and so do the steps' own metrics."""
+    from popsync.services.store_writer import step as store_writer
+    from popsync.services.synchronizer import step as synchronizer
+    from popsync.services.validator import step as validator
 
     stages = {module.STAGE for module in (validator, synchronizer, store_writer)}
     assert stages == set(WORKER_NAMES)

@@ -6,12 +6,13 @@ import asyncio
 import itertools
 from datetime import UTC, datetime
 
-from popsync.services.validator.app import ValidatorStep
+from popsync.services.validator.step import ValidatorStep
 
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
 from popsync.domain.aliases import Alias
 from popsync.runtime.messages import InboundMessage
+from popsync.runtime.processing import BatchProcessor
 from popsync.settings import Settings
 from tests.builders import Citizens, envelope, spoil
 from tests.fakes import (
@@ -19,6 +20,7 @@ from tests.fakes import (
     InMemoryMatchingStore,
     InMemoryPinAllocator,
     RecordingProducer,
+    processing,
 )
 
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
@@ -28,20 +30,21 @@ CMND = "023456789"
 _offsets = itertools.count()
 
 
-def step() -> tuple[ValidatorStep, RecordingProducer, InMemoryAliasDirectory]:
-    producer, aliases = RecordingProducer(), InMemoryAliasDirectory()
-    validator = ValidatorStep(  # type: ignore[arg-type]
+def step() -> tuple[BatchProcessor, RecordingProducer, InMemoryAliasDirectory]:
+    """The validator's step behind the runtime's error path, with an alias directory."""
+    aliases = InMemoryAliasDirectory()
+    validator = ValidatorStep(
         SETTINGS,
-        producer,
         InMemoryPinAllocator(),
         aliases,
         InMemoryMatchingStore(),
         clock=lambda: NOW,
     )
-    return validator, producer, aliases
+    process, producer = processing(validator, "validator", SETTINGS)
+    return process, producer, aliases
 
 
-def run(validator: ValidatorStep, *sent: tuple[bytes, m.RegistryEvent]) -> None:
+def run(validator: BatchProcessor, *sent: tuple[bytes, m.RegistryEvent]) -> None:
     batch = [
         InboundMessage("registry-events", 0, next(_offsets), key, EVENTS.encode(event))
         for key, event in sent

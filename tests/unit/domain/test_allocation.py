@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from popsync.services.validator.app import ValidatorStep
+from popsync.services.validator.step import ValidatorStep
 
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
@@ -20,6 +20,7 @@ from popsync.domain.allocation import (
 )
 from popsync.domain.pin import check_pin_matches, parse_pin
 from popsync.runtime.messages import InboundMessage
+from popsync.runtime.processing import BatchProcessor
 from popsync.settings import Settings
 from tests.builders import birth_event
 from tests.fakes import (
@@ -27,6 +28,7 @@ from tests.fakes import (
     InMemoryMatchingStore,
     InMemoryPinAllocator,
     RecordingProducer,
+    processing,
 )
 
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
@@ -39,7 +41,7 @@ def pinless_birth(event_id: str = "b-1", **overrides: Any) -> m.RegistryEvent:
     return birth_event(event_id=event_id, subject_pin=None, **overrides)
 
 
-def run(step: ValidatorStep, *events: m.RegistryEvent) -> None:
+def run(step: BatchProcessor, *events: m.RegistryEvent) -> None:
     batch = [
         InboundMessage("registry-events", 0, i, b"R-1", EVENTS.encode(e))
         for i, e in enumerate(events)
@@ -47,13 +49,16 @@ def run(step: ValidatorStep, *events: m.RegistryEvent) -> None:
     asyncio.run(step(batch))
 
 
-def make_step() -> tuple[ValidatorStep, RecordingProducer]:
-    producer = RecordingProducer()
+def validator() -> ValidatorStep:
     allocator = InMemoryPinAllocator()
     aliases = InMemoryAliasDirectory()
     matching = InMemoryMatchingStore()
-    step = ValidatorStep(SETTINGS, producer, allocator, aliases, matching, clock=lambda: NOW)  # type: ignore[arg-type]
-    return step, producer
+    return ValidatorStep(SETTINGS, allocator, aliases, matching, clock=lambda: NOW)
+
+
+def make_step() -> tuple[BatchProcessor, RecordingProducer]:
+    """The validator's step behind the runtime's error path."""
+    return processing(validator(), "validator", SETTINGS)
 
 
 def test_the_provisional_pin_encodes_the_registering_province_sex_and_birth_year() -> None:
@@ -105,7 +110,7 @@ def test_an_invalid_birth_without_a_pin_is_dead_lettered_for_what_is_wrong(
     overrides: dict[str, Any], reason: str
 ) -> None:
     step, producer = make_step()
-    routed = step.route(
+    routed = validator().route(
         InboundMessage("registry-events", 0, 0, None, EVENTS.encode(pinless_birth(**overrides))),
         NOW,
     )

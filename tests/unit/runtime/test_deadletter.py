@@ -4,26 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from popsync.services.synchronizer.app import SynchronizerStep
-from popsync.services.validator.app import ValidatorStep
+from popsync.services.synchronizer.step import SynchronizerStep
+from popsync.services.validator.step import ValidatorStep
 
 from popsync import cli
-from popsync.adapters.kafka.producer import OutboundMessage
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
-from popsync.domain.aliases import InMemoryAliasDirectory
-from popsync.domain.allocation import InMemoryPinAllocator
-from popsync.identity.decisions import InMemoryMatchingStore
 from popsync.ops import dlq
 from popsync.runtime.deadletter import DEAD_LETTER_CODEC, DeadLetterLimit, dead_letter
-from popsync.runtime.worker import InboundMessage, StopWorker
+from popsync.runtime.exits import StopWorker
+from popsync.runtime.messages import InboundMessage
+from popsync.runtime.processing import BatchProcessor
 from popsync.settings import DeadLetterLimitSettings, Settings
-from tests.unit.contract.test_contract import birth_event
+from tests.builders import birth_event
+from tests.fakes import (
+    InMemoryAliasDirectory,
+    InMemoryMatchingStore,
+    InMemoryPinAllocator,
+    InMemorySyncStates,
+    RecordingProducer,
+)
 
 PIN = "079203000123"
 _offsets = iter(range(10**9))
@@ -114,14 +118,6 @@ def test_the_stop_message_holds_no_personal_data() -> None:
     assert "POPSYNC_DEAD_LETTER_LIMIT__" in str(stop.value)
 
 
-class RecordingProducer:
-    def __init__(self) -> None:
-        self.sent: list[OutboundMessage] = []
-
-    async def send_all(self, messages: Sequence[OutboundMessage], timeout: float = 30) -> None:
-        self.sent.extend(messages)
-
-
 def small_limit_settings(**limit_fields: Any) -> Settings:
     return Settings(dead_letter_limit={"window": 20, "max_consecutive": 3, **limit_fields})
 
@@ -129,38 +125,34 @@ def small_limit_settings(**limit_fields: Any) -> Settings:
 def test_the_validator_stops_before_sending_anything_of_the_batch() -> None:
     producer = RecordingProducer()
     now = datetime(2026, 11, 23, tzinfo=UTC)
-    step = ValidatorStep(  # type: ignore[arg-type]
-        small_limit_settings(),
-        producer,
+    settings = small_limit_settings()
+    step = ValidatorStep(
+        settings,
         InMemoryPinAllocator(),
         InMemoryAliasDirectory(),
         InMemoryMatchingStore(),
         clock=lambda: now,
     )
+    process = BatchProcessor.for_worker(settings, "validator", step, producer)
     good = Codec(m.RegistryEvent).encode(birth_event())
-    asyncio.run(step([message(good), message(b"junk"), message(good)]))
+    asyncio.run(process([message(good), message(b"junk"), message(good)]))
     assert len(producer.sent) == 3
     with pytest.raises(StopWorker) as stop:
-        asyncio.run(step([message(good), *(message(b"junk") for _ in range(3)), message(good)]))
+        asyncio.run(process([message(good), *(message(b"junk") for _ in range(3)), message(good)]))
     assert "BAD_MAGIC=" in str(stop.value)
     assert len(producer.sent) == 3  # nothing of the stopped batch
 
 
-class NoStates:
-    async def load(self, known: object) -> object:
-        raise AssertionError("a stopping synchronizer must not touch the store")
-
-    async def save(self, dirty: object) -> None:
-        raise AssertionError("a stopping synchronizer must not touch the store")
-
-
 def test_the_synchronizer_stops_before_sending_anything_of_the_batch() -> None:
-    producer = RecordingProducer()
-    step = SynchronizerStep(small_limit_settings(), producer, NoStates())  # type: ignore[arg-type]
+    producer, states = RecordingProducer(), InMemorySyncStates()
+    settings = small_limit_settings()
+    step = SynchronizerStep(settings.topics, settings.processing, states)
+    process = BatchProcessor.for_worker(settings, "synchronizer", step, producer)
     with pytest.raises(StopWorker) as stop:
-        asyncio.run(step([message(b"junk") for _ in range(3)]))
+        asyncio.run(process([message(b"junk") for _ in range(3)]))
     assert "synchronizer" in str(stop.value) and "BAD_MAGIC=3" in str(stop.value)
     assert producer.sent == []
+    assert states.saves == 0  # a stopping synchronizer saves nothing
 
 
 def letter(**changes: Any) -> m.DeadLetter:

@@ -6,7 +6,7 @@ import asyncio
 import io
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -22,9 +22,7 @@ from popsync.contract.schemas import earlier_versions
 from popsync.domain.rules import check_event
 from popsync.runtime import observability
 from popsync.runtime.observability import Endpoint, Health, Verdict, readiness
-from popsync.runtime.worker import retry_until_done
-from popsync.settings import Settings
-from tests.unit.contract.test_contract import birth_event
+from tests.builders import birth_event
 
 
 def sample(name: str, **labels: str) -> float | None:
@@ -208,10 +206,11 @@ def test_freshness_is_the_newest_recorded_at_per_source_and_current_province() -
         timedelta(minutes=5),
     )
     older = legacy.model_copy(update={"recorded_at": at - timedelta(days=1)})
-    observability.record_freshness([legacy, older])
+    freshness = observability.Freshness()
+    freshness.record([legacy, older])
     labels = {"source_registry": "CIVIL_STATUS", "province": "37"}
     assert sample("popsync_last_event_recorded_timestamp_seconds", **labels) == at.timestamp()
-    observability.record_freshness([older])  # a late event does not move it back
+    freshness.record([older])  # a late event does not move it back
     assert sample("popsync_last_event_recorded_timestamp_seconds", **labels) == at.timestamp()
     assert (
         sample(
@@ -318,38 +317,3 @@ def test_endpoint_port_in_use_fails_loudly(endpoint: tuple[Endpoint, Health]) ->
     server, health = endpoint
     with pytest.raises(OSError):
         Endpoint("127.0.0.1", server.port, health)
-
-
-# --- retries are counted per worker, whatever agent ---------------------------------------
-
-
-def test_a_worker_waits_while_any_of_its_agents_does() -> None:
-    worker = "unit-two-agents"
-    config = Settings(processing={"retry_initial_seconds": 0.001, "retry_max_seconds": 0.002})
-    release = {"a": asyncio.Event(), "b": asyncio.Event()}
-
-    def attempt(agent: str) -> Callable[[], Awaitable[None]]:
-        async def run() -> None:
-            if not release[agent].is_set():
-                raise ConnectionError("database unreachable")
-
-        return run
-
-    def waiting() -> float | None:
-        return sample("popsync_waiting_for_infrastructure", worker=worker)
-
-    async def scenario() -> None:
-        a = asyncio.ensure_future(retry_until_done(attempt("a"), f"{worker}:a", config, worker))
-        b = asyncio.ensure_future(retry_until_done(attempt("b"), f"{worker}:b", config, worker))
-        await asyncio.sleep(0.02)
-        assert waiting() == 1
-        release["a"].set()
-        await a
-        assert waiting() == 1  # b still waits
-        release["b"].set()
-        await b
-        assert waiting() == 0
-
-    asyncio.run(scenario())
-    assert (sample("popsync_step_retries_total", worker=worker) or 0) >= 2
-    assert sample("popsync_step_retries_total", worker=f"{worker}:a") is None

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from popsync.services.validator import app as validator_app
-from popsync.services.validator.app import ValidatorStep
+from popsync.services.validator import step as validator_step
+from popsync.services.validator.step import Routed, ValidatorStep
 
 from popsync.contract import models as m
 from popsync.contract.codec import (
@@ -35,6 +35,7 @@ from popsync.contract.codec import (
 )
 from popsync.domain.merge import Applied, CitizenState, Duplicate, Rejected, apply_event, fold
 from popsync.domain.reasons import CONFLICTS, REASONS, is_retryable
+from popsync.runtime.deadletter import dead_letter
 from popsync.runtime.messages import InboundMessage, OutboundMessage
 from popsync.settings import Settings
 from tests.builders import (
@@ -51,7 +52,7 @@ from tests.fakes import (
     InMemoryAliasDirectory,
     InMemoryMatchingStore,
     InMemoryPinAllocator,
-    RecordingProducer,
+    processing,
 )
 
 DEAD_LETTER_CODEC = Codec(m.DeadLetter)
@@ -74,16 +75,28 @@ NOT_CONSTRUCTIBLE = {
 SETTINGS = Settings()
 STEP = ValidatorStep(
     SETTINGS,
-    producer=RecordingProducer(),
     allocator=InMemoryPinAllocator(),
     aliases=InMemoryAliasDirectory(),
     matching=InMemoryMatchingStore(),
-)  # type: ignore[arg-type]
+)
 TOPICS = SETTINGS.topics
 
 
 def inbound(key: bytes | None, value: bytes | None, offset: int = 17) -> InboundMessage:
     return InboundMessage(TOPICS.registry_events, 3, offset, key, value)
+
+
+def parked(message: InboundMessage, routed: Routed) -> OutboundMessage:
+    """The dead letter the runtime makes of a rejected message (popsync.runtime.processing)."""
+    assert routed.rejected is not None
+    return dead_letter(
+        message,
+        topic=TOPICS.dead_letters,
+        stage="validator",
+        reason=routed.rejected.reason,
+        description=routed.rejected.description,
+        event=routed.rejected.event,
+    )
 
 
 def assert_dead_letter(
@@ -119,9 +132,10 @@ UNIT_MESSAGES = bad_messages(Citizens(itertools.count(900_000), NOW))
 
 @pytest.mark.parametrize("bad", UNIT_MESSAGES, ids=[bad.kind for bad in UNIT_MESSAGES])
 def test_each_kind_of_bad_input_is_dead_lettered_with_its_reason(bad: BadMessage) -> None:
-    routed = STEP.route(inbound(bad.key, bad.value), NOW)
+    message = inbound(bad.key, bad.value)
+    routed = STEP.route(message, NOW)
     assert routed.reason == bad.reason
-    letter = assert_dead_letter(routed.output, bad.key, bad.value, bad.reason, 17)
+    letter = assert_dead_letter(parked(message, routed), bad.key, bad.value, bad.reason, 17)
     assert bad.reason in REASONS
     assert REASONS[bad.reason].outcome == "dead_letter"
     assert_no_personal_data(letter.message, bad.key)
@@ -152,27 +166,28 @@ def test_a_batch_of_every_kind_and_good_events_gives_one_output_per_input_in_ord
             expected.append(None)
         batch.append(inbound(bad.key, bad.value, offset=len(batch)))
         expected.append(bad.reason)
-    producer = RecordingProducer()
-    step = ValidatorStep(  # type: ignore[arg-type]
+    step = ValidatorStep(
         SETTINGS,
-        producer=producer,
         allocator=InMemoryPinAllocator(),
         aliases=InMemoryAliasDirectory(),
         matching=InMemoryMatchingStore(),
         clock=lambda: NOW,
     )
+    process, producer = processing(step, "validator", SETTINGS)
 
-    asyncio.run(step(batch))
+    asyncio.run(process(batch))
 
     assert len(producer.sent) == len(batch)
-    for message, reason, output in zip(batch, expected, producer.sent, strict=True):
+    validated = iter(o for o in producer.sent if o.topic == TOPICS.validated_events)
+    letters = iter(o for o in producer.sent if o.topic == TOPICS.dead_letters)
+    for message, reason in zip(batch, expected, strict=True):  # each topic in input order
         if reason is None:
-            assert output.topic == TOPICS.validated_events
+            output = next(validated)
             assert output.key == message.key
             event = EVENT_CODEC.decode(output.value)
             assert event.subject_pin is not None and event.subject_pin.encode() == message.key
         else:
-            assert_dead_letter(output, message.key, message.value, reason, message.offset)
+            assert_dead_letter(next(letters), message.key, message.value, reason, message.offset)
     assert expected.count(None) >= 10
 
 
@@ -180,12 +195,14 @@ def test_an_unexpected_error_is_dead_lettered(monkeypatch: pytest.MonkeyPatch) -
     def broken(*_: Any) -> m.RegistryEvent:
         raise ZeroDivisionError(f"bug while checking {Citizens.NAME}")  # a careless message
 
-    monkeypatch.setattr(validator_app, "check_event", broken)
+    monkeypatch.setattr(validator_step, "check_event", broken)
     key, value = sent(Citizens(itertools.count(920_000), NOW).birth())
-    routed = STEP.route(inbound(key, value), NOW)
-    assert routed.reason == "INTERNAL_ERROR"
-    letter = assert_dead_letter(routed.output, key, value, "INTERNAL_ERROR", 17)
-    assert letter.message == "ZeroDivisionError"  # the type only: no data from the exception
+    process, producer = processing(STEP, "validator", SETTINGS)
+    asyncio.run(process([inbound(key, value)]))
+    (output,) = producer.sent
+    letter = assert_dead_letter(output, key, value, "INTERNAL_ERROR", 17)
+    # The type only: no data from the exception.
+    assert letter.message == "ZeroDivisionError in validator"
     assert REASONS["INTERNAL_ERROR"].retryable
 
 
@@ -329,7 +346,8 @@ RAISING_MODULES = (
     "popsync/domain/rules.py",
     "popsync/domain/pin.py",
     "popsync/domain/names.py",
-    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "services").glob("*/app.py")),
+    "popsync/runtime/processing.py",
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "services").glob("*/*.py")),
 )
 RAISERS = {"RuleViolation", "DecodeError", "PinError", "InvalidName"}
 CODE = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+")

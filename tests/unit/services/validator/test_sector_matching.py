@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
-from popsync.services.validator.app import ValidatorStep
+from popsync.services.validator.step import ValidatorStep
 from prometheus_client import REGISTRY
 
 from popsync.contract import models as m
@@ -31,6 +31,7 @@ from popsync.identity.decisions import (
 )
 from popsync.ops import review
 from popsync.runtime.messages import InboundMessage
+from popsync.runtime.processing import BatchProcessor
 from popsync.settings import Settings
 from popsync.topology import topic_specs
 from tests.fakes import (
@@ -38,6 +39,7 @@ from tests.fakes import (
     InMemoryMatchingStore,
     InMemoryPinAllocator,
     RecordingProducer,
+    processing,
 )
 
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
@@ -112,22 +114,22 @@ def message(event: m.RegistryEvent, key: bytes | None = None) -> InboundMessage:
 
 def make_step(
     *citizens: CandidateCitizen, settings: Settings = SETTINGS
-) -> tuple[ValidatorStep, RecordingProducer, InMemoryMatchingStore]:
-    producer = RecordingProducer()
+) -> tuple[BatchProcessor, RecordingProducer, InMemoryMatchingStore]:
+    """The validator's step with these citizens known, behind the runtime's error path."""
     store = InMemoryMatchingStore(citizens or (KHAI, HUNG, HUNG_TWIN, BAO))
-    step = ValidatorStep(  # type: ignore[arg-type]
+    step = ValidatorStep(
         settings,
-        producer,
         InMemoryPinAllocator(),
         InMemoryAliasDirectory(),
         store,
         clock=lambda: NOW,
     )
-    return step, producer, store
+    process, producer = processing(step, "validator", settings)
+    return process, producer, store
 
 
-def run(step: ValidatorStep, *messages: InboundMessage) -> None:
-    asyncio.run(step(list(messages)))
+def run(process: BatchProcessor, *messages: InboundMessage) -> None:
+    asyncio.run(process(list(messages)))
 
 
 def outcomes(source: str, outcome: str) -> float:
@@ -297,12 +299,13 @@ def test_a_mixed_batch_gives_one_output_per_input_in_order() -> None:
         message(stranger()),
     ]
     run(step, *batch)
+    # The outputs in input order, then the dead letters (the runtime makes them).
     assert [o.topic for o in producer.sent] == [
         TOPICS.validated_events,
         TOPICS.validated_events,
         TOPICS.match_reviews,
-        TOPICS.dead_letters,
         TOPICS.unmatched_records,
+        TOPICS.dead_letters,
     ]
 
 

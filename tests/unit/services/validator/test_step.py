@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from popsync.services.validator.app import ValidatorStep
+from popsync.services.validator.step import ValidatorStep
 
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
@@ -16,7 +16,6 @@ from tests.fakes import (
     InMemoryAliasDirectory,
     InMemoryMatchingStore,
     InMemoryPinAllocator,
-    RecordingProducer,
 )
 
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
@@ -24,23 +23,20 @@ SETTINGS = Settings()
 EVENTS = Codec(m.RegistryEvent)
 
 
-def step() -> tuple[ValidatorStep, RecordingProducer]:
-    producer = RecordingProducer()
-    validator = ValidatorStep(  # type: ignore[arg-type]
+def step() -> ValidatorStep:
+    return ValidatorStep(
         SETTINGS,
-        producer,
         InMemoryPinAllocator(),
         InMemoryAliasDirectory(),
         InMemoryMatchingStore(),
         clock=lambda: NOW,
     )
-    return validator, producer
 
 
 def validated_value(value: bytes) -> bytes | None:
-    validator, producer = step()
-    asyncio.run(validator([InboundMessage("registry-events", 0, 0, PIN.encode(), value)]))
-    (output,) = producer.sent
+    message = InboundMessage("registry-events", 0, 0, PIN.encode(), value)
+    result = asyncio.run(step()([message]))
+    (output,) = result.outputs
     assert output.topic == SETTINGS.topics.validated_events
     return output.value
 

@@ -10,7 +10,6 @@ from datetime import date
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from popsync.services.synchronizer.app import SynchronizerStep
 from popsync.services.synchronizer.states import (
     Known,
     StateCache,
@@ -18,6 +17,7 @@ from popsync.services.synchronizer.states import (
     restored,
     to_store,
 )
+from popsync.services.synchronizer.step import SynchronizerStep
 
 from popsync.adapters.postgres.sync_state import StoredState
 from popsync.contract import models as m
@@ -36,9 +36,29 @@ def message(event: m.RegistryEvent, offset: int) -> InboundMessage:
     return InboundMessage("validated", 0, offset, PIN.encode(), CODEC.encode(event))
 
 
-def step(states: InMemorySyncStates) -> tuple[SynchronizerStep, RecordingProducer]:
+class Synchronizer:
+    """The step as the runtime drives it, without its retries: the outputs are sent, then
+    the step's finish runs (popsync.runtime.processing)."""
+
+    def __init__(self, states: InMemorySyncStates, producer: RecordingProducer) -> None:
+        settings = Settings()
+        self.step = SynchronizerStep(settings.topics, settings.processing, states)
+        self.producer = producer
+
+    async def __call__(self, batch: list[InboundMessage]) -> None:
+        result = await self.step(batch)
+        await self.producer.send_all(result.outputs)
+        if result.finish is not None:
+            await result.finish()
+
+    @property
+    def _cache(self) -> StateCache:
+        return self.step._cache
+
+
+def step(states: InMemorySyncStates) -> tuple[Synchronizer, RecordingProducer]:
     producer = RecordingProducer()
-    return SynchronizerStep(Settings(), producer, states), producer  # type: ignore[arg-type]
+    return Synchronizer(states, producer), producer
 
 
 def versions(producer: RecordingProducer) -> list[int]:
