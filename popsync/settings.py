@@ -23,17 +23,19 @@ class _Section(BaseModel):
 
 class KafkaSettings(_Section):
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Broker list, host:port,...")
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How workers reach the broker; SASL_SSL in production"
+    )
     sasl_mechanism: str | None = Field(None, description="e.g. SCRAM-SHA-512, with SASL_*")
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
+    sasl_username: str | None = Field(None, description="The worker's SASL principal")
+    sasl_password: SecretStr | None = Field(None, description="Its password (a secret)")
     session_timeout_ms: int = Field(
         10_000,
         ge=1_000,
         description="Consumer group session timeout; a new member's join waits about half "
         "of it on some brokers, so keep it short where workers restart often.",
     )
-    client_id: str = "popsync"
+    client_id: str = Field("popsync", description="Prefix of the Kafka client ids")
     max_poll_records: int = Field(
         2_000,
         ge=1,
@@ -109,8 +111,14 @@ class GroupSettings(_Section):
 
 
 class PostgresSettings(_Section):
-    dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/popsync")
-    connect_timeout_seconds: float = 5.0
+    dsn: SecretStr = Field(
+        SecretStr("postgresql://postgres@127.0.0.1:5432/popsync"),
+        description="libpq connection URI of the central store (a secret: it may hold "
+        "the password)",
+    )
+    connect_timeout_seconds: float = Field(
+        5.0, description="Longest wait for a new PostgreSQL connection"
+    )
 
 
 class ProcessingSettings(_Section):
@@ -184,4 +192,6 @@ class Settings(BaseSettings):
     # Thresholds of sector-record matching, in bits: POPSYNC_MATCHING__AUTO_LINK, __REVIEW,
     # __MARGIN (popsync.identity.MatchThresholds).
     matching: MatchThresholds = MatchThresholds()
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Level of the workers' logs"
+    )
