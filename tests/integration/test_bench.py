@@ -1,5 +1,5 @@
 """`popsync bench` end to end on a tiny stream: every contender runs on the real broker and
-PostgreSQL, and the result has the figures the README quotes. Speed is never asserted here
+PostgreSQL, and the result has the figures bench/README.md quotes. Speed is never asserted here
 (targets live in the benchmark's own output)."""
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ tables of both runs must be equal: no event lost, no history row duplicated.
 
 Size: `--crash-citizens N` (default 1,500 citizens ≈ 8,000 events, for CI) and
 `--crash-kills K` (default 2 kills of each kind); `--crash-citizens 9200` gives
-over 50,000 events (see README, RELIABILITY).
+over 50,000 events (see docs/reliability.md).
 """
 
 from __future__ import annotations
