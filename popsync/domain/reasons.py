@@ -16,9 +16,9 @@ same codes), "rules" (`popsync.domain.rules.check_event`, with `pin` and `names`
 not dead-lettered but surfaced by the merge as a conflict (stage "merge"): the event
 is valid on its own and only contradicts what is already known.
 
-`tests/unit/services/validator/test_bad_input_catalogue.py` keeps this module honest: every code raised
-in the code base is listed here, every entry here is raised somewhere, and each is
-produced by at least one kind of bad input sent through the real validator.
+`tests/unit/services/validator/test_bad_input_catalogue.py` keeps this module honest: every
+code raised in the code base is listed here, every entry here is raised somewhere, and each
+is produced by at least one kind of bad input sent through the real validator.
 """
 
 from __future__ import annotations
