@@ -198,9 +198,13 @@ def worker(name: WorkerName) -> Worker:
     return _WORKERS_BY_NAME[name]
 
 
+def _names(settings: Settings, roles: tuple[TopicRole, ...]) -> list[str]:
+    return [topic(role).name(settings) for role in roles]
+
+
 def consumed_topics(settings: Settings, name: WorkerName) -> list[str]:
     """The names of the topics worker `name` subscribes to."""
-    return [topic(role).name(settings) for role in worker(name).consumes]
+    return _names(settings, worker(name).consumes)
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
@@ -231,10 +235,6 @@ def _retention(decl: Topic) -> str:
     if decl.retention_days is None:
         return "compacted (latest per key)"
     return f"{decl.retention_days} days"
-
-
-def _names(settings: Settings, roles: tuple[TopicRole, ...]) -> list[str]:
-    return [topic(role).name(settings) for role in roles]
 
 
 def describe(settings: Settings) -> str:

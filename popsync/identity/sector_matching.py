@@ -17,8 +17,7 @@ so a crash in between re-sends the same outputs.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -47,7 +46,6 @@ from popsync.settings import TopicSettings
 if TYPE_CHECKING:  # the runtime imports faust: not needed to build a report (`popsync review`)
     from popsync.runtime.messages import InboundMessage
 
-log = logging.getLogger(__name__)
 EVENT_CODEC = Codec(m.RegistryEvent)
 REVIEW_CODEC = Codec(m.MatchReview)
 UNMATCHED_CODEC = Codec(m.UnmatchedRecord)
@@ -95,48 +93,25 @@ class SectorMatching:
 
     async def __call__(
         self, records: Sequence[tuple[InboundMessage, m.RegistryEvent]], now: datetime
-    ) -> list[Matched | Exception]:
-        """One result per record, in order: its output, or the error that kept it from being
-        matched (a bug: the validator dead-letters that record)."""
+    ) -> list[Matched]:
+        """One result per record, in order. A bug raises: the runtime then finds the record
+        at fault and parks it (`popsync.runtime.processing`)."""
         if not records:
             return []
         stored = dict(await self._store.decisions([e.event_id for _, e in records]))
-        failed: dict[str, Exception] = {}
         new: dict[str, tuple[InboundMessage, m.RegistryEvent]] = {}
         for message, event in records:
             if event.event_id not in stored:
                 new.setdefault(event.event_id, (message, event))
         if new:
-            prepared = self._prepare(new.values(), failed)
-            stored.update(await self._decide(prepared, now, failed))
-        results: list[Matched | Exception] = []
-        for _, event in records:
-            decision = stored.get(event.event_id)
-            if decision is None:
-                results.append(failed.get(event.event_id) or RuntimeError("no decision stored"))
-            else:
-                results.append(self._output(event, decision))
-        return results
-
-    @staticmethod
-    def _prepare(
-        records: Iterable[tuple[InboundMessage, m.RegistryEvent]], failed: dict[str, Exception]
-    ) -> list[tuple[InboundMessage, m.RegistryEvent, SectorRecord]]:
-        prepared = []
-        for message, event in records:
-            try:
-                prepared.append((message, event, sector_record(event)))
-            except Exception as exc:  # a bug: park this record, not the batch
-                # The type only: an exception's text may quote the record's personal data.
-                log.error("matching: %s preparing event %s", type(exc).__name__, event.event_id)
-                failed[event.event_id] = exc
-        return prepared
+            prepared = [(message, event, sector_record(event)) for message, event in new.values()]
+            stored.update(await self._decide(prepared, now))
+        return [self._output(event, stored[event.event_id]) for _, event in records]
 
     async def _decide(
         self,
         records: Sequence[tuple[InboundMessage, m.RegistryEvent, SectorRecord]],
         now: datetime,
-        failed: dict[str, Exception],
     ) -> Mapping[str, Decision]:
         """Match the records against candidates loaded in one query; store the decisions."""
         if not records:
@@ -146,12 +121,7 @@ class SectorMatching:
         decisions: list[Decision] = []
         reviews: list[Review] = []
         for message, event, record in records:
-            try:
-                found = match(record, index, self._thresholds)
-            except Exception as exc:  # a bug: park this record, not the batch
-                log.error("matching: %s matching event %s", type(exc).__name__, event.event_id)
-                failed[event.event_id] = exc
-                continue
+            found = match(record, index, self._thresholds)
             decision = decision_from_match(event.event_id, event.source_registry.value, found, now)
             decisions.append(decision)
             if decision.outcome is MatchOutcome.REVIEW:

@@ -139,21 +139,21 @@ class BatchProcessor:
         rejected: Mapping[int, Rejected],
     ) -> None:
         """Dead-letter the rejected, apply the limit, then send everything and wait for it."""
-        letters = [
-            dead_letter(
-                batch[i],
-                topic=self._dead_letter_topic,
-                stage=self._stage,
-                reason=why.reason,
-                description=why.description,
-                event=why.event,
-            )
-            for i, why in sorted(rejected.items())
-        ]
+        letters = [self._letter(batch[i], why) for i, why in sorted(rejected.items())]
         self._limit.observe(_outcomes(batch, rejected))
         await self._producer.send_all([*outputs, *letters])
         for why in rejected.values():  # counted once delivered: a retry counts nothing twice
             metrics.EVENTS_DEAD_LETTERED.labels(self._stage, why.reason).inc()
+
+    def _letter(self, message: InboundMessage, why: Rejected) -> OutboundMessage:
+        return dead_letter(
+            message,
+            topic=self._dead_letter_topic,
+            stage=self._stage,
+            reason=why.reason,
+            description=why.description,
+            event=why.event,
+        )
 
     async def _park(self, message: InboundMessage, exc: Exception) -> None:
         """Dead-letter the one message a bug failed on; its exception type says which bug."""
@@ -168,12 +168,8 @@ class BatchProcessor:
             type(exc).__name__,
             frames,
         )
-        letter = dead_letter(
-            message,
-            topic=self._dead_letter_topic,
-            stage=self._stage,
-            reason=INTERNAL_ERROR,
-            description=f"{type(exc).__name__} in {self._stage}",
+        letter = self._letter(
+            message, Rejected(INTERNAL_ERROR, f"{type(exc).__name__} in {self._stage}")
         )
         # Counted even if the message was counted as processed before a later part of its
         # batch failed: a bug that parks everything must still trip the limit.

@@ -78,7 +78,7 @@ class ValidatorStep:
         message: InboundMessage,
         now: datetime,
         aliases: Mapping[str, str] | None = None,
-        decoded: m.RegistryEvent | Exception | None = None,
+        decoded: m.RegistryEvent | DecodeError | None = None,
     ) -> Routed:
         """The one output for one input message; `aliases` resolve legacy identifiers,
         `decoded` is the message's value already decoded (or why it cannot be)."""
@@ -87,7 +87,7 @@ class ValidatorStep:
         try:
             if decoded is None:
                 decoded = _decode(message)
-            if isinstance(decoded, Exception):
+            if isinstance(decoded, DecodeError):
                 raise decoded
             event = decoded
             checked, key = _resolve_subject(event, message.key, aliases or {})
@@ -154,12 +154,9 @@ class ValidatorStep:
                 positions.append(i)
                 records.append((batch[i], r.event))
         results = await self._matching(records, now)
-        for i, (_, event), result in zip(positions, records, results, strict=True):
-            if isinstance(result, Exception):  # a bug: park the record, keep the batch going
-                routed[i] = _rejected("INTERNAL_ERROR", type(result).__name__, event)
-            else:
-                outcome = result.decision.outcome
-                routed[i] = Routed(result.output, None, result.event, match_outcome=outcome)
+        for i, result in zip(positions, results, strict=True):
+            outcome = result.decision.outcome
+            routed[i] = Routed(result.output, None, result.event, match_outcome=outcome)
 
     async def _route_all(self, batch: Sequence[InboundMessage], now: datetime) -> list[Routed]:
         """Route a batch with its aliases resolved, registering the aliases it declares.
@@ -219,11 +216,11 @@ class ValidatorStep:
         self._freshness.record(r.event for r in routed if r.rejected is None and r.event)
 
 
-def _decode(message: InboundMessage) -> m.RegistryEvent | Exception:
-    """The event, or the exception decoding raised (`route` turns it into a dead letter)."""
+def _decode(message: InboundMessage) -> m.RegistryEvent | DecodeError:
+    """The event, or why its bytes are not one (`route` turns that into a dead letter)."""
     try:
         event: m.RegistryEvent = EVENT_CODEC.decode(message.value)
-    except Exception as exc:  # a bug in decoding must park the message, not stop the batch
+    except DecodeError as exc:
         return exc
     return event
 
