@@ -146,6 +146,13 @@ class ProcessingSettings(_Section):
         "(gc.set_threshold; Python's default 700, 0 turns the cyclic collector off). "
         "Workers allocate many short-lived objects per event, almost none in cycles",
     )
+    citizen_events_per_day: int = Field(
+        1_000,
+        ge=1,
+        description="Most events one citizen may have applied per day (UTC, by arrival); "
+        "the synchronizer parks the excess as CITIZEN_DAILY_LIMIT, replayable the next "
+        "day. A real citizen has a handful a year: a flood is a faulty or hostile source",
+    )
     shutdown_grace_seconds: float = Field(
         20.0,
         gt=0,
@@ -156,13 +163,34 @@ class ProcessingSettings(_Section):
 
 
 class DeadLetterLimitSettings(_Section):
-    """When dead-lettering looks like a bad deploy rather than bad input, stop loudly."""
+    """How much bad input one publishing source may send before it is quarantined, and
+    when dead-lettering looks like a bad deploy rather than bad input (stop loudly)."""
 
-    window: int = Field(1000, ge=1, description="Recent messages the ratio is taken over")
-    max_ratio: float = Field(
-        0.5, gt=0, le=1, description="Stop when more than this share of a full window is parked"
+    window: int = Field(
+        1000, ge=1, description="Recent messages of one source the ratio is taken over"
     )
-    max_consecutive: int = Field(200, ge=1, description="Stop after this many parked in a row")
+    max_ratio: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Quarantine a source when more than this share of its full window is parked",
+    )
+    max_consecutive: int = Field(
+        200, ge=1, description="Quarantine a source after this many of its messages parked in a row"
+    )
+    bad_deploy_sources: int = Field(
+        5,
+        ge=1,
+        description="Stop the worker instead when this many sources cross the limit for the "
+        "same reason within one window of the worker's messages: the same failure across "
+        "many sources is the signature of a bad deployment, not of bad input",
+    )
+    quarantine_refresh_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How often a worker re-reads which sources are quarantined (PostgreSQL), "
+        "so a release, or a quarantine decided by another instance, takes effect",
+    )
 
 
 class ObservabilitySettings(_Section):

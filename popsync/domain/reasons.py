@@ -67,6 +67,12 @@ REASONS: Mapping[str, Reason] = _index(
         # ---- decode: the value is not a readable RegistryEvent ------------------------------
         _decode("EMPTY_VALUE", "message value is null (a tombstone) or zero bytes"),
         _decode(
+            "EVENT_TOO_LARGE",
+            "message value is larger than the 1 MiB event limit (it reached the broker "
+            "compressed); a dead letter too large to keep whole keeps its size, SHA-256 "
+            "and first bytes",
+        ),
+        _decode(
             "BAD_MAGIC",
             "value does not start with the Avro single-object header C3 01 "
             "(e.g. Confluent wire format, JSON, or shorter than the header)",
@@ -214,6 +220,19 @@ REASONS: Mapping[str, Reason] = _index(
             "ALIAS_TAKEN",
             "worker",
             "the event declares an alias that already names another citizen",
+        ),
+        Reason(
+            "SOURCE_QUARANTINED",
+            "worker",
+            "its publishing source is quarantined after crossing the dead-letter limit "
+            "(passes once an operator releases it: `popsync sources release`)",
+            retryable=True,
+        ),
+        Reason(
+            "CITIZEN_DAILY_LIMIT",
+            "worker",
+            "its citizen already had the day's maximum of events applied (passes the next day)",
+            retryable=True,
         ),
         Reason(
             "INTERNAL_ERROR",

@@ -180,3 +180,14 @@ CREATE TABLE IF NOT EXISTS match_reviews (
 );
 CREATE INDEX IF NOT EXISTS match_reviews_pending ON match_reviews (created_at)
     WHERE status = 'PENDING';
+-- Publishing sources quarantined after crossing the dead-letter limit (popsync.runtime.
+-- quarantine): their further events are parked as SOURCE_QUARANTINED until released.
+CREATE TABLE IF NOT EXISTS source_quarantine (
+    source          text PRIMARY KEY,             -- REGISTRY/province, e.g. CIVIL_STATUS/079
+    stage           text NOT NULL,                -- the worker that quarantined it
+    reason          text NOT NULL,                -- its most frequent dead-letter reason
+    detail          text NOT NULL,                -- counts, no personal data
+    quarantined_at  timestamptz NOT NULL,
+    released_at     timestamptz,                  -- NULL: in force
+    released_by     text
+);
