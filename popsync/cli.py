@@ -143,7 +143,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         with_prometheus=args.with_prometheus or args.metrics_plot is not None,
         metrics_plot=args.metrics_plot,
+        keep=args.keep,
     )
+
+
+def cmd_stack_up(args: argparse.Namespace) -> int:
+    from popsync.dev.playground import stack_up
+
+    return stack_up(
+        workdir=args.workdir, with_prometheus=args.with_prometheus, background=args.background
+    )
+
+
+def cmd_stack_down(args: argparse.Namespace) -> int:
+    from popsync.dev.playground import stack_down
+
+    return stack_down(workdir=args.workdir)
+
+
+def cmd_sources_list(_: argparse.Namespace) -> int:
+    from popsync.ops.sources import list_sources
+
+    return list_sources(Settings(), sys.stdout)
+
+
+def cmd_sources_release(args: argparse.Namespace) -> int:
+    from popsync.ops.sources import release_source
+
+    return release_source(Settings(), args.source, args.operator, sys.stdout)
 
 
 def _moment(text: str) -> datetime:
@@ -267,7 +294,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="draw the run's throughput, lag and latency from Prometheus into this PNG "
         "(implies --with-prometheus; needs matplotlib, extra `plot`)",
     )
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the work directory (data, logs) instead of removing it; its path is printed",
+    )
     demo.set_defaults(func=cmd_demo)
+
+    stack = sub.add_parser(
+        "stack", help="embedded broker + PostgreSQL (+ Prometheus) for people to try popsync"
+    )
+    stack_sub = stack.add_subparsers(dest="stack_command", required=True)
+    up = stack_sub.add_parser(
+        "up",
+        help="start, provision, print the export POPSYNC_... lines, stay until Ctrl-C",
+    )
+    up.add_argument("--workdir", type=Path, default=None, help="default: .popsync/stack")
+    up.add_argument("--with-prometheus", action="store_true", help="also run Prometheus")
+    up.add_argument(
+        "--background", action="store_true", help="detach; stop it with `popsync stack down`"
+    )
+    up.set_defaults(func=cmd_stack_up)
+    down = stack_sub.add_parser("down", help="stop a stack started with `stack up --background`")
+    down.add_argument("--workdir", type=Path, default=None, help="default: .popsync/stack")
+    down.set_defaults(func=cmd_stack_down)
+
+    sources = sub.add_parser(
+        "sources", help="publishing sources quarantined for crossing the dead-letter limit"
+    )
+    sources_sub = sources.add_subparsers(dest="sources_command", required=True)
+    sources_sub.add_parser(
+        "list", help="every quarantine, in force or released, with its reason"
+    ).set_defaults(func=cmd_sources_list)
+    release = sources_sub.add_parser(
+        "release",
+        help="lift a quarantine; then replay its parked events "
+        "(popsync dlq replay --reason SOURCE_QUARANTINED --source ID)",
+    )
+    release.add_argument("source", help="the source id, e.g. CIVIL_STATUS/79")
+    release.add_argument("--operator", required=True, help="who releases it (for the audit)")
+    release.set_defaults(func=cmd_sources_release)
 
     bench = sub.add_parser(
         "bench",

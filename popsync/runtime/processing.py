@@ -54,6 +54,10 @@ class StepResult:
 
     outputs: list[OutboundMessage] = field(default_factory=list)
     rejected: dict[int, Rejected] = field(default_factory=dict)  # by position in the batch
+    # The publishing source of each message of the batch, in order (`popsync.runtime.
+    # sources`): the dead-letter limit is judged per source. None: the worker's input is
+    # popsync's own output, judged as one (a failure there is a deployment's, not a source's).
+    sources: list[str] | None = None
     # Runs once the outputs and dead letters are durable; must be idempotent.
     finish: Callable[[], Awaitable[None]] | None = None
 
