@@ -19,6 +19,7 @@ from popsync.identity.decisions import BlockingQuery, Decision, MatchingStore, R
 from popsync.runtime.messages import OutboundMessage
 from popsync.runtime.ports import Producer
 from popsync.runtime.processing import BatchProcessor, Step
+from popsync.runtime.quarantine import Quarantine
 from popsync.settings import Settings, WorkerName
 
 
@@ -224,3 +225,25 @@ def processing(
     """`step` behind the runtime's error path, as its worker runs it, sending to a fake."""
     producer = RecordingProducer()
     return BatchProcessor.for_worker(settings or Settings(), worker, step, producer), producer
+
+
+class InMemoryQuarantineStore:
+    """`popsync.runtime.quarantine.QuarantineStore` in memory; `release` as an operator."""
+
+    def __init__(self) -> None:
+        self.decisions: dict[str, Quarantine] = {}
+        self.released: set[str] = set()
+        self.reads = 0
+
+    async def active(self) -> set[str]:
+        self.reads += 1
+        return set(self.decisions) - self.released
+
+    async def quarantine(self, decisions: Sequence[Quarantine]) -> None:
+        for decision in decisions:
+            if decision.source not in self.decisions or decision.source in self.released:
+                self.decisions[decision.source] = decision
+                self.released.discard(decision.source)
+
+    def release(self, source: str) -> None:
+        self.released.add(source)
