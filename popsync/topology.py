@@ -166,15 +166,16 @@ WORKERS: tuple[Worker, ...] = (
             "citizen_aliases",
             "match_decisions",
             "match_reviews",
+            "source_quarantine",
         ),
         does="decode, check the contract and the rules, normalize; allocate PINs to births "
-        "without one; match sector records without a PIN",
+        "without one; match sector records without a PIN; park a quarantined source's events",
     ),
     Worker(
         "synchronizer",
         consumes=("validated_events",),
         produces=("citizen_updates", "conflicts", "dead_letters"),
-        writes=("sync_citizen_state",),
+        writes=("sync_citizen_state", "source_quarantine"),
         does="merge each event into its citizen's state by the merge rules",
     ),
     Worker(

@@ -24,6 +24,7 @@ from popsync.contract import models as m
 from popsync.contract.codec import HEADER_SIZE, MAGIC, Codec
 from popsync.contract.json_form import event_to_json
 from popsync.domain.pin import make_pin
+from popsync.topology import MAX_EVENT_BYTES
 from tests.polling import read_until
 
 if TYPE_CHECKING:
@@ -854,7 +855,10 @@ KINDS: tuple[Kind, ...] = (
     Kind(
         "absurdly_long_name",
         "NAME_TOO_LONG",
-        lambda c: sent(spoil(c.birth(), full_name=("Lương Thị Huyền Trang " * c.huge)[: c.huge])),
+        # Half `huge` characters: under the event size limit, which is checked first.
+        lambda c: sent(
+            spoil(c.birth(), full_name=("Lương Thị Huyền Trang " * c.huge)[: c.huge // 2])
+        ),
     ),
     Kind(
         "name_with_digits",
@@ -881,6 +885,11 @@ KINDS: tuple[Kind, ...] = (
         "absurdly_long_correlation_id",
         "FIELD_TOO_LONG",
         lambda c: sent(envelope(c.birth(), correlation_id="c" * c.huge)),
+    ),
+    Kind(
+        "event_over_the_size_limit",
+        "EVENT_TOO_LARGE",
+        lambda c: sent(envelope(c.birth(), correlation_id="c" * (MAX_EVENT_BYTES + 1))),
     ),
     Kind("event_id_empty", "FIELD_EMPTY", lambda c: sent(envelope(c.birth(), event_id=""))),
     Kind(

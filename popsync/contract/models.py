@@ -189,6 +189,9 @@ class DeadLetter(ContractModel):
     source_registry: str | None = Field(default=None, description='Source registry, when known.')
     source_province: str | None = Field(default=None, description='Source province code, when known.')
     failed_at: AwareDatetime = Field(description='When the message was dead-lettered.')
+    original_size: int | None = Field(default=None, description='Size in bytes of the original value, when original_value holds only its first bytes (see original_truncated).')
+    original_sha256: str | None = Field(default=None, description='SHA-256 (hex) of the whole original value, when original_value holds only its first bytes.')
+    original_truncated: bool = Field(default=False, description='True when the original message was too large to park whole: original_value (and original_key) hold only their first bytes, original_size and original_sha256 describe the whole value; such a letter cannot be replayed.')
 
 
 class DeathAnnulled(ContractModel):

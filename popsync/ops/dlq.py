@@ -18,7 +18,9 @@ bytes into the same normalized event, and the synchronizer treats an event id it
 already holds with the same content as a no-op (no update, no history row, no new
 version); an event id reused with other content is a conflict, never applied.
 A dead letter whose original value is null (an empty message) cannot be replayed:
-it is skipped and reported.
+it is skipped and reported; nor can one parked in its small form (an original too large
+to keep whole, `original_truncated`): `list` names each of those with its size and
+SHA-256, so the registry can find the event it must send again, smaller.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from popsync.contract import models as m
 from popsync.contract.codec import Codec, DecodeError
 from popsync.domain.reasons import is_retryable
 from popsync.runtime.messages import Headers
+from popsync.runtime.sources import UNIDENTIFIED
 from popsync.settings import Settings
 
 REPLAY_HEADER_PREFIX = "popsync.replay."
@@ -76,11 +79,22 @@ class Selection:
         return (
             (not self.reasons or letter.reason_code in self.reasons)
             and (not self.stages or letter.stage in self.stages)
-            and (not self.sources or letter.source_registry in self.sources)
+            and (not self.sources or bool(self.sources & _source_names(letter)))
             and (self.since is None or letter.failed_at >= self.since)
             and (self.until is None or letter.failed_at < self.until)
             and (not self.retryable or is_retryable(letter.reason_code))
         )
+
+
+def _source_names(letter: m.DeadLetter) -> set[str]:
+    """What `--source` may name a letter by: its registry, or registry/province (the
+    source a quarantine names, `popsync.runtime.sources`)."""
+    if letter.source_registry is None:
+        return {UNIDENTIFIED}
+    province = letter.source_province or "?"
+    if len(province) == 3 and province.startswith("0"):
+        province = province[1:]
+    return {letter.source_registry, f"{letter.source_registry}/{province}"}
 
 
 @dataclass
@@ -138,6 +152,25 @@ def summarize(letters: list[Parked], out: TextIO) -> None:
     sources = Counter(p.letter.source_registry or "(unknown)" for p in letters)
     _table("source registry", sources, out)
     _table("original topic", Counter(p.letter.original_topic for p in letters), out)
+    _list_truncated(letters, out)
+
+
+def _list_truncated(letters: list[Parked], out: TextIO) -> None:
+    """Each letter parked in its small form, by what identifies its original (no content)."""
+    truncated = [p for p in letters if p.letter.original_truncated]
+    if not truncated:
+        return
+    print(
+        f"too large to keep whole ({len(truncated)}; first bytes kept, not replayable):", file=out
+    )
+    for parked in truncated:
+        letter = parked.letter
+        print(
+            f"  {letter.original_topic}[{letter.original_partition}]@{letter.original_offset}"
+            f"  {letter.reason_code}  {letter.original_size} bytes"
+            f"  sha256 {letter.original_sha256}",
+            file=out,
+        )
 
 
 def list_dead_letters(
@@ -166,6 +199,7 @@ class ReplayReport:
     selected: int = 0
     replayed: int = 0
     empty: int = 0  # null original value: nothing to replay
+    truncated: int = 0  # parked in its small form: the original is not kept
     no_topic: int = 0  # original topic or partition does not exist
     failed: list[str] = field(default_factory=list)
 
@@ -201,6 +235,8 @@ def replay(
         letter = parked.letter
         if letter.original_value is None:
             report.empty += 1
+        elif letter.original_truncated:
+            report.truncated += 1
         elif letter.original_topic not in topics or letter.original_partition not in (
             topics[letter.original_topic].partitions
         ):
@@ -258,6 +294,12 @@ def _send(
 def _print_report(report: ReplayReport, dry_run: bool, out: TextIO) -> None:
     if report.empty:
         print(f"skipped {report.empty} with no original value (cannot be replayed)", file=out)
+    if report.truncated:
+        print(
+            f"skipped {report.truncated} too large to have been kept whole (cannot be replayed; "
+            "`popsync dlq list` names each by SHA-256)",
+            file=out,
+        )
     if report.no_topic:
         print(
             f"skipped {report.no_topic} whose original topic or partition does not exist",

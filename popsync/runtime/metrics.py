@@ -76,6 +76,18 @@ DEAD_LETTERS_IN_A_ROW = Gauge(
     "POPSYNC_DEAD_LETTER_LIMIT__MAX_CONSECUTIVE.",
     ["stage"],
 )
+SOURCE_QUARANTINED = Gauge(
+    "popsync_source_quarantined",
+    "1 while a publishing source (registry/province, no personal data) is quarantined for "
+    "crossing the dead-letter limit: its events are parked as SOURCE_QUARANTINED until "
+    "`popsync sources release`.",
+    ["source"],
+)
+SOURCE_QUARANTINES = Counter(
+    "popsync_source_quarantines_total",
+    "Sources this worker quarantined, by its stage and the source's most frequent reason.",
+    ["stage", "reason"],
+)
 EVENT_TO_STORE_SECONDS = Histogram(
     "popsync_event_to_store_seconds",
     "From the moment the registry recorded an event (recorded_at) to the commit of its "

@@ -5,15 +5,18 @@ rejected and why, and what to do once the outputs are durable (`finish`: save st
 write rows, count). `BatchProcessor` then, for every worker alike:
 1. turns each rejection into a dead letter (original bytes, reason headers);
 2. applies the dead-letter limit (`DeadLetterLimit`) before anything of the batch is
-   sent, so a worker stopped by it has sent nothing of that batch;
-3. sends the outputs and dead letters, waits until the broker has them, runs `finish`;
+   sent: per publishing source where the step names them (`StepResult.sources`), so a
+   source that crosses it is quarantined (`SourceGuard`) and the others flow on; a
+   worker stopped by it has sent nothing of that batch;
+3. sends the outputs and dead letters, waits until the broker has them, stores the
+   quarantines decided, runs `finish`;
 4. counts the batch in the metrics, once it is durable.
 An infrastructure fault anywhere in that is retried with backoff (`RetryPolicy`); every
 step of it is idempotent, so a retry repeats work but changes nothing twice. Any other
 exception is a bug or a record no rule foresaw: the batch is split in halves until the
 one message at fault is found, that message is parked as INTERNAL_ERROR (the exception's
-type, no personal data) and the rest flow on. Parked messages count towards the limit,
-so a bug that hits every message still stops the worker.
+type, no personal data) and the rest flow on. Parked messages count towards the limit
+(of their source), so a bug that hits every message still stops the worker.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from popsync.runtime.deadletter import DeadLetterLimit, dead_letter
 from popsync.runtime.exits import StopWorker
 from popsync.runtime.messages import InboundMessage, OutboundMessage
 from popsync.runtime.ports import Producer
+from popsync.runtime.quarantine import SourceGuard
 from popsync.runtime.retry import RetryPolicy
+from popsync.runtime.sources import source_of_message
 from popsync.settings import Settings, WorkerName
 
 log = logging.getLogger(__name__)
@@ -80,8 +85,10 @@ class BatchProcessor:
         dead_letter_topic: str,
         limit: DeadLetterLimit,
         retry: RetryPolicy,
+        guard: SourceGuard | None = None,
     ) -> None:
         self._step = step
+        self._guard = guard
         self._stage = stage
         self._producer = producer
         self._dead_letter_topic = dead_letter_topic
@@ -90,17 +97,24 @@ class BatchProcessor:
 
     @classmethod
     def for_worker(
-        cls, settings: Settings, worker: WorkerName, step: Step, producer: Producer
+        cls,
+        settings: Settings,
+        worker: WorkerName,
+        step: Step,
+        producer: Producer,
+        guard: SourceGuard | None = None,
     ) -> BatchProcessor:
         """The processor of one worker's step, as every worker has it: its name as the
-        stage, the dead-letter topic, limit and retry policy from settings."""
+        stage, the dead-letter topic, limit and retry policy from settings; with a
+        `guard`, the limit is judged per source."""
         return cls(
             step,
             stage=worker,
             producer=producer,
             dead_letter_topic=settings.topics.dead_letters,
-            limit=DeadLetterLimit(settings.dead_letter_limit, worker),
+            limit=DeadLetterLimit(settings.dead_letter_limit, worker, guard),
             retry=RetryPolicy(settings.processing, worker),
+            guard=guard,
         )
 
     async def __call__(self, batch: Sequence[InboundMessage]) -> None:
@@ -127,8 +141,10 @@ class BatchProcessor:
 
     async def _attempt(self, batch: Sequence[InboundMessage]) -> None:
         started = time.perf_counter()
+        if self._guard is not None:
+            await self._guard.refresh()
         result = await self._step(batch)
-        await self._deliver(batch, result.outputs, result.rejected)
+        await self._deliver(batch, result)
         if result.finish is not None:
             await result.finish()
         topic = batch[0].topic
@@ -136,16 +152,14 @@ class BatchProcessor:
         metrics.BATCH_SIZE.labels(self._stage).observe(len(batch))
         metrics.BATCH_SECONDS.labels(self._stage).observe(time.perf_counter() - started)
 
-    async def _deliver(
-        self,
-        batch: Sequence[InboundMessage],
-        outputs: Sequence[OutboundMessage],
-        rejected: Mapping[int, Rejected],
-    ) -> None:
+    async def _deliver(self, batch: Sequence[InboundMessage], result: StepResult) -> None:
         """Dead-letter the rejected, apply the limit, then send everything and wait for it."""
+        rejected = result.rejected
         letters = [self._letter(batch[i], why) for i, why in sorted(rejected.items())]
-        self._limit.observe(_outcomes(batch, rejected))
-        await self._producer.send_all([*outputs, *letters])
+        self._limit.observe(_outcomes(batch, rejected), sources=result.sources)
+        await self._producer.send_all([*result.outputs, *letters])
+        if self._guard is not None:  # only once its letters are out: a retry decides again
+            await self._guard.flush()
         for why in rejected.values():  # counted once delivered: a retry counts nothing twice
             metrics.EVENTS_DEAD_LETTERED.labels(self._stage, why.reason).inc()
 
@@ -177,9 +191,16 @@ class BatchProcessor:
         )
         # Counted even if the message was counted as processed before a later part of its
         # batch failed: a bug that parks everything must still trip the limit.
-        self._limit.observe([(message, INTERNAL_ERROR)], recount=True)
+        source = [source_of_message(message)] if self._guard is not None else None
+        self._limit.observe([(message, INTERNAL_ERROR)], sources=source, recount=True)
+
+        async def send() -> None:
+            await self._producer.send_all([letter])
+            if self._guard is not None:
+                await self._guard.flush()
+
         try:
-            await self._retry.call(lambda: self._producer.send_all([letter]), self._stage)
+            await self._retry.call(send, self._stage)
         except Exception as failed:  # not even its dead letter goes out: stop, lose nothing
             raise StopWorker(
                 f"{self._stage}: could not park {where} ({type(failed).__name__}); "

@@ -13,9 +13,12 @@ unknown province code counts as `?`, so made-up codes cannot grow the limit's me
 from __future__ import annotations
 
 from popsync.contract import models as m
+from popsync.contract.codec import Codec, DecodeError
 from popsync.domain.provinces import UnknownProvinceCode, resolve_province
+from popsync.runtime.messages import InboundMessage
 
 UNIDENTIFIED = "unidentified"
+_EVENT_CODEC = Codec(m.RegistryEvent)
 
 
 def source_of_event(event: m.RegistryEvent) -> str:
@@ -28,3 +31,13 @@ def source_of_event(event: m.RegistryEvent) -> str:
     given = resolution.given_code
     province = given[1:] if len(given) == 3 else given
     return f"{event.source_registry.value}/{province}"
+
+
+def source_of_message(message: InboundMessage) -> str:
+    """The source of a registry event's message, decoding it (for one message: a worker
+    that decodes its batch anyway takes the source from the events it decoded)."""
+    try:
+        event = _EVENT_CODEC.decode(message.value)
+    except DecodeError:
+        return UNIDENTIFIED
+    return source_of_event(event)

@@ -41,6 +41,7 @@ from popsync.runtime.exits import EXIT_UNFINISHED_BATCH, StopWorker, exit_withou
 from popsync.runtime.messages import InboundMessage
 from popsync.runtime.ports import Producer
 from popsync.runtime.processing import BatchProcessor, Step
+from popsync.runtime.quarantine import SourceGuard
 from popsync.settings import Settings, WorkerName
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,12 @@ class Worker:
         self._resources.append(resource)
         return resource
 
-    def process_with(self, step: Step, producer: Producer) -> BatchProcessor:
-        """Run `step` on every batch of the topics this worker consumes (the topology)."""
-        processor = BatchProcessor.for_worker(self.settings, self.name, step, producer)
+    def process_with(
+        self, step: Step, producer: Producer, guard: SourceGuard | None = None
+    ) -> BatchProcessor:
+        """Run `step` on every batch of the topics this worker consumes (the topology);
+        with a `guard`, its dead-letter limit is judged per publishing source."""
+        processor = BatchProcessor.for_worker(self.settings, self.name, step, producer, guard)
         for topic in topology.consumed_topics(self.settings, self.name):
             self.subscribe(topic, processor)
         return processor

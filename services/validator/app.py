@@ -6,6 +6,8 @@ from popsync.adapters.kafka.producer import BatchProducer
 from popsync.adapters.postgres.database import Database
 from popsync.adapters.postgres.matching import PostgresMatchingStore
 from popsync.adapters.postgres.pins import PostgresAliasDirectory, PostgresPinAllocator
+from popsync.adapters.postgres.quarantine import PostgresQuarantine
+from popsync.runtime.quarantine import SourceGuard
 from popsync.runtime.worker import Worker
 from popsync.settings import Settings
 
@@ -16,11 +18,14 @@ def build(settings: Settings) -> Worker:
     worker = Worker(settings, "validator")
     producer = worker.closing(BatchProducer(settings.kafka))
     db = worker.closing(Database(settings.postgres, application_name="popsync-validator"))
+    limit = settings.dead_letter_limit
+    guard = SourceGuard(PostgresQuarantine(db), limit.quarantine_refresh_seconds)
     step = ValidatorStep(
         settings,
         PostgresPinAllocator(db),
         PostgresAliasDirectory(db),
         PostgresMatchingStore(db),
+        guard=guard,
     )
-    worker.process_with(step, producer)
+    worker.process_with(step, producer, guard)
     return worker

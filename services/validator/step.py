@@ -8,6 +8,8 @@ valid sector record without PIN is matched to a citizen first
 or is reported unmatched.
 An unexpected exception while checking one event dead-letters that event
 (reason INTERNAL_ERROR) instead of skipping it or stopping the partition.
+Every message of a quarantined source (`popsync.runtime.quarantine`) is parked whole as
+SOURCE_QUARANTINED before any rule, PIN allocation or alias sees it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ from popsync.identity.sector_matching import SectorMatching, needs_match
 from popsync.runtime import metrics, observability
 from popsync.runtime.messages import InboundMessage, OutboundMessage
 from popsync.runtime.processing import Rejected, StepResult
+from popsync.runtime.quarantine import SourceGuard
+from popsync.runtime.sources import UNIDENTIFIED, source_of_event
 from popsync.settings import Settings
+from popsync.topology import MAX_EVENT_BYTES
 
 log = logging.getLogger(__name__)
 STAGE = "validator"
@@ -64,8 +69,10 @@ class ValidatorStep:
         aliases: AliasDirectory,
         matching: MatchingStore,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        guard: SourceGuard | None = None,
     ) -> None:
         self._topics = settings.topics
+        self._guard = guard
         self._allocator = allocator
         self._aliases = aliases
         self._matching = SectorMatching(settings.topics, settings.matching, matching)
@@ -158,23 +165,33 @@ class ValidatorStep:
             outcome = result.decision.outcome
             routed[i] = Routed(result.output, None, result.event, match_outcome=outcome)
 
-    async def _route_all(self, batch: Sequence[InboundMessage], now: datetime) -> list[Routed]:
-        """Route a batch with its aliases resolved, registering the aliases it declares.
+    async def _route_all(
+        self, batch: Sequence[InboundMessage], now: datetime
+    ) -> tuple[list[Routed], list[str]]:
+        """Route a batch with its aliases resolved, registering the aliases it declares;
+        and the source of each message.
 
         An event naming an alias declared earlier in the same batch is routed again
         once that alias is registered.
         """
         decoded = [_decode(message) for message in batch]
+        sources = [_source(d) for d in decoded]
+        held = [self._guard is not None and self._guard.is_quarantined(s) for s in sources]
         references = [
-            ref for d in decoded if isinstance(d, m.RegistryEvent) and (ref := subject_reference(d))
+            ref
+            for d, h in zip(decoded, held, strict=True)
+            if not h and isinstance(d, m.RegistryEvent) and (ref := subject_reference(d))
         ]
         aliases = dict(await self._aliases.resolve(references))
-        routed = [self.route(msg, now, aliases, d) for msg, d in zip(batch, decoded, strict=True)]
+        routed = [
+            _quarantined(s, d) if h else self.route(msg, now, aliases, d)
+            for msg, d, s, h in zip(batch, decoded, sources, held, strict=True)
+        ]
         declared = [
             a for r in routed if r.rejected is None and r.event for a in declared_aliases(r.event)
         ]
         if not declared:
-            return routed
+            return routed, sources
         stored = await self._aliases.register(declared)
         taken = {a.event_id for a in declared if stored[a.alias] != a.pin}
         aliases.update(stored)
@@ -184,11 +201,11 @@ class ValidatorStep:
                 routed[i] = _rejected("ALIAS_TAKEN", text, r.event)
             elif r.reason == "ALIAS_UNKNOWN":
                 routed[i] = self.route(message, now, aliases, decoded[i])
-        return routed
+        return routed, sources
 
     async def __call__(self, batch: Sequence[InboundMessage]) -> StepResult:
         now = self._clock()
-        routed = await self._route_all(batch, now)
+        routed, sources = await self._route_all(batch, now)
         notices = await self._allocate_pins(routed, now)
         await self._match_records(batch, routed, now)
         # PIN allocation and matching only store idempotent decisions: a retried or
@@ -201,6 +218,7 @@ class ValidatorStep:
         return StepResult(
             outputs=outputs + notices,
             rejected={i: r.rejected for i, r in enumerate(routed) if r.rejected is not None},
+            sources=sources,
             finish=count,
         )
 
@@ -218,11 +236,24 @@ class ValidatorStep:
 
 def _decode(message: InboundMessage) -> m.RegistryEvent | DecodeError:
     """The event, or why its bytes are not one (`route` turns that into a dead letter)."""
+    size = len(message.value or b"")
+    if size > MAX_EVENT_BYTES:  # refused unread: it reached the broker compressed
+        return DecodeError("EVENT_TOO_LARGE", f"value is {size} bytes, over {MAX_EVENT_BYTES}")
     try:
         event: m.RegistryEvent = EVENT_CODEC.decode(message.value)
     except DecodeError as exc:
         return exc
     return event
+
+
+def _source(decoded: m.RegistryEvent | DecodeError) -> str:
+    return source_of_event(decoded) if isinstance(decoded, m.RegistryEvent) else UNIDENTIFIED
+
+
+def _quarantined(source: str, decoded: m.RegistryEvent | DecodeError) -> Routed:
+    event = decoded if isinstance(decoded, m.RegistryEvent) else None
+    text = f"source {source} is quarantined: replay after `popsync sources release {source}`"
+    return _rejected("SOURCE_QUARANTINED", text, event)
 
 
 def _unchanged_bytes(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,11 +16,17 @@ from popsync import cli
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
 from popsync.ops import dlq
-from popsync.runtime.deadletter import DEAD_LETTER_CODEC, DeadLetterLimit, dead_letter
+from popsync.runtime.deadletter import (
+    DEAD_LETTER_CODEC,
+    KEPT_VALUE_BYTES,
+    DeadLetterLimit,
+    dead_letter,
+)
 from popsync.runtime.exits import StopWorker
 from popsync.runtime.messages import InboundMessage
 from popsync.runtime.processing import BatchProcessor
 from popsync.settings import DeadLetterLimitSettings, Settings
+from popsync.topology import MAX_DEAD_LETTER_BYTES, MAX_EVENT_BYTES
 from tests.builders import birth_event
 from tests.fakes import (
     InMemoryAliasDirectory,
@@ -234,3 +241,69 @@ def test_cli_parses_dlq_options_and_refuses_an_unselected_replay(
     assert args.dry_run and selection.retryable
     assert cli.main(["dlq", "replay"]) == 2
     assert "--all" in capsys.readouterr().err
+
+
+def test_an_original_too_large_to_park_whole_is_parked_in_a_small_form_that_fits() -> None:
+    value = b"\xc3\x01" + b"A" * (5 * 1024 * 1024)  # compressible: it passed the broker
+    key = b"K" * 100_000
+    out = dead_letter(
+        message(value, key),
+        topic="dlq",
+        stage="validator",
+        reason="EVENT_TOO_LARGE",
+        description="too large",
+    )
+    assert len(out.value or b"") + len(out.key or b"") < MAX_DEAD_LETTER_BYTES // 100
+    parked = DEAD_LETTER_CODEC.decode(out.value)
+    assert parked.original_truncated
+    assert parked.original_value == value[:KEPT_VALUE_BYTES]
+    assert parked.original_size == len(value)
+    assert parked.original_sha256 == hashlib.sha256(value).hexdigest()
+    headers = dict(out.headers)
+    assert headers["popsync.original.sha256"] == hashlib.sha256(value).hexdigest().encode()
+    assert headers["popsync.original.size"] == str(len(value)).encode()
+    assert headers["popsync.original.key-sha256"] == hashlib.sha256(key).hexdigest().encode()
+
+
+def test_an_original_that_fits_is_parked_whole() -> None:
+    value = b"\xc3\x01" + b"A" * (1024 * 1024)
+    parked = DEAD_LETTER_CODEC.decode(
+        dead_letter(message(value), topic="dlq", stage="v", reason="R", description="d").value
+    )
+    assert (parked.original_value, parked.original_truncated, parked.original_size) == (
+        value,
+        False,
+        None,
+    )
+
+
+def test_the_validator_refuses_an_event_over_the_limit_unread() -> None:
+    step = ValidatorStep(
+        Settings(), InMemoryPinAllocator(), InMemoryAliasDirectory(), InMemoryMatchingStore()
+    )
+    good = Codec(m.RegistryEvent).encode(birth_event())
+    result = asyncio.run(step([message(good + b"\0" * MAX_EVENT_BYTES)]))
+    assert result.rejected[0].reason == "EVENT_TOO_LARGE"
+
+
+def test_list_names_each_truncated_letter_by_size_and_hash_and_replay_skips_it() -> None:
+    truncated = letter(
+        reason_code="EVENT_TOO_LARGE",
+        original_value=b"first bytes",
+        original_size=5_242_882,
+        original_sha256="ab" * 32,
+        original_truncated=True,
+    )
+    out = io.StringIO()
+    dlq.summarize([dlq.Parked(0, 3, truncated), dlq.Parked(0, 4, letter())], out)
+    text = out.getvalue()
+    assert "too large to keep whole (1; first bytes kept, not replayable):" in text
+    assert f"registry-events[1]@7  EVENT_TOO_LARGE  5242882 bytes  sha256 {'ab' * 32}" in text
+
+
+def test_selection_by_source_names_the_registry_or_the_quarantined_source() -> None:
+    civil = letter(source_province="079")
+    assert dlq.Selection(sources=frozenset({"CIVIL_STATUS/79"})).matches(civil)
+    assert dlq.Selection(sources=frozenset({"CIVIL_STATUS"})).matches(civil)
+    assert not dlq.Selection(sources=frozenset({"CIVIL_STATUS/01"})).matches(civil)
+    assert dlq.Selection(sources=frozenset({"unidentified"})).matches(letter(source_registry=None))

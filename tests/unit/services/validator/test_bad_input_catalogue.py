@@ -65,6 +65,10 @@ NOT_CONSTRUCTIBLE = {
     "datum fastavro decodes validates; `popsync publish` raises it for JSON lines",
     "INTERNAL_ERROR": "only a bug raises it; test_an_unexpected_error_is_dead_lettered injects one",
     "ALIAS_TAKEN": "needs the alias directory's state; tests/unit/domain/test_aliases.py covers it",
+    "SOURCE_QUARANTINED": "needs a quarantined source, not bad bytes; "
+    "tests/unit/runtime/test_quarantine.py and tests/integration/test_blast_radius.py cover it",
+    "CITIZEN_DAILY_LIMIT": "raised by the synchronizer for a citizen's excess events of a day; "
+    "tests/unit/services/synchronizer covers it",
 }
 
 
@@ -305,6 +309,8 @@ RETRYABLE = {
     "RECORDED_IN_FUTURE",
     "DATE_IN_FUTURE",
     "INTERNAL_ERROR",
+    "SOURCE_QUARANTINED",
+    "CITIZEN_DAILY_LIMIT",
 }
 
 

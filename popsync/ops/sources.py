@@ -1,0 +1,73 @@
+"""`popsync sources list` and `popsync sources release`: quarantined publishing sources.
+
+A source (registry/province, e.g. `CIVIL_STATUS/79`) that crosses the dead-letter limit is
+quarantined by the workers (`popsync.runtime.quarantine`): its events are parked whole as
+SOURCE_QUARANTINED. Once the registry has fixed its feed, an operator releases it; the
+workers let its events through again within `quarantine_refresh_seconds`, and the events
+parked meanwhile are sent back with `popsync dlq replay --reason SOURCE_QUARANTINED
+--source ID` (they are checked like any event: the bad ones are parked again, for their
+own reason).
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import psycopg
+
+from popsync.adapters.postgres.quarantine import QuarantineRow, list_quarantines, release
+from popsync.ops.review import operator_name
+from popsync.settings import Settings
+
+
+def _connect(settings: Settings) -> psycopg.Connection[Any]:
+    return psycopg.connect(
+        settings.postgres.dsn.get_secret_value(),
+        connect_timeout=int(settings.postgres.connect_timeout_seconds),
+    )
+
+
+def _when(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def describe(row: QuarantineRow) -> str:
+    """One line per quarantine; counts and codes only."""
+    if row.released_at is None:
+        state = "IN FORCE"
+    else:
+        state = f"released {_when(row.released_at)} by {row.released_by}"
+    return (
+        f"{row.source}  {state}  since {_when(row.quarantined_at)}  by {row.stage}  "
+        f"{row.reason}: {row.detail}"
+    )
+
+
+def list_sources(settings: Settings, out: TextIO = sys.stdout) -> int:
+    """Print every quarantine, those in force first; exit code 0."""
+    with _connect(settings) as conn:
+        rows = list_quarantines(conn)
+    in_force = sum(1 for row in rows if row.released_at is None)
+    print(f"{in_force} source(s) quarantined, {len(rows) - in_force} released", file=out)
+    for row in rows:
+        print(describe(row), file=out)
+    return 0
+
+
+def release_source(settings: Settings, source: str, operator: str | None, out: TextIO) -> int:
+    """Lift the quarantine of `source`; exit code 0, or 1 when none is in force."""
+    who = operator_name(operator)
+    with _connect(settings) as conn, conn.transaction():
+        released = release(conn, source, who)
+    if not released:
+        print(f"no quarantine in force for {source!r} (see `popsync sources list`)", file=out)
+        return 1
+    print(
+        f"released {source}; workers let its events through within "
+        f"{settings.dead_letter_limit.quarantine_refresh_seconds:g} s. Replay what was "
+        f"parked meanwhile: popsync dlq replay --reason SOURCE_QUARANTINED --source {source}",
+        file=out,
+    )
+    return 0
