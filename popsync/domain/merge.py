@@ -16,12 +16,18 @@ source sequence and event id as tie-breaks). So:
 
 `version` is the number of distinct events in the set, so it strictly increases
 with every new event and is the same for every arrival order.
+
+Cost: an event that comes last in legal order (the usual case) is folded onto the current
+snapshot alone. Events that land among earlier ones are applied together (`apply_events`):
+the set is folded once for all of them, from the state's legal-order index of decoded
+events (`CitizenState.ordered`), so a citizen's events arriving in reverse cost one fold
+per batch, not one per event.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any
@@ -29,6 +35,10 @@ from typing import Any
 from popsync.contract import models as m
 from popsync.domain.authority import FIELD_AUTHORITY
 from popsync.domain.legal_time import legal_date
+
+# Citizens with at least this many events keep their legal-order index once built: below it,
+# decoding the set again for a refold costs less than the decoded events kept in the cache.
+INDEXED_FROM = 64
 
 # Persisted folds are tagged with this, and trusted only while it is unchanged: bump it with
 # any change to these rules that could fold a set of events differently (a snapshot field,
@@ -53,7 +63,11 @@ class CitizenState:
 
     `events` may be any mapping, e.g. one that decodes stored bytes on access: merging an
     event that simply comes last reads none of it (see `apply_event`). `last_order` and
-    `registered_birth` summarise the set for that.
+    `registered_birth` summarise the set for that. `ordered`, when held, is the set's
+    events decoded in legal order: a refold then reads neither `events` nor any bytes.
+    It is derived (not compared, not persisted), and held by citizens of `INDEXED_FROM`
+    events or more once a fold built it, so that a long history whose events keep landing
+    among earlier ones is decoded once, not per batch.
     """
 
     pin: str
@@ -62,6 +76,7 @@ class CitizenState:
     conflicts: Mapping[str, Conflict] = field(default_factory=dict)
     last_order: OrderKey | None = None  # legal order of the set's last event
     registered_birth: date | None = None  # of the set's first birth, applied or not
+    ordered: tuple[m.RegistryEvent, ...] | None = field(default=None, compare=False, repr=False)
 
     @property
     def version(self) -> int:
@@ -73,11 +88,14 @@ class CitizenState:
     @classmethod
     def from_events(cls, pin: str, events: Iterable[m.RegistryEvent]) -> CitizenState:
         """A state folded from its events: what every other form of the state must equal."""
-        return _folded(pin, {event.event_id: event for event in events})
+        unique = {event.event_id: event for event in events}
+        return _folded(pin, unique, sorted(unique.values(), key=legal_order))
 
 
-def _folded(pin: str, events: Mapping[str, m.RegistryEvent]) -> CitizenState:
-    ordered = sorted(events.values(), key=legal_order)
+def _folded(
+    pin: str, events: Mapping[str, m.RegistryEvent], ordered: list[m.RegistryEvent]
+) -> CitizenState:
+    """The state of the set `events`, whose values `ordered` lists in legal order."""
     registered_birth = _registered_birth(ordered)
     snapshot, conflicts = _fold_ordered(pin, ordered, registered_birth)
     return CitizenState(
@@ -87,6 +105,7 @@ def _folded(pin: str, events: Mapping[str, m.RegistryEvent]) -> CitizenState:
         conflicts=conflicts,
         last_order=legal_order(ordered[-1]) if ordered else None,
         registered_birth=registered_birth,
+        ordered=tuple(ordered) if len(ordered) >= INDEXED_FROM else None,
     )
 
 
@@ -128,26 +147,76 @@ def legal_order(event: m.RegistryEvent) -> OrderKey:
 
 def apply_event(state: CitizenState, event: m.RegistryEvent) -> Outcome:
     """Add one validated event to a citizen's state."""
-    known = state.events.get(event.event_id)
-    if known is not None:
-        # Digests only on an id collision: hashing every stored event was a hot spot.
-        if content_digest(known) == content_digest(event):
-            return Duplicate()
-        return Rejected(
-            Conflict("DUPLICATE_EVENT_ID_DIFFERENT_CONTENT", "event id reused with other content")
-        )
-    if _comes_last(state, event):
-        return _append(state, event)
-    new_state = _folded(state.pin, {**state.events, event.event_id: event})
-    conflicts = new_state.conflicts
-    return Applied(
+    return repeat_outcome(state, event) or apply_events(state, [event])[0]
+
+
+def repeat_outcome(
+    state: CitizenState,
+    event: m.RegistryEvent,
+    pending: Mapping[str, m.RegistryEvent] | None = None,
+) -> Duplicate | Rejected | None:
+    """What `event` is if its id is in the set or among `pending` (events about to be added
+    with it): a re-send, or a reused id; None for a new event."""
+    known = (pending or {}).get(event.event_id) or state.events.get(event.event_id)
+    if known is None:
+        return None
+    # Digests only on an id collision: hashing every stored event was a hot spot.
+    if content_digest(known) == content_digest(event):
+        return Duplicate()
+    return Rejected(
+        Conflict("DUPLICATE_EVENT_ID_DIFFERENT_CONTENT", "event id reused with other content")
+    )
+
+
+def apply_events(state: CitizenState, events: Sequence[m.RegistryEvent]) -> list[Applied]:
+    """Add new events (`repeat_outcome` None for each, distinct ids) in arrival order: one
+    `Applied` per event, the last one's `state` the state after all of them.
+
+    Each event that comes last in legal order is folded onto the snapshot before it, and its
+    `Applied` is exactly the state of the set at its version. From the first one that does
+    not, the rest are folded together with the set, once (`_refolded`).
+    """
+    applied: list[Applied] = []
+    for i, event in enumerate(events):
+        if not _comes_last(state, event):
+            return [*applied, *_refolded(state, events[i:])]
+        outcome = _append(state, event)
+        applied.append(outcome)
+        state = outcome.state
+    return applied
+
+
+def _refolded(state: CitizenState, added: Sequence[m.RegistryEvent]) -> list[Applied]:
+    """`added` and the set folded once: each event's `Applied` has its own version (the set's
+    size once it is in) and the final snapshot; the last one carries what all of them
+    changed, and the conflicts they surfaced and resolved (each exactly once)."""
+    earlier = state.ordered
+    if earlier is None:  # decoded, once if the new state keeps the index (INDEXED_FROM)
+        earlier = tuple(sorted(state.events.values(), key=legal_order))
+    # Timsort takes the index as one sorted run: O(n + k log k) for k added events.
+    ordered = sorted([*earlier, *added], key=legal_order)
+    new_state = _folded(state.pin, _with_events(state.events, added), ordered)
+    snapshot, conflicts = new_state.current(), new_state.conflicts
+    last = Applied(
         state=new_state,
         version=new_state.version,
-        snapshot=new_state.current(),
-        changed_fields=changed_fields(state.current(), new_state.current()),
+        snapshot=snapshot,
+        changed_fields=changed_fields(state.current(), snapshot),
         new_conflicts={k: v for k, v in conflicts.items() if k not in state.conflicts},
         resolved_conflicts={k: v for k, v in state.conflicts.items() if k not in conflicts},
     )
+    nothing: dict[str, Conflict] = {}
+    carried = [
+        replace(
+            last,
+            version=state.version + i,
+            changed_fields=(),
+            new_conflicts=nothing,
+            resolved_conflicts=nothing,
+        )
+        for i in range(1, len(added))
+    ]
+    return [*carried, last]
 
 
 # Events whose arrival can change how earlier events fold: a birth bounds them, a death
@@ -172,10 +241,11 @@ def _append(state: CitizenState, event: m.RegistryEvent) -> Applied:
     new_conflicts = {event.event_id: conflict} if conflict else {}
     new_state = replace(
         state,
-        events=_with_event(state.events, event),
+        events=_with_events(state.events, [event]),
         snapshot=snapshot,
         conflicts={**state.conflicts, **new_conflicts},
         last_order=legal_order(event),
+        ordered=None if state.ordered is None else (*state.ordered, event),
     )
     return Applied(
         state=new_state,
@@ -208,16 +278,16 @@ class _EventsAdded(Mapping[str, m.RegistryEvent]):
     def __len__(self) -> int:
         return len(self._earlier) + len(self._added)  # an added event is never in `earlier`
 
-    def plus(self, event: m.RegistryEvent) -> _EventsAdded:
-        return _EventsAdded(self._earlier, {**self._added, event.event_id: event})
+    def plus(self, events: Iterable[m.RegistryEvent]) -> _EventsAdded:
+        return _EventsAdded(self._earlier, {**self._added, **{e.event_id: e for e in events}})
 
 
-def _with_event(
-    events: Mapping[str, m.RegistryEvent], event: m.RegistryEvent
+def _with_events(
+    events: Mapping[str, m.RegistryEvent], added: Iterable[m.RegistryEvent]
 ) -> Mapping[str, m.RegistryEvent]:
     if isinstance(events, _EventsAdded):  # flat, however many events a batch adds
-        return events.plus(event)
-    return _EventsAdded(events, {event.event_id: event})
+        return events.plus(added)
+    return _EventsAdded(events, {e.event_id: e for e in added})
 
 
 def fold(
@@ -234,10 +304,11 @@ def _fold_ordered(
     snapshot = m.CitizenSnapshot(pin=pin)
     conflicts: dict[str, Conflict] = {}
     annulled = _annulled_deaths(ordered)
+    deaths = _death_numbers(ordered)  # once per fold: read by every annulment
     for event in ordered:
         if event.event_id in annulled:
             continue  # void from the start: as if it had never been registered
-        snapshot, conflict = _fold_one(snapshot, event, registered_birth, ordered)
+        snapshot, conflict = _fold_one(snapshot, event, registered_birth, deaths)
         if conflict is not None:
             conflicts[event.event_id] = conflict
     return snapshot, conflicts
@@ -247,13 +318,14 @@ def _fold_one(
     snapshot: m.CitizenSnapshot,
     event: m.RegistryEvent,
     registered_birth: date | None,
-    ordered: Sequence[m.RegistryEvent],
+    deaths: Collection[str],
 ) -> tuple[m.CitizenSnapshot, Conflict | None]:
-    """One event onto the snapshot of the events before it (`ordered`: the whole set, read
-    by an annulment): the next snapshot, or the same one and why the event conflicts."""
+    """One event onto the snapshot of the events before it (`deaths`: the registration
+    numbers of the set's deaths, read by an annulment): the next snapshot, or the same one
+    and why the event conflicts."""
     conflict = _precondition_failure(snapshot, event, snapshot.birth_date or registered_birth)
     if conflict is None and isinstance(event.payload, m.DeathAnnulled):
-        conflict = _annulment_failure(event.payload, ordered)
+        conflict = _annulment_failure(event.payload, deaths)
     if conflict is None:
         changes = _RULES[type(event.payload)](snapshot, event.payload)
         conflict = _authority_failure(event, changes)
@@ -284,16 +356,17 @@ def _annulled_deaths(events: Sequence[m.RegistryEvent]) -> set[str]:
     }
 
 
-def _annulment_failure(
-    annulment: m.DeathAnnulled, events: Sequence[m.RegistryEvent]
-) -> Conflict | None:
+def _death_numbers(events: Sequence[m.RegistryEvent]) -> set[str]:
+    return {
+        e.payload.registration_number for e in events if isinstance(e.payload, m.DeathRegistered)
+    }
+
+
+def _annulment_failure(annulment: m.DeathAnnulled, deaths: Collection[str]) -> Conflict | None:
     # Until the annulled registration arrives, the decision has nothing to act on; the
     # conflict resolves itself when it does.
-    for e in events:
-        if isinstance(e.payload, m.DeathRegistered) and (
-            e.payload.registration_number == annulment.death_registration_number
-        ):
-            return None
+    if annulment.death_registration_number in deaths:
+        return None
     return Conflict("NO_DEATH_TO_ANNUL", "no death registration with the annulled number")
 
 

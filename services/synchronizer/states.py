@@ -12,6 +12,11 @@ partition, or a step retried after a failure, never works on a stale state.
 A state that is not cached comes back from PostgreSQL the same way: with the fold of its
 events, persisted beside them (`persisted_fold`, `restored`), so a backfill, where most
 citizens were last seen long ago, does not decode and fold every earlier event again.
+
+A citizen with a long history keeps its decoded events in legal order as well, once an
+event landed among earlier ones (`CitizenState.ordered`, from `INDEXED_FROM` events): its
+next refold then decodes nothing. With the state go the count of the citizen's events
+applied today and its day (the daily cap), persisted in the same row.
 """
 
 from __future__ import annotations
@@ -30,18 +35,25 @@ from popsync.domain.merge import FOLD_RULES_VERSION, CitizenState, Conflict
 
 @dataclass(frozen=True)
 class Known:
-    """A citizen's decoded state and the stored bytes of its events, by event id."""
+    """A citizen's decoded state, the stored bytes of its events by event id, and how many
+    of them were applied on `day` (UTC, by arrival: the daily cap)."""
 
     state: CitizenState
     raw: dict[str, bytes]
+    day: date | None = None
+    applied_today: int = 0
 
     @property
     def version(self) -> int:
         return self.state.version
 
+    def applied_on(self, day: date) -> int:
+        """Events applied on `day` so far (none on a day other than the counted one)."""
+        return self.applied_today if day == self.day else 0
+
     def compact(self, decode: Callable[[bytes], m.RegistryEvent]) -> Known:
         """The same state with its events read from the stored bytes when needed."""
-        return Known(replace(self.state, events=StoredEvents(self.raw, decode)), self.raw)
+        return replace(self, state=replace(self.state, events=StoredEvents(self.raw, decode)))
 
 
 class StoredEvents(Mapping[str, m.RegistryEvent]):
@@ -90,7 +102,12 @@ def persisted_fold(state: CitizenState) -> bytes:
 def to_store(known: Known) -> StoredState:
     """The row that persists `known`: its events with their ids, and their fold."""
     return StoredState(
-        known.version, list(known.raw.values()), list(known.raw), persisted_fold(known.state)
+        known.version,
+        list(known.raw.values()),
+        list(known.raw),
+        persisted_fold(known.state),
+        known.day,
+        known.applied_today,
     )
 
 
@@ -119,7 +136,7 @@ def restored(
         last_order=fold.last_order,
         registered_birth=fold.registered_birth,
     )
-    return Known(state, raw)
+    return Known(state, raw, stored.day, stored.applied_today)
 
 
 class StateCache:

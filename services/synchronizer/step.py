@@ -4,13 +4,16 @@ One batch, in this order (each part idempotent, so a crash anywhere only repeats
 1. load the touched citizens' states from PostgreSQL: their accepted events and what
    those fold to (only their versions when the in-memory cache holds those versions,
    see `states`);
-2. merge each event (`popsync.domain.merge`): an update per applied event, a
-   conflict record per newly surfaced conflict, nothing for a duplicate;
+2. merge each citizen's events of the batch together (`popsync.domain.merge.apply_events`):
+   an update per applied event, a conflict record per newly surfaced conflict, nothing for
+   a duplicate; an event beyond the citizen's daily cap is rejected (CITIZEN_DAILY_LIMIT,
+   dead-lettered by the runtime, replayable the next day) and counts nothing;
 3. the runtime sends updates and conflicts and waits until the broker has them all;
 4. `finish`: save the new states, events and fold (a state only moves forward in
    version), then cache them.
 A crash between 3 and 4 re-emits the same updates with the same versions on
-restart; the store writer ignores versions it already has.
+restart; the store writer ignores versions it already has. The daily count is saved with
+the state, so such a retry counts the same events again from the same stored count.
 """
 
 from __future__ import annotations
@@ -18,16 +21,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Protocol
 
 from popsync.adapters.postgres.sync_state import StoredState
 from popsync.contract import models as m
 from popsync.contract.codec import Codec, DecodeError
-from popsync.domain.merge import Applied, CitizenState, Conflict, Duplicate, apply_event
+from popsync.domain.merge import (
+    Applied,
+    CitizenState,
+    Conflict,
+    Duplicate,
+    apply_events,
+    repeat_outcome,
+)
 from popsync.runtime import metrics
 from popsync.runtime.messages import InboundMessage, OutboundMessage
 from popsync.runtime.processing import Rejected, StepResult
+from popsync.runtime.sources import UNIDENTIFIED, source_of_event
 from popsync.settings import ProcessingSettings, TopicSettings
 
 from .states import Known, StateCache, restored, to_store
@@ -37,6 +48,10 @@ STAGE = "synchronizer"
 EVENT_CODEC = Codec(m.RegistryEvent)
 UPDATE_CODEC = Codec(m.CitizenUpdate)
 CONFLICT_CODEC = Codec(m.MergeConflict)
+DAILY_LIMIT = "CITIZEN_DAILY_LIMIT"
+
+# A decoded message: its position in the batch, the message, its event.
+Decoded = tuple[int, InboundMessage, m.RegistryEvent]
 
 
 @dataclass
@@ -45,6 +60,7 @@ class BatchResult:
 
     outputs: list[OutboundMessage] = field(default_factory=list)
     rejected: dict[int, Rejected] = field(default_factory=dict)  # by position in the batch
+    sources: list[str] = field(default_factory=list)  # of each message, in order
     applied: list[m.RegistryEvent] = field(default_factory=list)
     conflict_codes: list[str] = field(default_factory=list)
     duplicates: int = 0
@@ -71,10 +87,11 @@ class SynchronizerStep:
         self._states = states
         self._clock = clock
         self._cache = StateCache(processing.state_cache_citizens)
+        self._daily_cap = processing.citizen_events_per_day
 
     async def __call__(self, batch: Sequence[InboundMessage]) -> StepResult:
         decoded, result = self._decode(batch)
-        states = await self._load({event.subject_pin or "" for _, event in decoded})
+        states = await self._load({event.subject_pin or "" for _, _, event in decoded})
         self.merge(decoded, states, result)
 
         async def save() -> None:  # once the updates are out: see the module doc
@@ -83,7 +100,9 @@ class SynchronizerStep:
                 self._cache.put(pin, known.compact(EVENT_CODEC.decode))
             self._count(result)
 
-        return StepResult(outputs=result.outputs, rejected=result.rejected, finish=save)
+        return StepResult(
+            outputs=result.outputs, rejected=result.rejected, sources=result.sources, finish=save
+        )
 
     async def _load(self, pins: set[str]) -> dict[str, Known]:
         """Each citizen's current state: from the cache when the store holds that version."""
@@ -103,47 +122,77 @@ class SynchronizerStep:
             states.update((pin, _restore(pin, again[pin])) for pin in missing)
         return states
 
-    def _decode(
-        self, batch: Sequence[InboundMessage]
-    ) -> tuple[list[tuple[InboundMessage, m.RegistryEvent]], BatchResult]:
+    def _decode(self, batch: Sequence[InboundMessage]) -> tuple[list[Decoded], BatchResult]:
         result = BatchResult()
-        decoded = []
+        decoded: list[Decoded] = []
         for i, message in enumerate(batch):
             try:
                 event = EVENT_CODEC.decode(message.value)
-                if event.subject_pin is None or message.key != event.subject_pin.encode():
-                    raise DecodeError("KEY_PIN_MISMATCH", "validated event keyed wrongly")
             except DecodeError as exc:
                 # Only a validator bug or a foreign producer gets here; park it.
                 result.rejected[i] = Rejected(exc.reason, str(exc))
+                result.sources.append(UNIDENTIFIED)
                 continue
-            decoded.append((message, event))
+            result.sources.append(source_of_event(event))
+            if event.subject_pin is None or message.key != event.subject_pin.encode():
+                result.rejected[i] = Rejected("KEY_PIN_MISMATCH", "validated event keyed wrongly")
+                continue
+            decoded.append((i, message, event))
         return decoded, result
 
     def merge(
-        self,
-        decoded: Sequence[tuple[InboundMessage, m.RegistryEvent]],
-        states: dict[str, Known],
-        result: BatchResult,
+        self, decoded: Sequence[Decoded], states: dict[str, Known], result: BatchResult
     ) -> None:
-        """Apply the batch's events in arrival order to the citizens' current states."""
+        """Apply the batch's events to the citizens' current states: each citizen's new
+        events together, in arrival order, within its daily cap."""
         now = self._clock()
-        for message, event in decoded:
+        today = now.astimezone(UTC).date()
+        for pin, admitted in self._admit(decoded, states, today, result, now).items():
+            if admitted:
+                self._apply(pin, admitted, states, today, result, now)
+
+    def _admit(
+        self,
+        decoded: Sequence[Decoded],
+        states: Mapping[str, Known],
+        today: date,
+        result: BatchResult,
+        now: datetime,
+    ) -> dict[str, list[Decoded]]:
+        """Each citizen's new events that may be applied, in arrival order: re-sends are
+        skipped, reused ids surfaced as conflicts, events beyond the cap rejected."""
+        admitted: dict[str, list[Decoded]] = {}
+        for item in decoded:
+            i, _, event = item
             pin = event.subject_pin or ""
-            known = states[pin]
-            outcome = apply_event(known.state, event)
-            if isinstance(outcome, Duplicate):
+            known, pending = states[pin], admitted.setdefault(pin, [])
+            repeat = repeat_outcome(known.state, event, {e.event_id: e for _, _, e in pending})
+            if isinstance(repeat, Duplicate):
                 result.duplicates += 1
-                continue
-            if not isinstance(outcome, Applied):
-                result.outputs.append(self._conflict(event, outcome.conflict, now))
-                result.conflict_codes.append(outcome.conflict.code)
-                continue
-            # Copied once per batch: the cached dict must stay as stored until the save.
-            raw = known.raw if pin in result.changed else dict(known.raw)
+            elif repeat is not None:
+                result.outputs.append(self._conflict(event, repeat.conflict, now))
+                result.conflict_codes.append(repeat.conflict.code)
+            elif known.applied_on(today) + len(pending) >= self._daily_cap:
+                why = f"the citizen had {self._daily_cap} events applied today (UTC)"
+                result.rejected[i] = Rejected(DAILY_LIMIT, why, event)
+            else:
+                pending.append(item)
+        return admitted
+
+    def _apply(
+        self,
+        pin: str,
+        admitted: Sequence[Decoded],
+        states: dict[str, Known],
+        today: date,
+        result: BatchResult,
+        now: datetime,
+    ) -> None:
+        known = states[pin]
+        outcomes = apply_events(known.state, [event for _, _, event in admitted])
+        raw = dict(known.raw)  # the cached dict must stay as stored until the save
+        for (_, message, event), outcome in zip(admitted, outcomes, strict=True):
             raw[event.event_id] = message.value or b""
-            states[pin] = Known(outcome.state, raw)
-            result.changed.add(pin)
             result.applied.append(event)
             result.outputs.append(self._update(event, outcome, now))
             for event_id, conflict in outcome.new_conflicts.items():
@@ -153,6 +202,9 @@ class SynchronizerStep:
             for event_id, conflict in outcome.resolved_conflicts.items():
                 resolved = outcome.state.events[event_id]
                 result.outputs.append(self._conflict(resolved, conflict, now, resolved=True))
+        count = known.applied_on(today) + len(admitted)
+        states[pin] = Known(outcomes[-1].state, raw, today, count)
+        result.changed.add(pin)
 
     def _update(self, event: m.RegistryEvent, outcome: Applied, now: datetime) -> OutboundMessage:
         update = m.CitizenUpdate(
@@ -199,11 +251,12 @@ class SynchronizerStep:
 
 def _restore(pin: str, stored: StoredState) -> Known:
     """A citizen's state from its stored row: its persisted fold, or else its events."""
-    return restored(pin, stored, EVENT_CODEC.decode) or _rebuild(pin, stored.events or [])
+    return restored(pin, stored, EVENT_CODEC.decode) or _rebuild(pin, stored)
 
 
-def _rebuild(pin: str, stored: Sequence[bytes]) -> Known:
+def _rebuild(pin: str, stored: StoredState) -> Known:
     """A citizen's state folded from its stored events (validated bytes, so they decode)."""
-    events = [EVENT_CODEC.decode(value) for value in stored]
-    raw = {event.event_id: value for event, value in zip(events, stored, strict=True)}
-    return Known(CitizenState.from_events(pin, events), raw)
+    values = stored.events or []
+    events = [EVENT_CODEC.decode(value) for value in values]
+    raw = {event.event_id: value for event, value in zip(events, values, strict=True)}
+    return Known(CitizenState.from_events(pin, events), raw, stored.day, stored.applied_today)

@@ -13,10 +13,14 @@ CREATE TABLE IF NOT EXISTS sync_citizen_state (
     -- rules' version. Derived data: NULL, or another rules version, means the
     -- synchronizer folds the events instead.
     event_ids   text[],
-    fold        bytea
+    fold        bytea,
+    -- The daily cap: `applied_today` events of the citizen were applied on `day` (UTC,
+    -- by arrival); saved with the version, so a retried batch counts nothing twice.
+    day           date,
+    applied_today int NOT NULL DEFAULT 0
 );
--- Tables made before those two columns. Looked up first, so that a worker start takes
--- no ACCESS EXCLUSIVE lock on a table that has them already.
+-- Tables made before the later columns. Each is looked up first, so that a worker start
+-- takes no ACCESS EXCLUSIVE lock on a table that has them already.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM information_schema.columns
@@ -24,6 +28,14 @@ BEGIN
                       AND table_name = 'sync_citizen_state' AND column_name = 'fold') THEN
         ALTER TABLE sync_citizen_state ADD COLUMN IF NOT EXISTS event_ids text[],
                                        ADD COLUMN IF NOT EXISTS fold bytea;
+    END IF;
+    -- Tables made before the daily cap (a constant default: no table rewrite).
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                    WHERE table_schema = current_schema()
+                      AND table_name = 'sync_citizen_state'
+                      AND column_name = 'applied_today') THEN
+        ALTER TABLE sync_citizen_state ADD COLUMN IF NOT EXISTS day date,
+                                       ADD COLUMN IF NOT EXISTS applied_today int NOT NULL DEFAULT 0;
     END IF;
 END
 $$;

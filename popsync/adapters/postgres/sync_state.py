@@ -1,13 +1,16 @@
 """PostgreSQL: the synchronizer's state, each citizen's accepted events and their fold.
 
 A state only moves forward in version (`WHERE version < excluded.version`), so saving a
-batch again after a crash changes nothing the first save wrote.
+batch again after a crash changes nothing the first save wrote. The citizen's count of
+events applied on one day (the synchronizer's daily cap) is saved with its version: it
+only changes when an event is applied, so a retried batch counts nothing twice.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
 
 from popsync.adapters.postgres.database import Database, copy_rows
 
@@ -16,12 +19,16 @@ from popsync.adapters.postgres.database import Database, copy_rows
 class StoredState:
     """A citizen's persisted synchronizer state; `events` is None when the caller's copy of
     this version is current (see `SyncStateStore.load`). `event_ids` (one per event) and
-    `fold` (what the events fold to) are None in rows written before they were kept."""
+    `fold` (what the events fold to) are None in rows written before they were kept.
+    `applied_today` events were applied on `day` (UTC, by arrival); sent back with the
+    events (the caller's copy of the version has them), None and 0 in older rows."""
 
     version: int
     events: list[bytes] | None
     event_ids: list[str] | None = None
     fold: bytes | None = None
+    day: date | None = None
+    applied_today: int = 0
 
 
 class SyncStateStore:
@@ -39,19 +46,18 @@ class SyncStateStore:
         async with self._db.transaction() as cur:
             await cur.execute(
                 """
-                SELECT s.pin, s.version, c.events, c.event_ids, c.fold
+                SELECT s.pin, s.version, c.events, c.event_ids, c.fold, c.day,
+                       coalesce(c.applied_today, 0)
                   FROM sync_citizen_state s
                   JOIN unnest(%s::text[], %s::bigint[]) AS k(pin, version) USING (pin)
                   -- the row's contents only where the caller's version is not it
-                  LEFT JOIN LATERAL (SELECT s.events, s.event_ids, s.fold
+                  LEFT JOIN LATERAL (SELECT s.events, s.event_ids, s.fold, s.day,
+                                            s.applied_today
                                       WHERE s.version <> k.version) c ON true
                 """,
                 (pins, versions),
             )
-            return {
-                pin: StoredState(version, events, event_ids, fold)
-                for pin, version, events, event_ids, fold in await cur.fetchall()
-            }
+            return {row[0]: StoredState(*row[1:]) for row in await cur.fetchall()}
 
     async def save(self, states: Mapping[str, StoredState]) -> None:
         """Persist each citizen's state (all of its fields set) unless the store has a
@@ -64,7 +70,10 @@ class SyncStateStore:
                 cur,
                 "stage_sync_state",
                 _SYNC_STATE_COLUMNS,
-                [(pin, s.version, s.events, s.event_ids, s.fold) for pin, s in states.items()],
+                [
+                    (pin, s.version, s.events, s.event_ids, s.fold, s.day, s.applied_today)
+                    for pin, s in states.items()
+                ],
             )
             await cur.execute(_UPSERT_SYNC_STATE)
 
@@ -78,6 +87,8 @@ _SYNC_STATE_COLUMNS = {
     "events": "bytea[]",
     "event_ids": "text[]",
     "fold": "bytea",
+    "day": "date",
+    "applied_today": "int4",
 }
 # Staged, then moved with one INSERT … SELECT (see popsync.adapters.postgres.citizens).
 _STAGE_SYNC_STATE = """
@@ -85,10 +96,12 @@ _STAGE_SYNC_STATE = """
         ON COMMIT DELETE ROWS
 """
 _UPSERT_SYNC_STATE = """
-    INSERT INTO sync_citizen_state (pin, version, events, event_ids, fold)
-    SELECT pin, version, events, event_ids, fold FROM pg_temp.stage_sync_state ORDER BY pin
+    INSERT INTO sync_citizen_state (pin, version, events, event_ids, fold, day, applied_today)
+    SELECT pin, version, events, event_ids, fold, day, applied_today
+      FROM pg_temp.stage_sync_state ORDER BY pin
     ON CONFLICT (pin) DO UPDATE
        SET version = excluded.version, events = excluded.events,
-           event_ids = excluded.event_ids, fold = excluded.fold, updated_at = now()
+           event_ids = excluded.event_ids, fold = excluded.fold, day = excluded.day,
+           applied_today = excluded.applied_today, updated_at = now()
      WHERE sync_citizen_state.version < excluded.version
 """

@@ -1,16 +1,24 @@
 """`services.synchronizer.step.SyncStates`: unknown pins are absent; a load sends a state's
 contents back unless the caller holds its version already; a save only moves a state forward
-in version; every field round-trips. Run against `tests.fakes.InMemorySyncStates` and
+in version; every field round-trips, the daily count included, so the synchronizer's daily
+cap holds across restarts. Run against `tests.fakes.InMemorySyncStates` and
 `popsync.adapters.postgres.sync_state.SyncStateStore`."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pytest
 
 from popsync.adapters.postgres.sync_state import StoredState
+from popsync.contract import models as m
+from popsync.contract.codec import Codec
+from popsync.runtime.messages import InboundMessage
+from popsync.settings import Settings
+from services.synchronizer.step import SynchronizerStep
+from tests.builders import BIRTH, PIN, story_birth, story_move
 
 if TYPE_CHECKING:
     from services.synchronizer.step import SyncStates
@@ -51,6 +59,7 @@ def test_every_field_round_trips(sync_states: SyncStates) -> None:
         AN: StoredState(3, [b"\x00\x01avro\xff", b"", b"third"], ["a", "b", "c"], b"\x00{}"),
         BINH: StoredState(1, [], [], b""),
         CUONG: StoredState(2, [b"written before event ids and folds were kept"], None, None),
+        "079303000999": StoredState(2, [b"a", b"b"], ["a", "b"], b"{}", date(2026, 3, 1), 2),
     }
 
     async def scenario() -> None:
@@ -104,5 +113,56 @@ def test_a_batch_moves_each_state_on_its_own(sync_states: SyncStates) -> None:
             BINH: state(2, b"binh", b"moved"),
             CUONG: state(1, b"new"),
         }
+
+    asyncio.run(scenario())
+
+
+def test_the_daily_count_moves_with_the_version(sync_states: SyncStates) -> None:
+    counted = StoredState(2, [b"a", b"b"], ["a", "b"], b"{}", date(2026, 3, 1), 2)
+
+    async def scenario() -> None:
+        await sync_states.save({AN: counted})
+        await sync_states.save({AN: StoredState(2, [b"a", b"b"], ["a", "b"], b"{}", None, 7)})
+        assert await sync_states.load({AN: None}) == {AN: counted}  # a retry changes nothing
+        assert await sync_states.load({AN: 2}) == {AN: StoredState(2, None)}  # caller has it
+
+    asyncio.run(scenario())
+
+
+def test_the_synchronizers_daily_cap_holds_across_a_restart(sync_states: SyncStates) -> None:
+    settings = Settings()
+    processing = settings.processing.model_copy(update={"citizen_events_per_day": 3})
+    now = datetime(2026, 3, 1, 23, 30, tzinfo=UTC)
+    codec = Codec(m.RegistryEvent)
+    events = [story_birth()] + [
+        story_move(n, BIRTH + timedelta(days=40 * n), f"{26700 + n:05d}") for n in range(2, 7)
+    ]
+    batch = [
+        InboundMessage("validated", 0, i, PIN.encode(), codec.encode(e))
+        for i, e in enumerate(events)
+    ]
+
+    def restarted() -> SynchronizerStep:  # a fresh step: no cache, the count from the store
+        return SynchronizerStep(settings.topics, processing, sync_states, lambda: now)
+
+    async def run(step: SynchronizerStep, messages: list[InboundMessage]) -> list[int]:
+        result = await step(messages)
+        if result.finish is not None:
+            await result.finish()
+        return sorted(result.rejected)
+
+    async def scenario() -> None:
+        nonlocal now
+        assert await run(restarted(), batch[:2]) == []
+        assert await run(restarted(), batch[2:4]) == [1]  # the day's third passes, not the 4th
+        assert await run(restarted(), batch) == [3, 4, 5]  # a replay: duplicates, then over
+        now += timedelta(hours=1)  # past midnight UTC
+        assert await run(restarted(), batch[3:]) == []
+        stored = await sync_states.load({PIN: None})
+        assert (stored[PIN].version, stored[PIN].day, stored[PIN].applied_today) == (
+            6,
+            date(2026, 3, 2),
+            3,
+        )
 
     asyncio.run(scenario())
