@@ -32,7 +32,7 @@ from popsync.contract import models as m
 from popsync.dev.embedded.prometheus import JOB as PROMETHEUS_JOB
 from popsync.dev.embedded.prometheus import EmbeddedPrometheus, PrometheusStartError
 from popsync.dev.simulate.generator import SimulatedMessage, simulate
-from popsync.dev.stack import EmbeddedStack
+from popsync.dev.stack import EmbeddedStack, disk_usage, human_size, remove_tree
 from popsync.domain.merge import fold
 from popsync.domain.rules import RuleViolation, check_event
 from popsync.ops.publish import Publisher
@@ -125,22 +125,48 @@ def run_demo(
     timeout: float,
     with_prometheus: bool = False,
     metrics_plot: Path | None = None,
+    keep: bool = False,
 ) -> int:
+    """Run the demo; its temp work directory goes at the end unless `keep`, the run
+    failed (its logs say why), or the person named it with `workdir` (theirs to keep)."""
     signal.signal(signal.SIGTERM, _raise_interrupt)  # stop cleanly on SIGTERM as on Ctrl-C
     root = workdir or Path(tempfile.mkdtemp(prefix="popsync-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     print(f"popsync demo: {citizens} citizens, seed {seed}; logs and data in {root}")
     stack = EmbeddedStack(root)
     prometheus = EmbeddedPrometheus(root / "prometheus") if with_prometheus else None
+    code = 1
     try:
-        return _run(stack, citizens, seed, timeout, prometheus, metrics_plot)
+        code = _run(stack, citizens, seed, timeout, prometheus, metrics_plot)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping workers, broker and database", file=sys.stderr)
-        return 130
+        code = 130
     finally:
-        if prometheus is not None:
-            prometheus.stop()
-        stack.stop()
+        # Ignore a second Ctrl-C: stopping halfway would leave servers behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            if prometheus is not None:
+                prometheus.stop()
+            stack.stop()  # every server has exited before its files are removed
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _clean_up(root, remove=workdir is None and not keep and code != 1)
+    return code
+
+
+def _clean_up(root: Path, *, remove: bool) -> None:
+    """Say where the data is, or remove it and say how much that freed."""
+    size = human_size(disk_usage(root))
+    if not remove:
+        print(f"  {'data and logs kept':<24}{root} ({size})")
+        return
+    problem = remove_tree(root)
+    if problem is None:
+        print(f"  {'data and logs removed':<24}{root} ({size}; --keep keeps them)")
+    else:
+        print(f"popsync demo: {problem}", file=sys.stderr)
 
 
 def _run(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -47,8 +48,9 @@ def free_port() -> int:
         return port
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The `POPSYNC_*` variables that reproduce `settings` in another process."""
+def settings_env(settings: Settings, *, secrets: bool = True) -> dict[str, str]:
+    """The `POPSYNC_*` variables that reproduce `settings` in another process; without
+    `secrets`, those of `SecretStr` fields are left out (for output a person sees)."""
     env: dict[str, str] = {}
 
     def walk(prefix: str, model: BaseModel) -> None:
@@ -58,12 +60,46 @@ def settings_env(settings: Settings) -> dict[str, str]:
             if isinstance(value, BaseModel):
                 walk(f"{key}__", value)
             elif isinstance(value, SecretStr):
-                env[key] = value.get_secret_value()
+                if secrets:
+                    env[key] = value.get_secret_value()
             elif value is not None:
                 env[key] = str(value)
 
     walk("POPSYNC_", settings)
     return env
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes `path` occupies on disk, as `du` counts them (files a walk cannot read: 0)."""
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += (Path(folder) / name).lstat().st_blocks * 512
+            except OSError:
+                continue
+    return total
+
+
+def human_size(size: int) -> str:
+    """`size` bytes for a person: 512 B, 20 KB, 47.3 MB, 1.2 GB."""
+    value = float(size)
+    for unit in ("B", "KB", "MB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}" if unit == "MB" else f"{value:.0f} {unit}"
+        value /= 1024
+    return f"{value:,.1f} GB"
+
+
+def remove_tree(path: Path) -> str | None:
+    """Remove `path` and everything in it; None, or one line saying why it failed."""
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"could not remove {path}: {exc.strerror or exc} ({exc.filename or path})"
+    return None
 
 
 class WorkerProcess:

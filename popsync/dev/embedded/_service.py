@@ -1,11 +1,12 @@
-"""What every embedded service shares: started and stopped around a `with` block."""
+"""What every embedded service shares: started and stopped around a `with` block, and
+whether a process it started still runs."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 
 LOG_TAIL_BYTES = 4000
 
@@ -18,6 +19,24 @@ def log_tail(path: Path, what: str) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return f"<no {what} log>"
+
+
+def pid_state(pid: int) -> Literal["alive", "zombie", "gone"]:
+    """Like kill(pid, 0), but a zombie (exited, never reaped) does not count as alive."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "gone"
+    except PermissionError:
+        pass
+    try:
+        proc_stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return "gone" if Path("/proc/self/stat").exists() else "alive"
+    except OSError:
+        return "alive"
+    state = proc_stat.rsplit(")", 1)[-1].split()[0]
+    return "zombie" if state in ("Z", "X") else "alive"
 
 
 class EmbeddedService:

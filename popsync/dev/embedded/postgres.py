@@ -27,7 +27,6 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 from urllib.parse import quote
 
 import psycopg
@@ -42,7 +41,7 @@ with warnings.catch_warnings():
 
 __all__ = ["EmbeddedPostgres", "PostgresStartError"]
 
-from popsync.dev.embedded._service import EmbeddedService, log_tail
+from popsync.dev.embedded._service import EmbeddedService, log_tail, pid_state
 
 _log = logging.getLogger(__name__)
 
@@ -121,7 +120,7 @@ class EmbeddedPostgres(EmbeddedService):
     def pid(self) -> int | None:
         """PID of the running postmaster, None when not running."""
         info = self._read_pidfile()
-        return info.pid if info is not None and _pid_state(info.pid) == "alive" else None
+        return info.pid if info is not None and pid_state(info.pid) == "alive" else None
 
     @property
     def is_running(self) -> bool:
@@ -178,7 +177,7 @@ class EmbeddedPostgres(EmbeddedService):
         holds the shared memory segment, PostgreSQL refuses to start on the directory.
         """
         info = self._read_pidfile()
-        if info is not None and _pid_state(info.pid) == "alive":
+        if info is not None and pid_state(info.pid) == "alive":
             children = _children_of(info.pid)
             os.kill(info.pid, signal.SIGKILL)
             _wait_gone([info.pid], timeout=10)
@@ -260,7 +259,7 @@ class EmbeddedPostgres(EmbeddedService):
         process is attached to the old shared memory any more.
         """
         info = self._read_pidfile()
-        if info is None or _pid_state(info.pid) == "alive":
+        if info is None or pid_state(info.pid) == "alive":
             return
         if info.shmid is not None:
             while _shm_attached(info.shmid) > 0:
@@ -269,7 +268,7 @@ class EmbeddedPostgres(EmbeddedService):
                         f"processes of a crashed server still use {self._data_dir}"
                     )
                 time.sleep(0.1)
-        if _pid_state(info.pid) == "zombie":
+        if pid_state(info.pid) == "zombie":
             _log.warning("removing lock files of zombie postmaster %s", info.pid)
             if info.socket_dir is not None and info.port is not None:
                 socket_lock = info.socket_dir / f".s.PGSQL.{info.port}.lock"
@@ -407,24 +406,6 @@ def _wait_port_free(port: int, deadline: float) -> None:
         time.sleep(0.1)
 
 
-def _pid_state(pid: int) -> Literal["alive", "zombie", "gone"]:
-    """Like kill(pid, 0), but a zombie (exited, never reaped) does not count as alive."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return "gone"
-    except PermissionError:
-        pass
-    try:
-        proc_stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return "gone" if Path("/proc/self/stat").exists() else "alive"
-    except OSError:
-        return "alive"
-    state = proc_stat.rsplit(")", 1)[-1].split()[0]
-    return "zombie" if state in ("Z", "X") else "alive"
-
-
 def _children_of(pid: int) -> list[int]:
     """Direct children of `pid` from /proc (empty where there is no procfs)."""
     children = []
@@ -442,7 +423,7 @@ def _wait_gone(pids: Iterable[int], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     pending = list(pids)
     while pending:
-        pending = [pid for pid in pending if _pid_state(pid) == "alive"]
+        pending = [pid for pid in pending if pid_state(pid) == "alive"]
         if not pending:
             break
         if time.monotonic() >= deadline:

@@ -124,6 +124,10 @@ class EmbeddedPrometheus(EmbeddedService):
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self.is_running and self._process else None
+
     def set_targets(self, targets: Iterable[Target]) -> None:
         """Replace the scraped workers; Prometheus picks the file up within seconds."""
         self._targets = list(targets)
