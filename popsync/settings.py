@@ -6,10 +6,16 @@ Example: `POPSYNC_KAFKA__BOOTSTRAP_SERVERS=kafka:9092`,
 
 from __future__ import annotations
 
-from typing import Literal
+import difflib
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
+from pydantic_settings.sources.utils import parse_env_vars
 
 from popsync.identity.matching import MatchThresholds
 
@@ -223,3 +229,116 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Level of the workers' logs"
     )
+
+
+# ------------------------------------------------------------------------------ loading
+
+ENV_PREFIX = "POPSYNC_"
+# `POPSYNC_*` variables that are not settings: read elsewhere (the contract's schema folder),
+# by the tests and CI, or by docker-compose. Never reported as unknown.
+NOT_SETTINGS = frozenset(
+    {
+        "POPSYNC_SCHEMA_DIR",
+        "POPSYNC_CI",
+        "POPSYNC_REQUIRE_PROMETHEUS",
+        "POPSYNC_POSTGRES_PASSWORD",
+        "POPSYNC_GRAFANA_ADMIN_PASSWORD",
+        "POPSYNC_IMAGE",
+    }
+)
+
+
+class SettingsError(ValueError):
+    """The environment does not make valid settings; `lines` says why, one line per
+    variable, each naming the variable (never a secret's value)."""
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = tuple(lines)
+
+
+def env_name(*path: str | int) -> str:
+    """The variable of a field: ("processing", "batch_size") -> POPSYNC_PROCESSING__BATCH_SIZE."""
+    return ENV_PREFIX + "__".join(str(part).upper() for part in path)
+
+
+def _variables(model: type[BaseModel], path: tuple[str, ...] = ()) -> Iterator[tuple[str, bool]]:
+    """(variable, is_secret) of every field, a section's own name too (a JSON object)."""
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield env_name(*path, name), False
+            yield from _variables(annotation, (*path, name))
+        else:
+            yield env_name(*path, name), "SecretStr" in str(annotation)
+
+
+VARIABLES: Mapping[str, bool] = dict(_variables(Settings))
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per `POPSYNC_*` variable that is no setting, naming the closest setting."""
+    lines = []
+    for given in sorted(environ):
+        name = given.upper()  # pydantic-settings reads names case-insensitively
+        if not name.startswith(ENV_PREFIX) or name in VARIABLES or name in NOT_SETTINGS:
+            continue
+        # Compared without the prefix, which every name shares and which would make
+        # anything look close.
+        bare = [known.removeprefix(ENV_PREFIX) for known in VARIABLES]
+        close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), bare, n=1, cutoff=0.6)
+        hint = f"did you mean {ENV_PREFIX}{close[0]}?" if close else "see docs/configuration.md"
+        lines.append(f"{given}: not a popsync setting; {hint}")
+    return lines
+
+
+def _shown(value: Any, secret: bool) -> str:
+    if secret:
+        return " (value hidden: a secret)"
+    if isinstance(value, str | int | float | bool):
+        text = repr(value)
+        return f" (got {text[:60]}{'...' if len(text) > 60 else ''})"
+    return ""
+
+
+def describe_errors(exc: ValidationError) -> list[str]:
+    """One line per invalid field: its variable, pydantic's message, the value (unless a
+    secret, or a whole section)."""
+    lines = []
+    for error in exc.errors():
+        loc = [part for part in error["loc"] if isinstance(part, str)]
+        name = env_name(*loc) if loc else ENV_PREFIX + "*"
+        lines.append(
+            f"{name}: {error['msg']}{_shown(error.get('input'), VARIABLES.get(name, True))}"
+        )
+    return lines
+
+
+class _EnvironSource(EnvSettingsSource):
+    """The environment source of pydantic-settings, reading `environ` instead of os.environ."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ  # read by super().__init__, through _load_env_vars
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(
+            self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from `environ` (default: the process environment), as `Settings()` reads
+    them, refusing any `POPSYNC_*` variable that is not a setting. Raises SettingsError."""
+    environ = os.environ if environ is None else environ
+    unknown = unknown_variables(environ)
+    if unknown:
+        raise SettingsError(unknown)
+    try:
+        return Settings.model_validate(_EnvironSource(Settings, environ)())
+    except ValidationError as exc:
+        raise SettingsError(describe_errors(exc)) from None
+    except PydanticSettingsError as exc:  # a section's variable that is not a JSON object
+        field = re.search(r'field "([^"]+)"', str(exc))
+        name = env_name(field.group(1)) if field else ENV_PREFIX + "*"
+        raise SettingsError([f"{name}: not a valid JSON object"]) from None

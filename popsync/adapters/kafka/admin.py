@@ -20,19 +20,55 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from popsync.adapters.kafka.logs import CLIENT_LOGGER
+
 if TYPE_CHECKING:  # where confluent-kafka's own stubs take it from
     from confluent_kafka.admin._metadata import ClusterMetadata
 
 __all__ = [
+    "REACHABILITY_TIMEOUT_SECONDS",
+    "BrokerUnreachable",
     "PartitionCountMismatchError",
     "TopicProvisioningError",
     "TopicSpec",
     "provision_topics",
+    "require_broker",
 ]
 
 _log = logging.getLogger(__name__)
 
 _POLL_INTERVAL_S = 0.1
+# A metadata answer takes milliseconds from a live broker; this bounds how long a command
+# waits for a dead one (librdkafka would otherwise retry for the whole operation timeout).
+REACHABILITY_TIMEOUT_SECONDS = 5.0
+
+
+class BrokerUnreachable(ConnectionError):
+    """No broker of `servers` answered a metadata request within `waited` seconds."""
+
+    def __init__(self, servers: str, waited: float, detail: str) -> None:
+        super().__init__(f"no answer from {servers} within {waited:g} s: {detail}")
+        self.servers = servers
+        self.waited = waited
+        self.detail = detail
+
+
+def require_broker(
+    connection: Mapping[str, str | int], timeout: float = REACHABILITY_TIMEOUT_SECONDS
+) -> None:
+    """Raise BrokerUnreachable unless a broker answers a metadata request within `timeout`.
+
+    Asks for all topics, never one by name, so it cannot trigger auto-creation.
+    """
+    admin = AdminClient(dict(connection), logger=CLIENT_LOGGER)
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        detail = error.name() if isinstance(error, KafkaError) else type(exc).__name__
+        raise BrokerUnreachable(
+            str(connection.get("bootstrap.servers", "?")), timeout, detail
+        ) from exc
 
 
 class TopicProvisioningError(RuntimeError):
@@ -82,7 +118,7 @@ def provision_topics(
     deadline = time.monotonic() + timeout
     # A bare "host:port" list, or a full librdkafka config (security settings included).
     config = {"bootstrap.servers": connection} if isinstance(connection, str) else connection
-    admin = AdminClient(dict(config))
+    admin = AdminClient(dict(config), logger=CLIENT_LOGGER)
 
     existing = _partition_counts(_list_topics(admin, deadline))
     _check_partition_counts(specs, existing)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from popsync.adapters.kafka.logs import CLIENT_LOGGER
 from popsync.runtime.messages import OutboundMessage
 from popsync.settings import KafkaSettings
 from popsync.topology import MAX_DEAD_LETTER_BYTES
@@ -56,7 +57,7 @@ class BatchProducer:
     """Sends a step's outputs and waits until the broker has them all."""
 
     def __init__(self, kafka: KafkaSettings, **overrides: str | int) -> None:
-        self._producer = Producer(producer_config(kafka, **overrides))
+        self._producer = Producer(producer_config(kafka, **overrides), logger=CLIENT_LOGGER)
         self._failures: list[str] = []
 
     def _on_delivery(self, error: KafkaError | None, _: Message) -> None:

@@ -5,13 +5,18 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from popsync.adapters.kafka.logs import CLIENT_LOGGER
 from popsync.settings import KafkaSettings
 
 
 class TopicReadError(RuntimeError):
     """A topic could not be read to its end (missing, broken, or too slow)."""
+
+
+class TopicMissing(TopicReadError):
+    """The topic does not exist: not provisioned, or another name configured."""
 
 
 _GIVE_UP = {
@@ -34,13 +39,17 @@ def read_to_end(
             "enable.partition.eof": "true",
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 100,  # an empty partition's EOF comes after one fetch wait
-        }
+        },
+        logger=CLIENT_LOGGER,
     )
     try:
         # All topics, not just this one: asking for one by name may auto-create it.
-        metadata = consumer.list_topics(timeout=min(timeout, 30))
+        try:
+            metadata = consumer.list_topics(timeout=min(timeout, 30))
+        except KafkaException as exc:
+            raise TopicReadError(f"cannot read the metadata of {topic}: {exc}") from exc
         if topic not in metadata.topics:
-            raise TopicReadError(f"topic {topic} does not exist")
+            raise TopicMissing(f"topic {topic} does not exist")
         partitions = sorted(metadata.topics[topic].partitions)
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         open_partitions = set(partitions)

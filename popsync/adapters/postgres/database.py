@@ -11,10 +11,56 @@ from importlib import resources
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from popsync.settings import PostgresSettings
 
 log = logging.getLogger(__name__)
+
+
+class DatabaseUnreachable(ConnectionError):
+    """PostgreSQL at `address` refused or did not answer a new connection within `waited`
+    seconds; `detail` is libpq's reason (never the DSN, which may hold a password)."""
+
+    def __init__(self, address: str, waited: float, detail: str) -> None:
+        super().__init__(f"no connection to {address} within {waited:g} s: {detail}")
+        self.address = address
+        self.waited = waited
+        self.detail = detail
+
+
+def dsn_address(dsn: str) -> str:
+    """host:port/database of a libpq DSN, without user or password, for messages."""
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "an unparsable DSN"
+    host = str(parts.get("host") or "localhost")
+    port = str(parts.get("port") or "5432")
+    return f"{host}:{port}/{parts.get('dbname') or parts.get('user') or ''}"
+
+
+def _reason(exc: psycopg.Error) -> str:
+    """libpq's reason, e.g. "Connection refused", from its first line."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return first.rsplit(" failed: ", 1)[-1].strip()[:200]
+
+
+def connect(settings: PostgresSettings, **options: Any) -> psycopg.Connection[Any]:
+    """A new synchronous connection, bounded by `connect_timeout_seconds`; raises
+    DatabaseUnreachable (one line) when none can be made."""
+    dsn = settings.dsn.get_secret_value()
+    # libpq's connect_timeout is whole seconds, at least 2.
+    waited = max(int(settings.connect_timeout_seconds), 2)
+    try:
+        return psycopg.connect(dsn, connect_timeout=waited, **options)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnreachable(dsn_address(dsn), waited, _reason(exc)) from exc
+
+
+def require_database(settings: PostgresSettings) -> None:
+    """Raise DatabaseUnreachable unless a connection can be made now."""
+    connect(settings).close()
 
 
 def schema_sql() -> str:

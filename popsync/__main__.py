@@ -1,0 +1,7 @@
+"""`python -m popsync`: the same as the `popsync` command."""
+
+import sys
+
+from popsync.cli import main
+
+sys.exit(main())
