@@ -139,15 +139,29 @@ def restored(
     return Known(state, raw, stored.day, stored.applied_today)
 
 
-class StateCache:
-    """Least-recently-used states, at most `capacity` citizens (0 disables it)."""
+# Most decoded events the cache keeps in legal-order indexes, all citizens together (about
+# 2.7 KB each): a flood of out-of-order events on many citizens must not grow the worker.
+INDEXED_EVENTS = 20_000
 
-    def __init__(self, capacity: int) -> None:
+
+class StateCache:
+    """Least-recently-used states, at most `capacity` citizens (0 disables it), and at most
+    `indexed_events` decoded events in their indexes: beyond that, the least recently used
+    indexes are dropped (the state stays; its next refold decodes its events again)."""
+
+    def __init__(self, capacity: int, indexed_events: int = INDEXED_EVENTS) -> None:
         self._capacity = capacity
         self._entries: OrderedDict[str, Known] = OrderedDict()
+        self._indexed_budget = indexed_events
+        self._indexed: OrderedDict[str, int] = OrderedDict()  # pin -> events in its index
+        self._indexed_total = 0
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def indexed_events(self) -> int:
+        return self._indexed_total
 
     def version(self, pin: str) -> int | None:
         known = self._entries.get(pin)
@@ -159,12 +173,27 @@ class StateCache:
         if known is None or known.version != version:
             return None
         self._entries.move_to_end(pin)
+        if pin in self._indexed:
+            self._indexed.move_to_end(pin)
         return known
 
     def put(self, pin: str, known: Known) -> None:
         if self._capacity == 0:
             return
+        self._forget_index(pin)
         self._entries[pin] = known
         self._entries.move_to_end(pin)
+        if known.state.ordered is not None:
+            self._indexed[pin] = len(known.state.ordered)
+            self._indexed_total += len(known.state.ordered)
         while len(self._entries) > self._capacity:
-            self._entries.popitem(last=False)
+            evicted, _ = self._entries.popitem(last=False)
+            self._forget_index(evicted)
+        while self._indexed_total > self._indexed_budget:
+            oldest = next(iter(self._indexed))
+            self._forget_index(oldest)
+            entry = self._entries[oldest]
+            self._entries[oldest] = replace(entry, state=replace(entry.state, ordered=None))
+
+    def _forget_index(self, pin: str) -> None:
+        self._indexed_total -= self._indexed.pop(pin, 0)

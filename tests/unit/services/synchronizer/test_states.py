@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import replace
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -22,7 +22,13 @@ from popsync.services.synchronizer.step import SynchronizerStep
 from popsync.adapters.postgres.sync_state import StoredState
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
-from popsync.domain.merge import FOLD_RULES_VERSION, Applied, CitizenState, apply_event
+from popsync.domain.merge import (
+    FOLD_RULES_VERSION,
+    INDEXED_FROM,
+    Applied,
+    CitizenState,
+    apply_event,
+)
 from popsync.runtime.messages import InboundMessage
 from popsync.settings import Settings
 from tests.builders import PIN, story, story_annulment, story_birth, story_move
@@ -217,3 +223,26 @@ def test_a_restarted_synchronizer_reads_states_back_without_folding_them_again()
     )
     (update,) = [UPDATES.decode(m.value) for m in producer.sent if m.topic.endswith("updates.v1")]
     assert update.snapshot == reference.current()
+
+
+def indexed(pin: str, events: int) -> Known:
+    moves = [
+        story_move(n, date(2004, 1, 1) + timedelta(days=n), "26734") for n in range(2, events + 2)
+    ]
+    state = CitizenState.from_events(pin, [story_birth(), *moves])
+    assert state.ordered is not None
+    return Known(state, {})
+
+
+def test_the_cache_keeps_at_most_its_budget_of_indexed_events() -> None:
+    cache = StateCache(capacity=10, indexed_events=INDEXED_FROM * 3)
+    cache.put("a", indexed("a", INDEXED_FROM))
+    cache.put("b", indexed("b", INDEXED_FROM))
+    assert cache.indexed_events == 2 * (INDEXED_FROM + 1)
+    cache.get("a", INDEXED_FROM + 1)  # "a" is now the most recent
+    cache.put("c", indexed("c", INDEXED_FROM))
+    b = cache.get("b", INDEXED_FROM + 1)
+    assert b is not None and b.state.ordered is None  # its index dropped, its state kept
+    assert cache.indexed_events == 2 * (INDEXED_FROM + 1)
+    cache.put("a", known("a"))  # replaced by a state without an index
+    assert cache.indexed_events == INDEXED_FROM + 1
