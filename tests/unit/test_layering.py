@@ -24,7 +24,9 @@ from popsync import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 DEV = "popsync.dev"
-DEV_COMMANDS = frozenset({"demo", "simulate", "bench", "stack"})  # handlers that may import popsync.dev
+DEV_COMMANDS = frozenset(
+    {"demo", "simulate", "bench", "stack"}
+)  # handlers that may import popsync.dev
 # The domain's outer layers and the clients they wrap.
 NOT_IN_DOMAIN = (
     "popsync.adapters",
