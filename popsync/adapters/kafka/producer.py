@@ -38,10 +38,12 @@ class DeliveryFailed(RuntimeError):
         self.permanent = permanent
 
 
-def producer_config(kafka: KafkaSettings, **overrides: str | int) -> dict[str, str | int]:
-    """Idempotent producer: retries never duplicate or reorder a partition's messages."""
+def producer_config(kafka: KafkaSettings, **overrides: str | int) -> dict[str, object]:
+    """Idempotent producer: retries never duplicate or reorder a partition's messages.
+    librdkafka's log lines go to `CLIENT_LOGGER` (its `logger` key)."""
     return {
         **kafka.librdkafka(),
+        "logger": CLIENT_LOGGER,
         "enable.idempotence": "true",
         "acks": "all",
         "linger.ms": kafka.linger_ms,
@@ -57,7 +59,7 @@ class BatchProducer:
     """Sends a step's outputs and waits until the broker has them all."""
 
     def __init__(self, kafka: KafkaSettings, **overrides: str | int) -> None:
-        self._producer = Producer(producer_config(kafka, **overrides), logger=CLIENT_LOGGER)
+        self._producer = Producer(producer_config(kafka, **overrides))
         self._failures: list[str] = []
 
     def _on_delivery(self, error: KafkaError | None, _: Message) -> None:
