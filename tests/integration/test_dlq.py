@@ -234,37 +234,56 @@ EXPECTED_REASONS = {
 }
 
 
-def test_the_limit_stops_the_worker_before_it_sends_and_nothing_is_lost(
+def failing_alike(sources: int, each: int) -> list[tuple[bytes | None, m.RegistryEvent]]:
+    """What a bad deploy looks like: `sources` registries' events all refused for the same
+    reason (here a commune code the rules suddenly refuse), interleaved."""
+    provinces = ["01", "79", "48", "31", "92", "04"][:sources]
+    out: list[tuple[bytes | None, m.RegistryEvent]] = []
+    for _ in range(each):
+        for province in provinces:
+            pin = new_pin()
+            event = move(pin, date(2020, 1, 1), commune="123")
+            out.append((pin.encode(), event.model_copy(update={"source_province": province})))
+    return out
+
+
+def test_many_sources_failing_alike_stop_the_worker_before_it_sends_and_nothing_is_lost(
     stack: EmbeddedStack,
 ) -> None:
     settings = isolated(
         stack,
         "dlqlimit",
         topics={"partitions": 1},
-        processing={"batch_window_seconds": 2.0},  # the 16 messages make one batch
-        dead_letter_limit={"window": 20, "max_consecutive": 10},
+        processing={"batch_window_seconds": 2.0},  # the 17 messages make one batch
+        dead_letter_limit={"window": 40, "max_consecutive": 4, "bad_deploy_sources": 3},
     )
     good = new_pin()
-    send(settings, [*bad_messages(), (good.encode(), birth(good))])
+    bad = failing_alike(sources=4, each=4)
+    send(settings, [*bad, (good.encode(), birth(good))])
 
     with workers(stack, settings, ("validator",), "-dlqlimit") as (validator,):
         assert validator.process.wait(timeout=60) == 70
     log = validator.log_path.read_text(encoding="utf-8", errors="replace")
-    assert "dead-letter limit reached in validator: 10 messages in a row" in log
-    assert "BAD_MAGIC=" in log and good not in log
+    assert (
+        "dead-letter limit reached in validator: 3 sources crossed it for the same reason "
+        "(COMMUNE_CODE_MALFORMED)" in log
+    )
+    assert "signature of a bad deployment" in log and good not in log
     assert dead_letter_records(settings) == []  # the stopped batch sent nothing
     assert not list(read_to_end(settings.kafka, settings.topics.validated_events, 30))
+    with psycopg.connect(settings.postgres.dsn.get_secret_value()) as conn:
+        assert conn.execute("SELECT count(*) FROM source_quarantine").fetchone() == (0,)
 
-    limit = DeadLetterLimitSettings(window=1000, max_consecutive=1000)
+    limit = DeadLetterLimitSettings(window=1000, max_consecutive=1000, bad_deploy_sources=100)
     higher = settings.model_copy(update={"dead_letter_limit": limit})
     with workers(stack, higher, ("validator",), "-dlqlimit-raised"):
         validated = eventually(
             lambda: list(read_to_end(settings.kafka, settings.topics.validated_events, 30))
         )
-    assert len(validated) == 1  # the good message, after the 15 bad ones (one partition)
+    assert len(validated) == 1  # the good message, after the 16 bad ones (one partition)
     letters = [DEAD_LETTER_CODEC.decode(value) for value in dead_letter_records(settings)]
-    assert Counter(x.original_offset for x in letters) == Counter(range(15))  # each once
-    assert Counter(x.reason_code for x in letters) == EXPECTED_REASONS
+    assert Counter(x.original_offset for x in letters) == Counter(range(len(bad)))  # each once
+    assert Counter(x.reason_code for x in letters) == {"COMMUNE_CODE_MALFORMED": len(bad)}
     assert {x.stage for x in letters} == {"validator"}
 
 
