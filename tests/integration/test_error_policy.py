@@ -150,7 +150,9 @@ def inject_bug(monkeypatch: pytest.MonkeyPatch, worker: WorkerName, pin: str) ->
         from popsync.services.synchronizer import step as sync_step
 
         monkeypatch.setattr(
-            sync_step, "apply_event", failing(sync_step.apply_event, lambda _, e: e.subject_pin)
+            sync_step,
+            "apply_events",
+            failing(sync_step.apply_events, lambda _, events: events[0].subject_pin),
         )
     else:
         from popsync.adapters.postgres import citizens
