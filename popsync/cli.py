@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from popsync.adapters.kafka.logs import CLIENT_LOGGER
 from popsync.contract import models as m
 from popsync.ops import dlq, failures
+from popsync.runtime.sources import UNIDENTIFIED
 from popsync.settings import WORKER_NAMES, Settings, WorkerName, load_settings
 
 log = logging.getLogger("popsync.cli")
@@ -39,6 +40,22 @@ def _source(text: str) -> m.SourceRegistry:
     except ValueError:
         names = ", ".join(s.value.lower().replace("_", "-") for s in m.SourceRegistry)
         raise argparse.ArgumentTypeError(f"unknown source {text!r}; one of: {names}") from None
+
+
+def _dead_letter_source(text: str) -> str:
+    """A registry (`civil-status`), a quarantined source (`CIVIL_STATUS/79`) or
+    `unidentified` (a message that named no source)."""
+    if text == UNIDENTIFIED:
+        return text
+    registry, slash, province = text.partition("/")
+    name = _source(registry).value
+    if not slash:
+        return name
+    if province == "?":
+        return f"{name}/?"
+    if not (province.isascii() and province.isdigit()):
+        raise argparse.ArgumentTypeError(f"not a source: {text!r}; e.g. CIVIL_STATUS/79")
+    return f"{name}/{province.lstrip('0').zfill(2)}"  # 079 and 79 are one source
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -210,7 +227,7 @@ def _dlq_selection(args: argparse.Namespace) -> dlq.Selection:
     return dlq.Selection(
         reasons=frozenset(args.reason),
         stages=frozenset(args.stage),
-        sources=frozenset(source.value for source in args.source),
+        sources=frozenset(args.source),
         since=args.since,
         until=args.until,
         retryable=args.retryable,
@@ -359,7 +376,12 @@ def _add_dlq_selection(parser: argparse.ArgumentParser) -> None:
         "--stage", action="append", default=[], choices=WORKER_NAMES, help="(repeatable)"
     )
     parser.add_argument(
-        "--source", action="append", default=[], type=_source, help="e.g. civil-status"
+        "--source",
+        action="append",
+        default=[],
+        type=_dead_letter_source,
+        help="a registry (civil-status), a source as quarantined (CIVIL_STATUS/79), or "
+        f"{UNIDENTIFIED}; repeatable",
     )
     parser.add_argument("--since", type=_moment, help="failed at or after (ISO 8601; UTC)")
     parser.add_argument("--until", type=_moment, help="failed before (ISO 8601; UTC)")

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, TopicPartition
 from faust.types import AppT
 
+from popsync.adapters.kafka.logs import CLIENT_LOGGER
 from popsync.runtime.exits import EXIT_DRAINED, EXIT_UNFINISHED_BATCH, exit_now
 from popsync.runtime.messages import InboundMessage
 from popsync.settings import KafkaSettings
@@ -165,7 +166,8 @@ def read_committed(
     kafka: KafkaSettings, group: str, keys: Iterable[PartitionKey], timeout: float
 ) -> dict[PartitionKey, int]:
     """The group's committed offsets as the broker has them (no group membership needed)."""
-    consumer = Consumer({**kafka.librdkafka(), "group.id": group, "enable.auto.commit": "false"})
+    config = {**kafka.librdkafka(), "group.id": group, "enable.auto.commit": "false"}
+    consumer = Consumer(config, logger=CLIENT_LOGGER)
     try:
         found = consumer.committed([TopicPartition(t, p) for t, p in keys], timeout=timeout)
         return {(tp.topic, tp.partition): tp.offset for tp in found if tp.error is None}

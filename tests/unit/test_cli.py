@@ -167,3 +167,11 @@ def test_each_known_failure_has_its_line_and_exit_code(
 def test_a_dsn_is_shown_without_its_password() -> None:
     assert dsn_address("postgresql://popsync:s3cret@db:6432/central") == "db:6432/central"
     assert dsn_address("host=/run/pg dbname=x password=s3cret") == "/run/pg:5432/x"
+
+
+def test_dead_letters_are_selected_by_registry_source_or_unidentified() -> None:
+    parse = cli.build_parser().parse_args
+    args = parse(["dlq", "list", "--source", "civil-status", "--source", "CIVIL_STATUS/079"])
+    assert cli._dlq_selection(args).sources == {"CIVIL_STATUS", "CIVIL_STATUS/79"}
+    args = parse(["dlq", "replay", "--source", "unidentified", "--source", "residence/?"])
+    assert cli._dlq_selection(args).sources == {"unidentified", "RESIDENCE/?"}
