@@ -168,19 +168,33 @@ def repeat_outcome(
     )
 
 
+# An out-of-order event refolds the citizen's set: O(history). Each refold keeps its update
+# exact (the fold of the set at its version), so the updates and the history they write
+# depend on arrival order only, not on how the stream was cut into batches (a restart cuts
+# it elsewhere). Past this many event folds for one citizen in one batch, the rest of its
+# batch is folded together, once: a flood costs O(history) per batch, not per event.
+EXACT_REFOLD_BUDGET = 2_048
+
+
 def apply_events(state: CitizenState, events: Sequence[m.RegistryEvent]) -> list[Applied]:
     """Add new events (`repeat_outcome` None for each, distinct ids) in arrival order: one
     `Applied` per event, the last one's `state` the state after all of them.
 
-    Each event that comes last in legal order is folded onto the snapshot before it, and its
-    `Applied` is exactly the state of the set at its version. From the first one that does
-    not, the rest are folded together with the set, once (`_refolded`).
+    Each event is exact — its `Applied` is the state of the set at its version — when it
+    comes last in legal order (folded onto the snapshot before it), or when refolding the set
+    for it stays within `EXACT_REFOLD_BUDGET` event folds for this batch. From the first one
+    beyond that, the rest are folded together with the set, once (`_refolded`).
     """
     applied: list[Applied] = []
+    budget = EXACT_REFOLD_BUDGET
     for i, event in enumerate(events):
-        if not _comes_last(state, event):
+        if _comes_last(state, event):
+            outcome = _append(state, event)
+        elif state.version < budget:
+            budget -= state.version + 1
+            outcome = _refolded(state, [event])[-1]
+        else:
             return [*applied, *_refolded(state, events[i:])]
-        outcome = _append(state, event)
         applied.append(outcome)
         state = outcome.state
     return applied

@@ -12,6 +12,8 @@ own reason).
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -56,18 +58,31 @@ def list_sources(settings: Settings, out: TextIO = sys.stdout) -> int:
     return 0
 
 
-def release_source(settings: Settings, source: str, operator: str | None, out: TextIO) -> int:
-    """Lift the quarantine of `source`; exit code 0, or 1 when none is in force."""
+def release_source(
+    settings: Settings,
+    source: str,
+    operator: str | None,
+    out: TextIO,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Lift the quarantine of `source`; exit code 0, or 1 when none is in force.
+
+    Returns once every worker has had `quarantine_refresh_seconds` to notice: a worker
+    re-reads the quarantines at its next batch once that long has passed since it last did,
+    so a replay started after this returns is never parked again by a stale worker.
+    """
     who = operator_name(operator)
     with _connect(settings) as conn, conn.transaction():
         released = release(conn, source, who)
     if not released:
         print(f"no quarantine in force for {source!r} (see `popsync sources list`)", file=out)
         return 1
+    wait = settings.dead_letter_limit.quarantine_refresh_seconds
+    print(f"released {source}; waiting {wait:g} s for the workers to notice", file=out)
+    sleep(wait)
     print(
-        f"released {source}; workers let its events through within "
-        f"{settings.dead_letter_limit.quarantine_refresh_seconds:g} s. Replay what was "
-        f"parked meanwhile: popsync dlq replay --reason SOURCE_QUARANTINED --source {source}",
+        "its events flow again. Replay what was parked meanwhile: "
+        f"popsync dlq replay --reason SOURCE_QUARANTINED --source {source}",
         file=out,
     )
     return 0

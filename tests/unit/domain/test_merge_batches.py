@@ -9,10 +9,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import date, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from popsync.contract import models as m
+from popsync.domain import merge
 from popsync.domain.merge import (
     INDEXED_FROM,
     Applied,
@@ -130,10 +132,38 @@ def test_one_event_per_batch_keeps_the_per_event_contract(
         state = outcome.state
 
 
-def test_events_landing_among_earlier_ones_carry_the_final_snapshot_once() -> None:
-    """From the first event of a batch that does not come last, the rest are folded once:
-    each update keeps its own version, all carry the batch's final snapshot, and the last one
-    says what the batch changed."""
+@settings(max_examples=40, deadline=None)
+@given(st.permutations(HISTORY[:16]), st.lists(st.integers(0, 16), max_size=5))
+def test_within_the_budget_the_updates_do_not_depend_on_the_batches(
+    order: list[m.RegistryEvent], cuts: list[int]
+) -> None:
+    """A restart cuts the stream into other batches: the updates (and so the history rows
+    written from them) must be the same."""
+    _, one_by_one = merge_in_batches(CitizenState(PIN), [[event] for event in order])
+    _, batched = merge_in_batches(CitizenState(PIN), split(order, cuts))
+
+    def described(applied: list[Applied]) -> list[tuple[object, ...]]:
+        return [
+            (
+                a.version,
+                a.snapshot,
+                a.changed_fields,
+                dict(a.new_conflicts),
+                dict(a.resolved_conflicts),
+            )
+            for a in applied
+        ]
+
+    assert described(batched) == described(one_by_one)
+
+
+def test_events_landing_among_earlier_ones_past_the_budget_carry_the_final_snapshot_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the budget (a flood), the rest of a batch is folded once: each update keeps its
+    own version, all carry the batch's final snapshot, and the last one says what the batch
+    changed."""
+    monkeypatch.setattr(merge, "EXACT_REFOLD_BUDGET", 0)
     earlier = CitizenState.from_events(PIN, HISTORY[:9])  # the story, up to the death's move
     in_order = story_move(200, date(2025, 1, 1), "26799")  # comes last: exact
     older = [story_move(201, date(2011, 1, 1), "26781"), story_move(202, date(2012, 1, 1), "26782")]
