@@ -23,6 +23,7 @@ from popsync.contract import models as m
 from popsync.ops import dlq, failures
 from popsync.runtime.sources import UNIDENTIFIED
 from popsync.settings import WORKER_NAMES, Settings, WorkerName, load_settings
+from popsync.trust.signing import Signer, SigningKeyError, load_signer
 
 log = logging.getLogger("popsync.cli")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -82,10 +83,26 @@ def cmd_publish(args: argparse.Namespace) -> int:
         def report_bad(bad: BadLine) -> None:
             print(f"{args.file}:{bad.line_number}: {bad.reason}: {bad.message}", file=sys.stderr)
 
-        publisher = Publisher(BatchProducer(settings.kafka), settings.topics.registry_events)
+        signer = _signer(args.signing_key) if args.signing_key else None
+        publisher = Publisher(
+            BatchProducer(settings.kafka), settings.topics.registry_events, signer
+        )
         report = publish_jsonl(publisher, handle, args.source, report_bad)
     print(f"published {report.published} events, {report.bad_lines} bad lines")
     return failures.EXIT_REFUSED if report.bad_lines else failures.EXIT_OK
+
+
+def _signer(path: Path) -> Signer:
+    try:
+        return load_signer(path)
+    except SigningKeyError as exc:
+        raise failures.UsageError(str(exc)) from None
+
+
+def cmd_acls(args: argparse.Namespace) -> int:
+    from popsync.ops.acls import kafka_acls
+
+    return kafka_acls(load_settings(), apply=args.apply, out=sys.stdout)
 
 
 def _open_input(name: str) -> BinaryIO:
@@ -512,6 +529,7 @@ def _add_pipeline_commands(sub: Subparsers) -> None:
         "publish",
         "validate and publish a JSON-lines file",
         "popsync publish --source civil-status events/civil-status.jsonl",
+        "popsync publish --source civil-status --signing-key civil-status-79.key events.jsonl",
         description="Publish each line of FILE that is a valid contract event of the "
         "source; each refused line is reported as FILE:LINE: CODE: message (no personal "
         "data) and the others still go. Exit 0 if every line went, 1 if some were refused.",
@@ -519,8 +537,30 @@ def _add_pipeline_commands(sub: Subparsers) -> None:
     publish.add_argument(
         "--source", type=_source, required=True, help=f"the registry; one of {_sources_help()}"
     )
+    publish.add_argument(
+        "--signing-key",
+        type=Path,
+        default=None,
+        help="sign every event with this publisher key file (`popsync keys generate`); "
+        "the validator parks unsigned events",
+    )
     publish.add_argument("file", help="JSON lines, UTF-8, one event per line")
     publish.set_defaults(func=cmd_publish)
+
+    acls = _command(
+        sub,
+        "acls",
+        "the Kafka ACLs the topology and the publisher directory call for",
+        "popsync acls",
+        "popsync acls --apply",
+        description="Derive every Kafka ACL from the topology (which worker reads and "
+        "writes which topic) and the publisher directory (each registry writes only the "
+        "registry-events topic, as its own principal); print them, or apply them with the "
+        "admin API (--apply). The embedded broker does not enforce ACLs: signatures are the "
+        "boundary that holds there (docs/security.md).",
+    )
+    acls.add_argument("--apply", action="store_true", help="create them on the broker")
+    acls.set_defaults(func=cmd_acls)
 
     topology = _command(
         sub,

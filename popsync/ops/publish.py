@@ -28,6 +28,7 @@ from popsync.contract.codec import Codec, DecodeError, to_avro_datum
 from popsync.contract.json_form import event_from_json
 from popsync.runtime.messages import OutboundMessage
 from popsync.topology import MAX_EVENT_BYTES
+from popsync.trust.signing import Signer
 
 EVENT_CODEC = Codec(m.RegistryEvent)
 
@@ -75,6 +76,7 @@ class GoodLine:
     line_number: int
     key: bytes | None
     value: bytes
+    event: m.RegistryEvent
 
 
 @dataclass
@@ -96,12 +98,20 @@ class Sink(Protocol):
 
 
 class Publisher:
-    def __init__(self, producer: Sink, topic: str) -> None:
+    """Sends a registry's events; with a `signer`, each one signed (`popsync.trust.signing`)."""
+
+    def __init__(self, producer: Sink, topic: str, signer: Signer | None = None) -> None:
         self._producer = producer
         self._topic = topic
+        self._signer = signer
 
     def send(self, key: bytes | None, event: m.RegistryEvent) -> None:
-        self._producer.produce(OutboundMessage(self._topic, key, EVENT_CODEC.encode(event)))
+        self.send_encoded(key, EVENT_CODEC.encode(event), event)
+
+    def send_encoded(self, key: bytes | None, value: bytes, event: m.RegistryEvent) -> None:
+        """`event` as already encoded (`value`), signed if this publisher signs."""
+        headers = self._signer.headers(key, value, event) if self._signer else []
+        self._producer.produce(OutboundMessage(self._topic, key, value, list(headers)))
 
     def send_raw(self, key: bytes | None, value: bytes | None) -> None:
         """Bytes as they are: for replaying dead letters and testing bad input."""
@@ -179,7 +189,7 @@ def _judge(number: int, raw: bytes | None, source: m.SourceRegistry) -> GoodLine
         )
     value = _encode(event, checked=bool(wide))
     key = event.subject_pin.encode() if event.subject_pin else None
-    return GoodLine(number, key, value)
+    return GoodLine(number, key, value, event)
 
 
 def _check_depth(text: str) -> None:
@@ -279,7 +289,7 @@ def publish_jsonl(
                 report.refused[item.reason] += 1
                 on_bad(item)
                 continue
-            publisher.send_raw(item.key, item.value)
+            publisher.send_encoded(item.key, item.value, item.event)
             report.published += 1
     finally:
         publisher.flush()
