@@ -202,7 +202,11 @@ class DeadLetterLimitSettings(_Section):
 class ObservabilitySettings(_Section):
     """The HTTP endpoint of every worker: /metrics, /healthz, /readyz."""
 
-    bind_host: str = Field("0.0.0.0", description="Interface of the endpoint")  # noqa: S104
+    bind_host: str = Field(
+        "127.0.0.1",
+        description="Interface of the endpoint: loopback by default (CLI, demo); the pod IP "
+        "in Kubernetes (behind a NetworkPolicy), 0.0.0.0 on docker-compose's private network",
+    )
     port: int = Field(9400, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz")
     ready_max_lag: int = Field(
         10_000, ge=0, description="/readyz fails while the consumer lag exceeds this"

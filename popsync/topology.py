@@ -8,7 +8,9 @@ snapshot to `citizen_updates`; the store writer puts that into the `citizens` an
 Everything else is derived from, or tested against, this declaration: topic
 provisioning (`topic_specs`), each worker's subscriptions (`consumed_topics`), the
 producer's size cap, `popsync topology` and the architecture doc's table
-(`describe`, `mermaid`), and the deployment files (tests/unit/deploy).
+(`describe`, `mermaid`), the Kafka ACLs (`popsync acls`: each worker's `principal`, the
+`EXTERNAL_PRINCIPALS`, the publisher directory) and the deployment files
+(tests/unit/deploy).
 """
 
 from __future__ import annotations
@@ -80,6 +82,40 @@ class Worker:
     produces: tuple[TopicRole, ...]
     writes: tuple[str, ...]  # PostgreSQL tables
     does: str
+
+    @property
+    def sasl_username(self) -> str:
+        """Its Kafka user (POPSYNC_KAFKA__SASL_USERNAME in its deployment) and, with
+        underscores, its PostgreSQL role (`database_role`)."""
+        return f"popsync-{self.name}"
+
+    @property
+    def principal(self) -> str:
+        """The Kafka principal the broker sees for it (SASL/SCRAM): what its ACLs name."""
+        return f"User:{self.sasl_username}"
+
+    @property
+    def database_role(self) -> str:
+        return self.sasl_username.replace("-", "_")
+
+
+@dataclass(frozen=True)
+class ExternalPrincipal:
+    """A Kafka user outside the workers that popsync's ACLs name: operators and tools.
+
+    `reads` are read without a consumer group (assign, as `popsync dlq` does), `writes`
+    are produced to, `watches` are workers whose group offsets it describes (lag).
+    """
+
+    sasl_username: str
+    reads: tuple[TopicRole, ...]
+    writes: tuple[TopicRole, ...]
+    watches: tuple[WorkerName, ...]
+    who: str
+
+    @property
+    def principal(self) -> str:
+        return f"User:{self.sasl_username}"
 
 
 TOPICS: tuple[Topic, ...] = (
@@ -186,6 +222,36 @@ WORKERS: tuple[Worker, ...] = (
         does="write snapshots, history and conflicts into the central store",
     ),
 )
+
+# Readers of citizen updates: the store writer (a worker) only. Readers of dead letters:
+# the operator only. No other principal is granted anything (the broker refuses what no
+# ACL allows); registries are granted one topic each by `popsync acls`, from the
+# publisher directory.
+EXTERNAL_PRINCIPALS: tuple[ExternalPrincipal, ...] = (
+    ExternalPrincipal(
+        "popsync-operator",
+        reads=("dead_letters",),
+        # `popsync review` re-sends linked sector records, `popsync dlq replay` what the
+        # validator parked. Never validated events: only the validator writes those.
+        writes=("registry_events",),
+        watches=(),
+        who="operators: popsync dlq list/replay, popsync review",
+    ),
+    ExternalPrincipal(
+        "popsync-autoscaler",
+        reads=(),
+        writes=(),
+        watches=("validator", "synchronizer", "store-writer"),
+        who="KEDA's Kafka scaler (deploy/k8s/overlays/production): each worker's lag",
+    ),
+)
+# The one super user: creates topics and applies the ACLs (`popsync topics create`,
+# `popsync acls --apply`); no worker, operator or registry runs as it.
+ADMIN_USERNAME = "popsync-admin"
+
+# Tables no worker writes: operators change them (`popsync publishers`, `popsync keys`), with
+# an audit row each; the validator only reads the publisher directory.
+OPERATOR_TABLES: tuple[str, ...] = ("publishers", "publisher_keys", "publisher_audit")
 
 _TOPICS_BY_ROLE = {topic.role: topic for topic in TOPICS}
 _WORKERS_BY_NAME = {worker.name: worker for worker in WORKERS}

