@@ -172,6 +172,15 @@ class CivilStatusChanged(ContractModel):
     previous_pin: str | None = Field(default=None, description='For a CORRECTION of the PIN itself: the PIN the citizen was known by before; it becomes an alias of the subject PIN.')
 
 
+class MessageHeader(ContractModel):
+    """One Kafka message header."""
+
+    AVRO_NAME: ClassVar[str] = "vn.gov.popsync.MessageHeader"
+
+    name: str = Field(description='Header name.')
+    value: bytes | None = Field(default=None, description='Header value, as received.')
+
+
 class DeadLetter(ContractModel):
     """A message a worker could not process, parked with everything needed to inspect and replay it."""
 
@@ -192,6 +201,7 @@ class DeadLetter(ContractModel):
     original_size: int | None = Field(default=None, description='Size in bytes of the original value, when original_value holds only its first bytes (see original_truncated).')
     original_sha256: str | None = Field(default=None, description='SHA-256 (hex) of the whole original value, when original_value holds only its first bytes.')
     original_truncated: bool = Field(default=False, description='True when the original message was too large to park whole: original_value (and original_key) hold only their first bytes, original_size and original_sha256 describe the whole value; such a letter cannot be replayed.')
+    original_headers: list[MessageHeader] = Field(default=[], description="The original message's headers (its signature among them), sent back with it on replay so that it still verifies.")
 
 
 class DeathAnnulled(ContractModel):

@@ -204,6 +204,11 @@ class ReplayReport:
     failed: list[str] = field(default_factory=list)
 
 
+def original_headers(letter: m.DeadLetter) -> Headers:
+    """The parked message's own headers (its signature among them)."""
+    return [(header.name, header.value) for header in letter.original_headers]
+
+
 def replay_headers(found: Scan, parked: Parked, now: datetime) -> Headers:
     return [
         (REPLAY_HEADER_PREFIX + "dead-letter-topic", found.topic.encode()),
@@ -279,7 +284,7 @@ def _send(
                         key=letter.original_key,
                         value=letter.original_value,
                         partition=letter.original_partition,
-                        headers=replay_headers(found, parked, now),
+                        headers=original_headers(letter) + replay_headers(found, parked, now),
                         on_delivery=delivered,
                     )
                     break

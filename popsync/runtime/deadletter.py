@@ -32,6 +32,9 @@ DEAD_LETTER_CODEC = Codec(m.DeadLetter)
 # Of an original too large to park whole: enough to recognise it, far below any limit.
 KEPT_VALUE_BYTES = 4096
 KEPT_KEY_BYTES = 256
+# The original headers ride along (a replay must still verify); a genuine message has a
+# few hundred bytes of them, so more than this is not kept.
+KEPT_HEADER_BYTES = 16 * 1024
 
 
 def dead_letter(
@@ -61,6 +64,7 @@ def dead_letter(
         source_registry=event.source_registry.value if event else None,
         source_province=event.source_province if event else None,
         failed_at=now or datetime.now(UTC),
+        original_headers=_kept_headers(message),
     )
     headers: Headers = [
         ("popsync.stage", stage.encode()),
@@ -73,6 +77,13 @@ def dead_letter(
     if _size(letter) <= MAX_DEAD_LETTER_BYTES:
         return letter
     return _truncated(message, letter, record)
+
+
+def _kept_headers(message: InboundMessage) -> list[m.MessageHeader]:
+    size = sum(len(name) + len(value or b"") for name, value in message.headers)
+    if size > KEPT_HEADER_BYTES:
+        return []
+    return [m.MessageHeader(name=name, value=value) for name, value in message.headers]
 
 
 def _size(message: OutboundMessage) -> int:

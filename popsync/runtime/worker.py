@@ -20,7 +20,7 @@ import logging
 import signal
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import faust
@@ -148,6 +148,15 @@ def _inbound(message: Message) -> InboundMessage:
         offset=message.offset,
         key=message.key,
         value=message.value,
+        headers=_headers(message.headers),
+    )
+
+
+def _headers(raw: Any) -> tuple[tuple[str, bytes | None], ...]:
+    """A record's headers as (name, bytes) pairs, whatever form the client gives them in."""
+    pairs = raw.items() if isinstance(raw, Mapping) else (raw or ())
+    return tuple(
+        (str(name), value.encode() if isinstance(value, str) else value) for name, value in pairs
     )
 
 

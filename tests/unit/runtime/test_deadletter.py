@@ -307,3 +307,17 @@ def test_selection_by_source_names_the_registry_or_the_quarantined_source() -> N
     assert dlq.Selection(sources=frozenset({"CIVIL_STATUS"})).matches(civil)
     assert not dlq.Selection(sources=frozenset({"CIVIL_STATUS/01"})).matches(civil)
     assert dlq.Selection(sources=frozenset({"unidentified"})).matches(letter(source_registry=None))
+
+
+def test_a_dead_letter_keeps_the_original_headers_and_replay_sends_them_back() -> None:
+    signed = InboundMessage(
+        "registry-events", 0, 9, PIN.encode(), b"v", (("popsync.signature", b"\x01" * 64),)
+    )
+    letter_out = dead_letter(signed, topic="dlq", stage="v", reason="R", description="d")
+    parked = DEAD_LETTER_CODEC.decode(letter_out.value)
+    assert dlq.original_headers(parked) == [("popsync.signature", b"\x01" * 64)]
+    flood = InboundMessage("t", 0, 10, None, b"v", (("h", b"x" * 20_000),))
+    kept = DEAD_LETTER_CODEC.decode(
+        dead_letter(flood, topic="dlq", stage="v", reason="R", description="d").value
+    )
+    assert kept.original_headers == []  # more than a genuine message has: not kept
