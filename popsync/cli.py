@@ -232,6 +232,82 @@ def cmd_sources_release(args: argparse.Namespace) -> int:
     return release_source(_with_database(), args.source, args.operator, sys.stdout)
 
 
+def cmd_publishers_add(args: argparse.Namespace) -> int:
+    from popsync.ops import publishers
+
+    request = publishers.PublisherRequest(
+        args.id, publishers.kind_of(args.kind), args.province, args.event_type
+    )
+    return publishers.add_publisher(
+        _with_database(), request, args.operator, out=sys.stdout, err=sys.stderr
+    )
+
+
+def cmd_publishers_list(_: argparse.Namespace) -> int:
+    from popsync.ops import publishers
+
+    return publishers.list_publishers(_with_database(), out=sys.stdout)
+
+
+def cmd_publishers_show(args: argparse.Namespace) -> int:
+    from popsync.ops import publishers
+
+    return publishers.show_publisher(_with_database(), args.id, out=sys.stdout, err=sys.stderr)
+
+
+def cmd_publishers_revoke(args: argparse.Namespace) -> int:
+    from popsync.ops import publishers
+
+    return publishers.revoke_publisher(
+        _with_database(), args.id, args.operator, out=sys.stdout, err=sys.stderr
+    )
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from popsync.ops import publishers
+
+    return publishers.generate_key(args.publisher, args.key_id, args.output, out=sys.stdout)
+
+
+def cmd_keys_add(args: argparse.Namespace) -> int:
+    from popsync.ops import publishers
+
+    request = publishers.KeyRequest(
+        args.publisher,
+        public_key=args.public_key,
+        key_file=args.key_file,
+        key_id=args.key_id,
+        valid_from=args.valid_from,
+        valid_until=args.valid_until,
+    )
+    return publishers.add_key(
+        _with_database(), request, args.operator, out=sys.stdout, err=sys.stderr
+    )
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from popsync.ops import publishers
+
+    return publishers.rotate_key(
+        _with_database(),
+        args.publisher,
+        args.output,
+        args.operator,
+        args.old_valid_until,
+        args.key_id,
+        out=sys.stdout,
+        err=sys.stderr,
+    )
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from popsync.ops import publishers
+
+    return publishers.revoke_key(
+        _with_database(), args.key_id, args.operator, out=sys.stdout, err=sys.stderr
+    )
+
+
 def _moment(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
@@ -429,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_admin_commands(sub)
     _add_dlq_commands(sub)
     _add_review_commands(sub)
+    _add_directory_commands(sub)
     return parser
 
 
@@ -683,6 +760,146 @@ def _add_review_commands(sub: Subparsers) -> None:
     decision.add_argument("--reject", action="store_true", help="no citizen: report unmatched")
     resolve.add_argument("--operator", help="who decides (default: $USER)")
     resolve.set_defaults(func=cmd_review_resolve)
+
+
+_KINDS = ("civil-status", "residence", "id-card", "social-insurance", "civil-servant")
+_OPERATOR_HELP = "who makes the change, for the audit (default: $USER)"
+
+
+def _add_directory_commands(sub: Subparsers) -> None:
+    _add_publishers_commands(sub)
+    _add_keys_commands(sub)
+
+
+def _add_publishers_commands(sub: Subparsers) -> None:
+    publishers = _command(
+        sub,
+        "publishers",
+        "the publisher directory: which registry may publish what, with which keys",
+        "popsync publishers list",
+    )
+    publishers_sub = publishers.add_subparsers(dest="publishers_command", required=True)
+    add = _command(
+        publishers_sub,
+        "add",
+        "register a publisher: a registry kind, its provinces, the event types it may publish",
+        "popsync publishers add civil-status-79 --kind civil-status --province 79 "
+        "--operator an.nguyen",
+        "popsync publishers add cs-hcm --kind civil-status --province 79 --province 074 "
+        "--event-type DEATH_REGISTERED",
+    )
+    add.add_argument("id", help="the publisher id, e.g. civil-status-79")
+    add.add_argument("--kind", choices=_KINDS, required=True, help="the registry kind")
+    add.add_argument(
+        "--province",
+        action="append",
+        required=True,
+        help="a province it speaks for, 2-digit admin code (079 is 79); repeatable",
+    )
+    add.add_argument(
+        "--event-type",
+        action="append",
+        default=[],
+        help="an event type it may publish (repeatable; default: every type its kind is "
+        "the authority for)",
+    )
+    add.add_argument("--operator", help=_OPERATOR_HELP)
+    add.set_defaults(func=cmd_publishers_add)
+    _command(
+        publishers_sub,
+        "list",
+        "every publisher: kind, provinces, state, keys usable now",
+        "popsync publishers list",
+    ).set_defaults(func=cmd_publishers_list)
+    show = _command(
+        publishers_sub,
+        "show",
+        "one publisher and each of its keys: window, revocation, public key",
+        "popsync publishers show civil-status-79",
+    )
+    show.add_argument("id", help="the publisher id")
+    show.set_defaults(func=cmd_publishers_show)
+    revoke = _command(
+        publishers_sub,
+        "revoke",
+        "revoke a publisher and every key of it, from now",
+        "popsync publishers revoke civil-status-79 --operator an.nguyen",
+    )
+    revoke.add_argument("id", help="the publisher id")
+    revoke.add_argument("--operator", help=_OPERATOR_HELP)
+    revoke.set_defaults(func=cmd_publishers_revoke)
+
+
+def _add_keys_commands(sub: Subparsers) -> None:
+    keys = _command(
+        sub,
+        "keys",
+        "publishers' Ed25519 signing keys: generate, register, rotate, revoke",
+        "popsync keys rotate --publisher civil-status-79 --output civil-status-79.key",
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    generate = _command(
+        keys_sub,
+        "generate",
+        "write a new private key file (0600, never overwritten) and print its public key; "
+        "no database",
+        "popsync keys generate --publisher civil-status-79 --output civil-status-79.key",
+    )
+    generate.add_argument("--publisher", required=True, help="the publisher id")
+    generate.add_argument("--key-id", help="default: <publisher>-<UTC yyyymmddHHMMSS>")
+    generate.add_argument("--output", type=Path, required=True, help="the key file to create")
+    generate.set_defaults(func=cmd_keys_generate)
+
+    add = _command(
+        keys_sub,
+        "add",
+        "register a publisher's public key, with its validity window",
+        "popsync keys add --publisher civil-status-79 --public-key BASE64 --operator an.nguyen",
+        "popsync keys add --publisher civil-status-79 --key-file civil-status-79.key "
+        "--valid-until 2027-01-01",
+    )
+    add.add_argument("--publisher", required=True, help="the publisher id")
+    given = add.add_mutually_exclusive_group(required=True)
+    given.add_argument("--public-key", help="the raw 32-byte Ed25519 public key, in base64")
+    given.add_argument(
+        "--key-file", type=Path, help="a key file (`keys generate`): only its public half is read"
+    )
+    add.add_argument(
+        "--key-id", help="default: the key file's, else <publisher>-<UTC yyyymmddHHMMSS>"
+    )
+    add.add_argument("--valid-from", type=_moment, help="ISO 8601, UTC if no zone (default: now)")
+    add.add_argument("--valid-until", type=_moment, help="ISO 8601 (default: open-ended)")
+    add.add_argument("--operator", help=_OPERATOR_HELP)
+    add.set_defaults(func=cmd_keys_add)
+
+    rotate = _command(
+        keys_sub,
+        "rotate",
+        "write a new key file and register its key from now; the old keys stay valid until "
+        "their window ends",
+        "popsync keys rotate --publisher civil-status-79 --output civil-status-79-2.key "
+        "--old-valid-until 2026-12-01T00:00Z",
+    )
+    rotate.add_argument("--publisher", required=True, help="the publisher id")
+    rotate.add_argument("--output", type=Path, required=True, help="the new key file to create")
+    rotate.add_argument("--key-id", help="default: <publisher>-<UTC yyyymmddHHMMSS>")
+    rotate.add_argument(
+        "--old-valid-until",
+        type=_moment,
+        help="end the old keys' windows then, if sooner than they end (ISO 8601)",
+    )
+    rotate.add_argument("--operator", help=_OPERATOR_HELP)
+    rotate.set_defaults(func=cmd_keys_rotate)
+
+    revoke = _command(
+        keys_sub,
+        "revoke",
+        "revoke one key from now",
+        "popsync keys revoke civil-status-79-20260101000000 --operator an.nguyen",
+    )
+    revoke.add_argument("key_id", help="the key id (`popsync publishers show ID`)")
+    revoke.add_argument("--operator", help=_OPERATOR_HELP)
+    revoke.set_defaults(func=cmd_keys_revoke)
 
 
 def _log_level(environ: Mapping[str, str]) -> str:

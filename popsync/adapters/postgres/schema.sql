@@ -203,3 +203,37 @@ CREATE TABLE IF NOT EXISTS source_quarantine (
     released_at     timestamptz,                  -- NULL: in force
     released_by     text
 );
+
+-- The publisher directory (popsync.trust.identity; popsync/adapters/postgres/publishers.py):
+-- which registry may publish what, and its Ed25519 public keys. Written by operators only
+-- (`popsync publishers …`, `popsync keys …`), each change with one row in publisher_audit;
+-- the validator reads every key, revoked and expired ones too, to tell them from unknown ones.
+CREATE TABLE IF NOT EXISTS publishers (
+    publisher_id  text PRIMARY KEY,               -- e.g. civil-status-79
+    kind          text NOT NULL,                  -- a SourceRegistry, e.g. CIVIL_STATUS
+    provinces     text[] NOT NULL,                -- 2-digit admin codes, current or legacy
+    event_types   text[] NOT NULL,                -- the EventTypes it may publish
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    revoked_at    timestamptz                     -- NULL: in force
+);
+CREATE TABLE IF NOT EXISTS publisher_keys (
+    key_id        text PRIMARY KEY,
+    publisher_id  text NOT NULL REFERENCES publishers (publisher_id),
+    public_key    bytea NOT NULL CHECK (octet_length(public_key) = 32),  -- raw Ed25519
+    valid_from    timestamptz NOT NULL,
+    valid_until   timestamptz,                    -- NULL: open-ended; else [from, until)
+    revoked_at    timestamptz,
+    added_at      timestamptz NOT NULL DEFAULT now(),
+    CHECK (valid_until IS NULL OR valid_until > valid_from)
+);
+CREATE INDEX IF NOT EXISTS publisher_keys_publisher ON publisher_keys (publisher_id);
+CREATE TABLE IF NOT EXISTS publisher_audit (
+    id            bigserial PRIMARY KEY,
+    at            timestamptz NOT NULL DEFAULT now(),
+    operator      text NOT NULL,
+    action        text NOT NULL,                  -- publisher.add, key.rotate, ...
+    publisher_id  text NOT NULL,
+    key_id        text,
+    detail        jsonb NOT NULL                  -- ids, times, fingerprints: no secrets
+);
+CREATE INDEX IF NOT EXISTS publisher_audit_publisher ON publisher_audit (publisher_id, at);
