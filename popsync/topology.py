@@ -245,6 +245,13 @@ EXTERNAL_PRINCIPALS: tuple[ExternalPrincipal, ...] = (
         who="KEDA's Kafka scaler (deploy/k8s/overlays/production): each worker's lag",
     ),
 )
+# Tables each worker reads but does not write; with `Worker.writes`, its PostgreSQL grants
+# (deploy/postgres/roles.sql, checked against this by tests/unit/deploy).
+DATABASE_READS: dict[WorkerName, tuple[str, ...]] = {
+    "validator": ("citizens", "sync_citizen_state", "publishers", "publisher_keys"),
+    "synchronizer": (),
+    "store-writer": (),
+}
 # The one super user: creates topics and applies the ACLs (`popsync topics create`,
 # `popsync acls --apply`); no worker, operator or registry runs as it.
 ADMIN_USERNAME = "popsync-admin"

@@ -54,7 +54,7 @@ K8S_VERSIONS = ("1.30", "latest")
 # Kinds that are not in the Kubernetes schemas: each is checked by its own test below.
 CUSTOM_KINDS = {
     "monitoring.coreos.com/v1": {"ServiceMonitor"},
-    "keda.sh/v1alpha1": {"ScaledObject"},
+    "keda.sh/v1alpha1": {"ScaledObject", "TriggerAuthentication"},
 }
 COMPONENT = "app.kubernetes.io/component"
 WORKER_NAMES: tuple[WorkerName, ...] = tuple(worker.name for worker in WORKERS)
@@ -558,7 +558,11 @@ def test_network_policy_allows_kafka_postgres_and_scrapes_only(
     )
     (ingress,) = spec["ingress"]
     assert ingress["ports"] == [{"protocol": "TCP", "port": settings.observability.port}]
-    assert all(set(peer) == {"namespaceSelector"} for peer in ingress["from"])
+    # Prometheus's namespace (and, in production, its pods) only: never an address block.
+    assert all(set(peer) <= {"namespaceSelector", "podSelector"} for peer in ingress["from"])
+    assert all("namespaceSelector" in peer for peer in ingress["from"])
+    if overlay == "production":
+        assert all("podSelector" in peer for peer in ingress["from"])
     # Every egress rule names its ports: none is an allow-all.
     assert all(rule.get("ports") for rule in spec["egress"])
     egress = {(p["protocol"], p["port"]) for rule in spec["egress"] for p in rule["ports"]}
