@@ -5,7 +5,8 @@ here, never from another test module (tests/unit/test_tests_layout.py).
   same birth as the first released schema wrote it.
 - `story_*`: one citizen's life for the merge rules (`PIN`, event ids "ev-<n>").
 - `Citizens` and `bad_messages`: valid events about fresh citizens, and the catalogue of bad
-  input built from them (`popsync.domain.reasons`), as the bytes a registry would send.
+  input built from them (`popsync.domain.reasons`), as the bytes and headers a registry would
+  send: signed by its development key (`tests.signing`) unless the kind is about the signature.
 - `birth`, `move`, ... `publish`, `citizen`: events about a given PIN for the real pipeline,
   and reading what it did with them.
 """
@@ -23,9 +24,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from popsync.contract import models as m
 from popsync.contract.codec import HEADER_SIZE, MAGIC, Codec
 from popsync.contract.json_form import event_to_json
+from popsync.dev.publishers import dev_signer
 from popsync.domain.pin import make_pin
 from popsync.topology import MAX_EVENT_BYTES
+from popsync.trust.signing import KEY_ID_HEADER, SIGNATURE_HEADER, Signer
 from tests.polling import read_until
+from tests.signing import signature_headers
 
 if TYPE_CHECKING:
     from popsync.ops.publish import Publisher
@@ -583,14 +587,53 @@ def date_beyond_9999(c: Citizens) -> Sent:
 
 
 # --------------------------------------------------------------------------------------------
+# the signature-level kinds: how the headers of a decodable event can be wrong
+
+Headers = list[tuple[str, bytes]]
+Sign = Callable[[bytes | None, bytes | None], Headers]
+# A key no directory knows, under a development publisher's name.
+UNKNOWN_SIGNER = Signer("dev-civil-status", "dev-civil-status-k-unregistered", b"\x07" * 32)
+
+
+def unsigned(_key: bytes | None, _value: bytes | None) -> Headers:
+    return []
+
+
+def signed_by(signer: Signer) -> Sign:
+    """Signed by `signer`, whatever registry the event declares."""
+
+    def sign(key: bytes | None, value: bytes | None) -> Headers:
+        assert value is not None
+        return signer.headers(key, value, EVENT_CODEC.decode(value))
+
+    return sign
+
+
+def signed_for_another_key(key: bytes | None, value: bytes | None) -> Headers:
+    """Its registry's signature of the same value under another message key (a replay of
+    the event onto another citizen's partition)."""
+    return signature_headers((key or b"") + b"0", value)
+
+
+def garbled_signature(key: bytes | None, value: bytes | None) -> Headers:
+    """Its registry's key id, with 64 bytes that are no signature of anything."""
+    key_id = dict(signature_headers(key, value))[KEY_ID_HEADER]
+    return [(SIGNATURE_HEADER, b"\x00" * 64), (KEY_ID_HEADER, key_id)]
+
+
+# --------------------------------------------------------------------------------------------
 # the catalogue of kinds
 
 
 @dataclass(frozen=True)
 class Kind:
+    """One kind of bad input: its bytes (`build`) and its headers (`sign`: by default the
+    signature its registry would give a decodable event; none for bytes that do not decode)."""
+
     name: str
     reason: str
     build: Callable[[Citizens], Sent]
+    sign: Sign = signature_headers
 
 
 def _future(c: Citizens, days: float) -> datetime:
@@ -641,6 +684,33 @@ KINDS: tuple[Kind, ...] = (
     ),
     Kind("timestamp_beyond_year_9999", "AVRO_DATE_OUT_OF_RANGE", timestamp_beyond_9999),
     Kind("date_beyond_year_9999", "AVRO_DATE_OUT_OF_RANGE", date_beyond_9999),
+    # ---- signature: who signed it, and may they -------------------------------------------
+    Kind("unsigned_event", "UNSIGNED", lambda c: sent(c.birth()), unsigned),
+    Kind(
+        "signed_by_an_unknown_key",
+        "SIGNER_UNKNOWN",
+        lambda c: sent(c.birth()),
+        signed_by(UNKNOWN_SIGNER),
+    ),
+    Kind(
+        "signature_for_another_message_key",
+        "SIGNATURE_INVALID",
+        lambda c: sent(c.birth()),
+        signed_for_another_key,
+    ),
+    Kind("garbled_signature", "SIGNATURE_INVALID", lambda c: sent(c.birth()), garbled_signature),
+    Kind(
+        "residence_key_signs_a_death",  # the death declares CIVIL_STATUS
+        "SOURCE_NOT_SIGNER",
+        lambda c: sent(c.death()),
+        signed_by(dev_signer(m.SourceRegistry.RESIDENCE)),
+    ),
+    Kind(
+        "residence_key_signs_a_move_declared_as_civil_status",
+        "SOURCE_NOT_SIGNER",
+        lambda c: sent(envelope(c.move(), source_registry=m.SourceRegistry.CIVIL_STATUS)),
+        signed_by(dev_signer(m.SourceRegistry.RESIDENCE)),
+    ),
     # ---- message key and subject PIN -------------------------------------------------------
     Kind("key_missing", "KEY_MISSING", lambda c: keyed(None, c.birth())),
     Kind("key_empty", "KEY_MISSING", lambda c: keyed(b"", c.birth())),
@@ -693,9 +763,10 @@ KINDS: tuple[Kind, ...] = (
         lambda c: with_pin(c, c.raw_pin("079304")),
     ),
     # ---- event type and source -------------------------------------------------------------
+    # EVENT_TYPE_UNKNOWN: no publisher may publish UNKNOWN (EVENT_TYPE_NOT_PERMITTED first)
     Kind(
         "event_type_unknown",
-        "EVENT_TYPE_UNKNOWN",
+        "EVENT_TYPE_NOT_PERMITTED",
         lambda c: sent(envelope(c.birth(), event_type=m.EventType.UNKNOWN)),
     ),
     Kind(
@@ -703,25 +774,27 @@ KINDS: tuple[Kind, ...] = (
         "PAYLOAD_TYPE_MISMATCH",
         lambda c: sent(envelope(c.birth(), event_type=m.EventType.DEATH_REGISTERED)),
     ),
+    # The signer's authority decides first: SOURCE_UNKNOWN and SOURCE_NOT_AUTHORITATIVE are
+    # pre-empted (test_bad_input_catalogue.NOT_CONSTRUCTIBLE).
     Kind(
-        "source_registry_unknown",
-        "SOURCE_UNKNOWN",
+        "source_registry_unknown",  # no registry of kind UNKNOWN signs it
+        "UNSIGNED",
         lambda c: sent(envelope(c.birth(), source_registry=m.SourceRegistry.UNKNOWN)),
     ),
     Kind(
         "residence_registry_publishes_a_birth",
-        "SOURCE_NOT_AUTHORITATIVE",
+        "EVENT_TYPE_NOT_PERMITTED",
         lambda c: sent(envelope(c.birth(), source_registry=m.SourceRegistry.RESIDENCE)),
     ),
     Kind(
         "social_insurance_publishes_a_death",
-        "SOURCE_NOT_AUTHORITATIVE",
+        "EVENT_TYPE_NOT_PERMITTED",
         lambda c: sent(envelope(c.death(), source_registry=m.SourceRegistry.SOCIAL_INSURANCE)),
     ),
     # ---- places ----------------------------------------------------------------------------
-    Kind(
+    Kind(  # no publisher speaks for it: SOURCE_PROVINCE_UNKNOWN is pre-empted
         "source_province_never_existed",
-        "SOURCE_PROVINCE_UNKNOWN",
+        "PROVINCE_OUT_OF_SCOPE",
         lambda c: sent(envelope(c.birth(), source_province="00")),
     ),
     Kind(
@@ -984,7 +1057,7 @@ KINDS: tuple[Kind, ...] = (
     # ---- sector records (social insurance, civil servants) ---------------------------------
     Kind(
         "sector_record_from_the_residence_registry",
-        "SOURCE_NOT_AUTHORITATIVE",
+        "EVENT_TYPE_NOT_PERMITTED",
         lambda c: sent(envelope(c.sector_record(), source_registry=m.SourceRegistry.RESIDENCE)),
     ),
     Kind(
@@ -1024,14 +1097,16 @@ class BadMessage:
     reason: str
     key: bytes | None
     value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()  # send them with it: its signature, if any
 
 
 def bad_messages(citizens: Citizens) -> list[BadMessage]:
-    """Every kind once, as the bytes that go on the registry-events topic."""
+    """Every kind once, as the bytes and headers that go on the registry-events topic."""
     messages = []
     for kind in KINDS:
         key, value = kind.build(citizens)
-        messages.append(BadMessage(kind.name, kind.reason, key, value))
+        headers = tuple(kind.sign(key, value))
+        messages.append(BadMessage(kind.name, kind.reason, key, value, headers))
     return messages
 
 

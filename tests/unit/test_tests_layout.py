@@ -1,6 +1,6 @@
-"""The layout of the tests: shared code lives in tests/builders.py, tests/fakes.py and
-tests/polling.py, never in a test module or a conftest; fakes live in tests/, never in
-production code."""
+"""The layout of the tests: shared code lives in tests/builders.py, tests/fakes.py,
+tests/polling.py and tests/signing.py, never in a test module or a conftest; fakes live in
+tests/, never in production code."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests"
-SHARED = {"tests.builders", "tests.fakes", "tests.polling"}  # what a test may import from tests
+# what a test may import from tests
+SHARED = {"tests.builders", "tests.fakes", "tests.polling", "tests.signing"}
 FAKE_PREFIXES = ("InMemory", "Fake", "Recording", "Memory")
 
 
@@ -71,7 +72,7 @@ def test_tests_are_found() -> None:
 @pytest.mark.parametrize("path", _python_files(TESTS), ids=lambda p: str(p.relative_to(TESTS)))
 def test_no_test_module_or_conftest_is_imported(path: Path) -> None:
     """A test module or conftest imports shared code from tests.builders, tests.fakes or
-    tests.polling only (fixtures come through conftest.py, never by import)."""
+    tests.polling or tests.signing only (fixtures come through conftest.py, never by import)."""
     where = str(path.relative_to(ROOT))
     assert _import_problems(path.read_text(encoding="utf-8"), where) == []
 
@@ -101,9 +102,9 @@ def test_the_check_sees_every_way_of_importing_a_test_module() -> None:
         "probe.py:5: imports .test_aliases",
         "probe.py:6: imports .conftest",
         "probe.py:7: imports tests.unit.helpers, not one of "
-        "['tests.builders', 'tests.fakes', 'tests.polling']",
+        "['tests.builders', 'tests.fakes', 'tests.polling', 'tests.signing']",
         "probe.py:8: imports tests.helpers, not one of "
-        "['tests.builders', 'tests.fakes', 'tests.polling']",
+        "['tests.builders', 'tests.fakes', 'tests.polling', 'tests.signing']",
     ]
 
 

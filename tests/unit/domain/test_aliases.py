@@ -22,6 +22,7 @@ from tests.fakes import (
     RecordingProducer,
     processing,
 )
+from tests.signing import dev_verifier, signed
 
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
 SETTINGS = Settings()
@@ -39,6 +40,7 @@ def step() -> tuple[BatchProcessor, RecordingProducer, InMemoryAliasDirectory]:
         aliases,
         InMemoryMatchingStore(),
         clock=lambda: NOW,
+        verifier=dev_verifier(),
     )
     process, producer = processing(validator, "validator", SETTINGS)
     return process, producer, aliases
@@ -46,7 +48,7 @@ def step() -> tuple[BatchProcessor, RecordingProducer, InMemoryAliasDirectory]:
 
 def run(validator: BatchProcessor, *sent: tuple[bytes, m.RegistryEvent]) -> None:
     batch = [
-        InboundMessage("registry-events", 0, next(_offsets), key, EVENTS.encode(event))
+        signed(InboundMessage("registry-events", 0, next(_offsets), key, EVENTS.encode(event)))
         for key, event in sent
     ]
     asyncio.run(validator(batch))

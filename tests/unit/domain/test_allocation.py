@@ -30,6 +30,7 @@ from tests.fakes import (
     RecordingProducer,
     processing,
 )
+from tests.signing import dev_verifier, signed
 
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
 EVENTS = Codec(m.RegistryEvent)
@@ -43,7 +44,7 @@ def pinless_birth(event_id: str = "b-1", **overrides: Any) -> m.RegistryEvent:
 
 def run(step: BatchProcessor, *events: m.RegistryEvent) -> None:
     batch = [
-        InboundMessage("registry-events", 0, i, b"R-1", EVENTS.encode(e))
+        signed(InboundMessage("registry-events", 0, i, b"R-1", EVENTS.encode(e)))
         for i, e in enumerate(events)
     ]
     asyncio.run(step(batch))
@@ -53,7 +54,9 @@ def validator() -> ValidatorStep:
     allocator = InMemoryPinAllocator()
     aliases = InMemoryAliasDirectory()
     matching = InMemoryMatchingStore()
-    return ValidatorStep(SETTINGS, allocator, aliases, matching, clock=lambda: NOW)
+    return ValidatorStep(
+        SETTINGS, allocator, aliases, matching, clock=lambda: NOW, verifier=dev_verifier()
+    )
 
 
 def make_step() -> tuple[BatchProcessor, RecordingProducer]:
@@ -99,15 +102,17 @@ def test_a_redelivered_birth_keeps_its_pin_and_others_get_new_ones() -> None:
 
 
 @pytest.mark.parametrize(
-    ("overrides", "reason"),
+    ("overrides", "reason", "parked_as"),
     [
-        ({"source_province": "00"}, "SOURCE_PROVINCE_UNKNOWN"),
-        ({"event_type": m.EventType.DEATH_REGISTERED}, "PAYLOAD_TYPE_MISMATCH"),
-        ({"occurred_at": datetime(2030, 1, 1, tzinfo=UTC)}, "OCCURRED_IN_FUTURE"),
+        # No publisher speaks for a province that never existed: the signature check parks
+        # it before the rules would.
+        ({"source_province": "00"}, "SOURCE_PROVINCE_UNKNOWN", "PROVINCE_OUT_OF_SCOPE"),
+        ({"event_type": m.EventType.DEATH_REGISTERED}, "PAYLOAD_TYPE_MISMATCH", None),
+        ({"occurred_at": datetime(2030, 1, 1, tzinfo=UTC)}, "OCCURRED_IN_FUTURE", None),
     ],
 )
 def test_an_invalid_birth_without_a_pin_is_dead_lettered_for_what_is_wrong(
-    overrides: dict[str, Any], reason: str
+    overrides: dict[str, Any], reason: str, parked_as: str | None
 ) -> None:
     step, producer = make_step()
     routed = validator().route(
@@ -117,6 +122,7 @@ def test_an_invalid_birth_without_a_pin_is_dead_lettered_for_what_is_wrong(
     assert routed.reason == reason
     run(step, pinless_birth(**overrides))
     assert [o.topic for o in producer.sent] == [SETTINGS.topics.dead_letters]
+    assert ("popsync.reason", (parked_as or reason).encode()) in producer.sent[0].headers
 
 
 def test_serials_run_out_loudly() -> None:

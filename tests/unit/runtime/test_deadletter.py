@@ -35,6 +35,7 @@ from tests.fakes import (
     InMemorySyncStates,
     RecordingProducer,
 )
+from tests.signing import dev_verifier, signed
 
 PIN = "079203000123"
 _offsets = iter(range(10**9))
@@ -139,13 +140,16 @@ def test_the_validator_stops_before_sending_anything_of_the_batch() -> None:
         InMemoryAliasDirectory(),
         InMemoryMatchingStore(),
         clock=lambda: now,
+        verifier=dev_verifier(),
     )
     process = BatchProcessor.for_worker(settings, "validator", step, producer)
     good = Codec(m.RegistryEvent).encode(birth_event())
-    asyncio.run(process([message(good), message(b"junk"), message(good)]))
+    asyncio.run(process([signed(message(good)), message(b"junk"), signed(message(good))]))
+    assert [o.topic for o in producer.sent].count(settings.topics.validated_events) == 2
     assert len(producer.sent) == 3
+    batch = [signed(message(good)), *(message(b"junk") for _ in range(3)), signed(message(good))]
     with pytest.raises(StopWorker) as stop:
-        asyncio.run(process([message(good), *(message(b"junk") for _ in range(3)), message(good)]))
+        asyncio.run(process(batch))
     assert "BAD_MAGIC=" in str(stop.value)
     assert len(producer.sent) == 3  # nothing of the stopped batch
 
@@ -279,7 +283,11 @@ def test_an_original_that_fits_is_parked_whole() -> None:
 
 def test_the_validator_refuses_an_event_over_the_limit_unread() -> None:
     step = ValidatorStep(
-        Settings(), InMemoryPinAllocator(), InMemoryAliasDirectory(), InMemoryMatchingStore()
+        Settings(),
+        InMemoryPinAllocator(),
+        InMemoryAliasDirectory(),
+        InMemoryMatchingStore(),
+        verifier=dev_verifier(),
     )
     good = Codec(m.RegistryEvent).encode(birth_event())
     result = asyncio.run(step([message(good + b"\0" * MAX_EVENT_BYTES)]))

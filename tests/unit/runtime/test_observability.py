@@ -262,8 +262,9 @@ def test_event_to_store_latency_counts_written_updates_only() -> None:
 
 def test_an_update_written_before_recorded_at_existed_is_still_read() -> None:
     codec = Codec(m.CitizenUpdate)
-    (v1,) = earlier_versions("CitizenUpdate")
+    v1, v2 = earlier_versions("CitizenUpdate")  # v2: before publisher_id and key_id
     assert v1.fingerprint.hex() == "3f8a6e8602362c5c"  # CitizenUpdate as first released
+    assert "publisher_id" not in {f["name"] for f in v2.parsed["fields"]}
     datum = to_avro_datum(citizen_update(None))
     del datum["recorded_at"]
     buffer = io.BytesIO()
@@ -317,3 +318,20 @@ def test_endpoint_port_in_use_fails_loudly(endpoint: tuple[Endpoint, Health]) ->
     server, health = endpoint
     with pytest.raises(OSError):
         Endpoint("127.0.0.1", server.port, health)
+
+
+def test_an_update_written_before_signatures_is_read_without_a_publisher() -> None:
+    codec = Codec(m.CitizenUpdate)
+    _, v2 = earlier_versions("CitizenUpdate")
+    datum = to_avro_datum(citizen_update(datetime(2026, 1, 1, tzinfo=UTC)))
+    del datum["publisher_id"], datum["key_id"]
+    buffer = io.BytesIO()
+    buffer.write(MAGIC + v2.fingerprint)
+    schemaless_writer(buffer, v2.parsed, datum)
+    decoded = codec.decode(buffer.getvalue())
+    assert decoded == citizen_update(datetime(2026, 1, 1, tzinfo=UTC))
+    assert (decoded.publisher_id, decoded.key_id) == (None, None)
+    signed = citizen_update(None).model_copy(
+        update={"publisher_id": "dev-id-card", "key_id": "dev-id-card-k1"}
+    )
+    assert codec.decode(codec.encode(signed)) == signed

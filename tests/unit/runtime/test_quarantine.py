@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import pytest
 from popsync.services.validator.step import ValidatorStep
 
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
+from popsync.dev.publishers import dev_publisher_id
 from popsync.runtime.deadletter import DEAD_LETTER_CODEC, DeadLetterLimit
 from popsync.runtime.exits import StopWorker
 from popsync.runtime.messages import InboundMessage
 from popsync.runtime.processing import BatchProcessor
 from popsync.runtime.quarantine import Quarantine, SourceGuard
-from popsync.runtime.sources import UNIDENTIFIED, source_of_event, source_of_message
+from popsync.runtime.sources import UNIDENTIFIED, UNVERIFIED, source_of_event, source_of_message
 from popsync.settings import DeadLetterLimitSettings, Settings
-from tests.builders import PIN, birth_event
+from tests.builders import PIN, birth_event, story_move
 from tests.fakes import (
     InMemoryAliasDirectory,
     InMemoryMatchingStore,
@@ -26,6 +27,7 @@ from tests.fakes import (
     InMemoryQuarantineStore,
     RecordingProducer,
 )
+from tests.signing import dev_verifier, signed
 
 EVENTS = Codec(m.RegistryEvent)
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
@@ -154,24 +156,42 @@ def test_a_quarantined_source_is_parked_whole_by_the_validator_and_others_pass()
         InMemoryMatchingStore(),
         clock=lambda: NOW,
         guard=guard,
+        verifier=dev_verifier(),
     )
     producer = RecordingProducer()
     process = BatchProcessor.for_worker(settings, "validator", step, producer, guard)
-    bad = birth_event(source_province="79")
-    good = birth_event(source_province="01")
-    quarantined_source = source_of_event(bad)
+    # The source a message is judged by is its verified publisher, whatever province the
+    # event declares; an event nobody verifiably signed counts as `unverified`.
+    quarantined_source = dev_publisher_id(m.SourceRegistry.CIVIL_STATUS)
     asyncio.run(store.quarantine([Quarantine(quarantined_source, "validator", "R", "test")]))
-    batch_ = [message(EVENTS.encode(bad)), message(EVENTS.encode(good)), message(b"junk")]
+    births = [birth_event(source_province="79"), birth_event(source_province="01")]
+    other_publisher = story_move(2, date(2010, 1, 1), "26734")  # signed by dev-residence
+    batch_ = [
+        *(signed(message(EVENTS.encode(b))) for b in births),
+        signed(message(EVENTS.encode(other_publisher))),
+        message(EVENTS.encode(births[0])),  # in its name, unsigned: not its publisher's
+        message(b"junk"),
+    ]
+    sources = asyncio.run(step(batch_)).sources
+    assert sources == [
+        quarantined_source,
+        quarantined_source,
+        dev_publisher_id(m.SourceRegistry.RESIDENCE),
+        UNVERIFIED,
+        UNIDENTIFIED,
+    ]
     asyncio.run(process(batch_))
     dead_letters = settings.topics.dead_letters
     letters = [DEAD_LETTER_CODEC.decode(o.value) for o in producer.sent if o.topic == dead_letters]
     assert [(x.reason_code, x.original_value) for x in letters] == [
         ("SOURCE_QUARANTINED", batch_[0].value),
+        ("SOURCE_QUARANTINED", batch_[1].value),
+        ("UNSIGNED", batch_[3].value),
         ("BAD_MAGIC", b"junk"),
     ]
     assert quarantined_source in letters[0].message
     validated = [o for o in producer.sent if o.topic == settings.topics.validated_events]
-    assert len(validated) == 1
+    assert [o.value for o in validated] == [batch_[2].value]
 
 
 def test_sources_are_bounded_whatever_an_event_claims() -> None:

@@ -16,6 +16,7 @@ from popsync.runtime.messages import InboundMessage
 from popsync.runtime.processing import StepResult
 from popsync.runtime.sources import UNIDENTIFIED
 from popsync.settings import Settings
+from popsync.trust.signing import VERIFIED_KEY_HEADER, VERIFIED_PUBLISHER_HEADER
 from tests.builders import BIRTH, PIN, story, story_birth, story_move
 from tests.fakes import InMemorySyncStates
 
@@ -144,3 +145,24 @@ def test_reversed_events_in_batches_apply_to_the_folded_state() -> None:
     assert sync.updates[-1].snapshot == reference.current()
     assert states.rows[PIN].version == len(events)
     assert sorted(states.rows[PIN].event_ids or []) == sorted(e.event_id for e in events)
+
+
+def test_an_update_names_the_publisher_and_key_the_validator_verified() -> None:
+    sync = Synchronizer(InMemorySyncStates())
+    birth, move = messages([story_birth(), *moves(1)])
+    verified = InboundMessage(
+        birth.topic,
+        birth.partition,
+        birth.offset,
+        birth.key,
+        birth.value,
+        (
+            (VERIFIED_PUBLISHER_HEADER, b"dev-civil-status"),
+            (VERIFIED_KEY_HEADER, b"dev-civil-status-k1"),
+        ),
+    )
+    sync([verified, move])
+    assert [(u.publisher_id, u.key_id) for u in sync.updates] == [
+        ("dev-civil-status", "dev-civil-status-k1"),
+        (None, None),  # nothing verified on it: it names no one
+    ]

@@ -1,9 +1,10 @@
 """A catalogue of bad input, each kind with a test (`popsync.domain.reasons`).
 
-Every kind is built as the real bytes a registry (or a broken producer) would put on
-the topic and sent through the real `ValidatorStep.route`: it must become exactly one
-dead letter on the dead-letter topic, with its reason code and the original key and
-value byte for byte. None may crash the worker, none may be lost. Two kinds pass the
+Every kind is built as the real bytes and headers a registry (or a broken producer) would
+put on the topic — signed by its registry's development key unless the kind is about the
+signature — and sent through the real `ValidatorStep`, signature check first: it must become
+exactly one dead letter on the dead-letter topic, with its reason code and the original key
+and value byte for byte. None may crash the worker, none may be lost. Two kinds pass the
 validator and are caught by the merge as conflicts instead.
 
 The kinds themselves (`bad_messages`) are built in `tests/builders.py`:
@@ -37,6 +38,8 @@ from popsync.domain.merge import Applied, CitizenState, Duplicate, Rejected, app
 from popsync.domain.reasons import CONFLICTS, REASONS, is_retryable
 from popsync.runtime.deadletter import dead_letter
 from popsync.runtime.messages import InboundMessage, OutboundMessage
+from popsync.runtime.processing import Rejected as Parked
+from popsync.runtime.sources import UNIDENTIFIED, UNVERIFIED
 from popsync.settings import Settings
 from tests.builders import (
     EVENT_CODEC,
@@ -54,6 +57,7 @@ from tests.fakes import (
     InMemoryPinAllocator,
     processing,
 )
+from tests.signing import dev_verifier, signed
 
 DEAD_LETTER_CODEC = Codec(m.DeadLetter)
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
@@ -69,6 +73,29 @@ NOT_CONSTRUCTIBLE = {
     "tests/unit/runtime/test_quarantine.py and tests/integration/test_blast_radius.py cover it",
     "CITIZEN_DAILY_LIMIT": "raised by the synchronizer for a citizen's excess events of a day; "
     "tests/unit/services/synchronizer covers it",
+    "KEY_REVOKED": "needs a revoked key or publisher in the directory, not bad bytes; "
+    "tests/unit/trust/test_signing.py covers it",
+    "KEY_EXPIRED": "needs a key outside its validity window in the directory, not bad bytes; "
+    "tests/unit/trust/test_signing.py covers it",
+    # The signature check runs before the rules; its publisher's authority pre-empts these.
+    "SOURCE_UNKNOWN": "pre-empted by the signature check: no publisher is of kind UNKNOWN, so "
+    "the event is UNSIGNED or SOURCE_NOT_SIGNER; kept as defence in depth",
+    "SOURCE_NOT_AUTHORITATIVE": "pre-empted by SOURCE_NOT_SIGNER / EVENT_TYPE_NOT_PERMITTED: a "
+    "verified event declares its signer's kind and a type it may publish; kept as defence in depth",
+    "EVENT_TYPE_UNKNOWN": "pre-empted by EVENT_TYPE_NOT_PERMITTED: no publisher may publish "
+    "UNKNOWN; kept as defence in depth",
+    "SOURCE_PROVINCE_UNKNOWN": "pre-empted by PROVINCE_OUT_OF_SCOPE: a publisher speaks only for "
+    "provinces that exist; kept as defence in depth",
+}
+# The rule reasons above still guard the rules themselves: `route` (the rules without the
+# signature check) gives them for the kinds that now stop at the signature.
+PRE_EMPTED = {
+    "source_registry_unknown": "SOURCE_UNKNOWN",
+    "residence_registry_publishes_a_birth": "SOURCE_NOT_AUTHORITATIVE",
+    "social_insurance_publishes_a_death": "SOURCE_NOT_AUTHORITATIVE",
+    "sector_record_from_the_residence_registry": "SOURCE_NOT_AUTHORITATIVE",
+    "event_type_unknown": "EVENT_TYPE_UNKNOWN",
+    "source_province_never_existed": "SOURCE_PROVINCE_UNKNOWN",
 }
 
 
@@ -82,24 +109,41 @@ STEP = ValidatorStep(
     allocator=InMemoryPinAllocator(),
     aliases=InMemoryAliasDirectory(),
     matching=InMemoryMatchingStore(),
+    clock=lambda: NOW,
+    verifier=dev_verifier(),
 )
 TOPICS = SETTINGS.topics
 
 
-def inbound(key: bytes | None, value: bytes | None, offset: int = 17) -> InboundMessage:
-    return InboundMessage(TOPICS.registry_events, 3, offset, key, value)
+def inbound(
+    key: bytes | None,
+    value: bytes | None,
+    offset: int = 17,
+    headers: tuple[tuple[str, bytes], ...] = (),
+) -> InboundMessage:
+    return InboundMessage(TOPICS.registry_events, 3, offset, key, value, headers)
 
 
-def parked(message: InboundMessage, routed: Routed) -> OutboundMessage:
+def judged(message: InboundMessage) -> tuple[Parked | None, str]:
+    """What the real validator (signature check, then rules) makes of one message: why it is
+    parked (None: it passes), and the source it is judged by."""
+    result = asyncio.run(STEP([message]))
+    (source,) = result.sources
+    return result.rejected.get(0), source
+
+
+def parked(message: InboundMessage, rejected: Routed | Parked | None) -> OutboundMessage:
     """The dead letter the runtime makes of a rejected message (popsync.runtime.processing)."""
-    assert routed.rejected is not None
+    if isinstance(rejected, Routed):
+        rejected = rejected.rejected
+    assert rejected is not None
     return dead_letter(
         message,
         topic=TOPICS.dead_letters,
         stage="validator",
-        reason=routed.rejected.reason,
-        description=routed.rejected.description,
-        event=routed.rejected.event,
+        reason=rejected.reason,
+        description=rejected.description,
+        event=rejected.event,
     )
 
 
@@ -136,13 +180,27 @@ UNIT_MESSAGES = bad_messages(Citizens(itertools.count(900_000), NOW))
 
 @pytest.mark.parametrize("bad", UNIT_MESSAGES, ids=[bad.kind for bad in UNIT_MESSAGES])
 def test_each_kind_of_bad_input_is_dead_lettered_with_its_reason(bad: BadMessage) -> None:
-    message = inbound(bad.key, bad.value)
-    routed = STEP.route(message, NOW)
-    assert routed.reason == bad.reason
-    letter = assert_dead_letter(parked(message, routed), bad.key, bad.value, bad.reason, 17)
+    message = inbound(bad.key, bad.value, headers=bad.headers)
+    rejected, source = judged(message)
+    assert rejected is not None and rejected.reason == bad.reason
+    letter = assert_dead_letter(parked(message, rejected), bad.key, bad.value, bad.reason, 17)
     assert bad.reason in REASONS
     assert REASONS[bad.reason].outcome == "dead_letter"
     assert_no_personal_data(letter.message, bad.key)
+    if REASONS[bad.reason].stage == "decode":  # never reaches the signature check
+        assert source == UNIDENTIFIED
+    elif REASONS[bad.reason].stage == "trust":
+        assert source == UNVERIFIED  # not the registry it names: it proved nothing
+    else:  # signed as its registry would: judged by that publisher
+        assert source.startswith("dev-") and bad.headers
+
+
+@pytest.mark.parametrize("kind", sorted(PRE_EMPTED))
+def test_a_kind_the_signature_check_stops_first_still_breaks_its_rule(kind: str) -> None:
+    (bad,) = [b for b in UNIT_MESSAGES if b.kind == kind]
+    assert REASONS[bad.reason].stage == "trust"
+    assert STEP.route(inbound(bad.key, bad.value), NOW).reason == PRE_EMPTED[kind]
+    assert PRE_EMPTED[kind] in NOT_CONSTRUCTIBLE
 
 
 def test_the_catalogue_has_at_least_40_distinct_kinds() -> None:
@@ -166,9 +224,9 @@ def test_a_batch_of_every_kind_and_good_events_gives_one_output_per_input_in_ord
     for i, bad in enumerate(bad_messages(citizens)):
         if i % 7 == 0:  # good ones in between, including a legacy province, which is mapped
             good = citizens.move(province_code="74") if i % 2 else citizens.birth()
-            batch.append(inbound(*sent(good), offset=len(batch)))
+            batch.append(signed(inbound(*sent(good), offset=len(batch))))
             expected.append(None)
-        batch.append(inbound(bad.key, bad.value, offset=len(batch)))
+        batch.append(inbound(bad.key, bad.value, offset=len(batch), headers=bad.headers))
         expected.append(bad.reason)
     step = ValidatorStep(
         SETTINGS,
@@ -176,6 +234,7 @@ def test_a_batch_of_every_kind_and_good_events_gives_one_output_per_input_in_ord
         aliases=InMemoryAliasDirectory(),
         matching=InMemoryMatchingStore(),
         clock=lambda: NOW,
+        verifier=dev_verifier(),
     )
     process, producer = processing(step, "validator", SETTINGS)
 
@@ -202,7 +261,7 @@ def test_an_unexpected_error_is_dead_lettered(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(validator_step, "check_event", broken)
     key, value = sent(Citizens(itertools.count(920_000), NOW).birth())
     process, producer = processing(STEP, "validator", SETTINGS)
-    asyncio.run(process([inbound(key, value)]))
+    asyncio.run(process([signed(inbound(key, value))]))
     (output,) = producer.sent
     letter = assert_dead_letter(output, key, value, "INTERNAL_ERROR", 17)
     # The type only: no data from the exception.
@@ -338,9 +397,9 @@ def test_each_entry_is_well_formed() -> None:
     for catalogue, outcome in ((REASONS, "dead_letter"), (CONFLICTS, "conflict")):
         for code, reason in catalogue.items():
             assert reason.code == code
-            assert re.fullmatch(r"[A-Z][A-Z0-9]*(_[A-Z0-9]+)+", code)
+            assert re.fullmatch(r"[A-Z][A-Z0-9]*(_[A-Z0-9]+)*", code)  # UNSIGNED: one word
             assert reason.outcome == outcome
-            assert reason.stage in ("decode", "rules", "worker", "merge")
+            assert reason.stage in ("decode", "trust", "rules", "worker", "merge")
             assert reason.description and "\n" not in reason.description
 
 
@@ -353,9 +412,10 @@ RAISING_MODULES = (
     "popsync/domain/pin.py",
     "popsync/domain/names.py",
     "popsync/runtime/processing.py",
+    "popsync/trust/verification.py",
     *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "services").glob("*/*.py")),
 )
-RAISERS = {"RuleViolation", "DecodeError", "PinError", "InvalidName"}
+RAISERS = {"RuleViolation", "DecodeError", "PinError", "InvalidName", "TrustViolation"}
 CODE = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+")
 
 
@@ -363,8 +423,22 @@ def _tree(path: str) -> ast.Module:
     return ast.parse((ROOT / path).read_text(encoding="utf-8"))
 
 
+def _raised_codes(tree: ast.Module) -> set[str]:
+    """The literal codes given to a raiser (so one-word codes, e.g. UNSIGNED, count too)."""
+    return {
+        node.args[0].value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and (getattr(node.func, "id", None) or getattr(node.func, "attr", None)) in RAISERS
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+    }
+
+
 def _code_literals(tree: ast.Module) -> set[str]:
-    """Every string literal shaped like a reason code, except the names in `__all__`."""
+    """Every string literal shaped like a reason code, except the names in `__all__`, and
+    every literal code given to a raiser."""
     exported: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and any(
@@ -378,7 +452,7 @@ def _code_literals(tree: ast.Module) -> set[str]:
         and isinstance(node.value, str)
         and CODE.fullmatch(node.value)
         and id(node) not in exported
-    }
+    } | _raised_codes(tree)
 
 
 def test_every_code_in_the_raising_modules_is_catalogued() -> None:

@@ -41,6 +41,7 @@ from tests.fakes import (
     RecordingProducer,
     processing,
 )
+from tests.signing import dev_verifier, signed
 
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
 SETTINGS = Settings()
@@ -109,7 +110,8 @@ def message(event: m.RegistryEvent, key: bytes | None = None) -> InboundMessage:
     assert isinstance(event.payload, m.SectorRecordRegistered)
     if key is None:
         key = (event.subject_pin or event.payload.record_number).encode()
-    return InboundMessage(TOPICS.registry_events, 2, next(_offsets), key, EVENTS.encode(event))
+    value = EVENTS.encode(event)
+    return signed(InboundMessage(TOPICS.registry_events, 2, next(_offsets), key, value))
 
 
 def make_step(
@@ -123,6 +125,7 @@ def make_step(
         InMemoryAliasDirectory(),
         store,
         clock=lambda: NOW,
+        verifier=dev_verifier(),
     )
     process, producer = processing(step, "validator", settings)
     return process, producer, store
@@ -221,7 +224,10 @@ def test_a_redelivered_record_gets_its_stored_decision_not_a_new_match() -> None
     run(step, *first)
     assert len(store.queries) == 1
     store.citizens.clear()  # whatever the store holds now, the answer stays
-    again = [InboundMessage(m_.topic, m_.partition, m_.offset, m_.key, m_.value) for m_ in first]
+    again = [
+        InboundMessage(m_.topic, m_.partition, m_.offset, m_.key, m_.value, m_.headers)
+        for m_ in first
+    ]
     run(step, *again)
 
     assert len(store.queries) == 1  # nothing matched again

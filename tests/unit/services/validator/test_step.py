@@ -17,6 +17,7 @@ from tests.fakes import (
     InMemoryMatchingStore,
     InMemoryPinAllocator,
 )
+from tests.signing import dev_verifier, signed
 
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
 SETTINGS = Settings()
@@ -30,11 +31,12 @@ def step() -> ValidatorStep:
         InMemoryAliasDirectory(),
         InMemoryMatchingStore(),
         clock=lambda: NOW,
+        verifier=dev_verifier(),
     )
 
 
 def validated_value(value: bytes) -> bytes | None:
-    message = InboundMessage("registry-events", 0, 0, PIN.encode(), value)
+    message = signed(InboundMessage("registry-events", 0, 0, PIN.encode(), value))
     result = asyncio.run(step()([message]))
     (output,) = result.outputs
     assert output.topic == SETTINGS.topics.validated_events
