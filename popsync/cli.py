@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from popsync.adapters.kafka.logs import CLIENT_LOGGER
 from popsync.contract import models as m
 from popsync.ops import dlq, failures
-from popsync.runtime.sources import UNIDENTIFIED
 from popsync.settings import WORKER_NAMES, Settings, WorkerName, load_settings
 from popsync.trust.signing import Signer, SigningKeyError, load_signer
 
@@ -44,14 +43,15 @@ def _source(text: str) -> m.SourceRegistry:
 
 
 def _dead_letter_source(text: str) -> str:
-    """A registry (`civil-status`), a quarantined source (`CIVIL_STATUS/79`) or
-    `unidentified` (a message that named no source)."""
-    if text == UNIDENTIFIED:
-        return text
+    """A source as judged (a publisher id, `unverified`, `unidentified`), a declared
+    registry (`civil-status`) or registry/province (`CIVIL_STATUS/79`)."""
     registry, slash, province = text.partition("/")
-    name = _source(registry).value
     if not slash:
-        return name
+        try:
+            return _source(registry).value
+        except argparse.ArgumentTypeError:
+            return text  # a publisher id, or unverified / unidentified
+    name = _source(registry).value
     if province == "?":
         return f"{name}/?"
     if not (province.isascii() and province.isdigit()):
@@ -60,12 +60,12 @@ def _dead_letter_source(text: str) -> str:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from popsync.ops.provision import migrate
     from popsync.runtime.worker import run_worker
 
-    settings = load_settings()
+    # The schema is the deployment's job (`popsync db migrate` as the owner role, in the init
+    # Job or compose's popsync-init): a worker's own role may only use its tables.
+    settings = _with_database()
     name: WorkerName = args.name
-    migrate(settings)  # idempotent; every worker writes PostgreSQL (the validator: identity)
     _require_broker(settings)  # before faust starts: it would retry for minutes
     module = importlib.import_module(SERVICE_MODULES[name])
     run_worker(module.build(settings))
@@ -134,7 +134,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
         settings = load_settings()
         _require_broker(settings)
-        publisher = Publisher(BatchProducer(settings.kafka), settings.topics.registry_events)
+        from popsync.dev.publishers import dev_signers
+
+        # The simulator plays every registry: each signs with its development key, known
+        # to a directory prepared by `popsync stack up` or the demo, never to production's.
+        signers = dev_signers()
+        publisher = Publisher(
+            BatchProducer(settings.kafka), settings.topics.registry_events, signers
+        )
         count = publisher.publish((msg.key, msg.event) for msg in messages)
         print(f"published {count} events to {settings.topics.registry_events}")
     return 0
@@ -366,7 +373,10 @@ def cmd_review_resolve(args: argparse.Namespace) -> int:
     settings = _with_database()
     _require_broker(settings)
     try:
-        resolution = review.resolve(settings, args.id, link=args.link, operator=args.operator)
+        signer = _signer(args.signing_key) if args.signing_key else None
+        resolution = review.resolve(
+            settings, args.id, link=args.link, operator=args.operator, signer=signer
+        )
     except review.ReviewError as exc:
         print(f"popsync review resolve: {exc}", file=sys.stderr)
         return 2
@@ -473,8 +483,8 @@ def _add_dlq_selection(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         type=_dead_letter_source,
-        help="a registry (civil-status), a source as quarantined (CIVIL_STATUS/79), or "
-        f"{UNIDENTIFIED}; repeatable",
+        help="a source as quarantined (a publisher id, unverified, unidentified), a "
+        "declared registry (civil-status) or registry/province (CIVIL_STATUS/79); repeatable",
     )
     parser.add_argument("--since", type=_moment, help="failed at or after (ISO 8601; UTC)")
     parser.add_argument("--until", type=_moment, help="failed before (ISO 8601; UTC)")
@@ -695,9 +705,9 @@ def _add_admin_commands(sub: Subparsers) -> None:
         "release",
         "lift a quarantine; then replay its parked events "
         "(popsync dlq replay --reason SOURCE_QUARANTINED --source ID)",
-        "popsync sources release CIVIL_STATUS/79 --operator an.nguyen",
+        "popsync sources release civil-status-79 --operator an.nguyen",
     )
-    release.add_argument("source", help="the source id, e.g. CIVIL_STATUS/79")
+    release.add_argument("source", help="the source id (a publisher id), e.g. civil-status-79")
     release.add_argument("--operator", required=True, help="who releases it (for the audit)")
     release.set_defaults(func=cmd_sources_release)
 
@@ -759,6 +769,13 @@ def _add_review_commands(sub: Subparsers) -> None:
     decision.add_argument("--link", metavar="PIN", help="the citizen the record is about")
     decision.add_argument("--reject", action="store_true", help="no citizen: report unmatched")
     resolve.add_argument("--operator", help="who decides (default: $USER)")
+    resolve.add_argument(
+        "--signing-key",
+        type=Path,
+        default=None,
+        help="with --link: the key of a publisher of the record's registry kind, which "
+        "signs the linked record sent back through the validator",
+    )
     resolve.set_defaults(func=cmd_review_resolve)
 
 

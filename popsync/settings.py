@@ -199,6 +199,23 @@ class DeadLetterLimitSettings(_Section):
     )
 
 
+class TrustSettings(_Section):
+    """How the validator checks who published an event (popsync.trust)."""
+
+    directory_refresh_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How often the validator re-reads the publisher directory, so a new, "
+        "rotated or revoked key takes effect",
+    )
+    expiry_grace_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="How long after a key's valid_until it still verifies: events signed "
+        "just before a rotation's old key ended may still be in flight",
+    )
+
+
 class ObservabilitySettings(_Section):
     """The HTTP endpoint of every worker: /metrics, /healthz, /readyz."""
 
@@ -226,6 +243,7 @@ class Settings(BaseSettings):
     postgres: PostgresSettings = PostgresSettings()
     processing: ProcessingSettings = ProcessingSettings()
     dead_letter_limit: DeadLetterLimitSettings = DeadLetterLimitSettings()
+    trust: TrustSettings = TrustSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
     # Thresholds of sector-record matching, in bits: POPSYNC_MATCHING__AUTO_LINK, __REVIEW,
     # __MARGIN (popsync.identity.MatchThresholds).

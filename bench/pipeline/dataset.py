@@ -13,8 +13,8 @@ import json
 import math
 import struct
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,9 +22,11 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from popsync.adapters.kafka.producer import producer_config
 from popsync.contract import models as m
-from popsync.contract.codec import Codec
+from popsync.contract.codec import Codec, DecodeError
+from popsync.dev.publishers import dev_signers
 from popsync.dev.simulate.generator import simulate
 from popsync.domain.rules import RuleViolation, check_event
+from popsync.runtime.messages import Headers
 from popsync.settings import KafkaSettings
 
 EVENT_CODEC = Codec(m.RegistryEvent)
@@ -43,19 +45,38 @@ class Dataset:
     event_ids: list[str | None]  # None: the bytes do not decode (an invalid event)
     expected_history: int  # distinct valid (pin, event id): the store's history rows
     generated_at: datetime
+    # Each event signed as its registry signs it (the development publishers' keys); empty
+    # for bytes that do not decode. Made when the stream is generated or read, not stored.
+    headers: list[Headers] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.values)
+
+    def signed(self) -> Dataset:
+        signers = dev_signers()
+        self.headers = []
+        for key, value, event in zip(self.keys, self.values, _decoded(self.values), strict=True):
+            signed: Headers = [*signers.headers(key, value, event)] if event is not None else []
+            self.headers.append(signed)
+        return self
+
+
+def _decoded(values: list[bytes]) -> Iterator[m.RegistryEvent | None]:
+    for value in values:
+        try:
+            yield EVENT_CODEC.decode(value)
+        except DecodeError:
+            yield None
 
 
 def load_or_generate(events: int, seed: int, cache_dir: Path) -> Dataset:
     path = cache_dir / f"stream-{seed}-{events}.bin"
     if path.exists():
-        return _read(path)
+        return _read(path).signed()
     dataset = generate(events, seed)
     cache_dir.mkdir(parents=True, exist_ok=True)
     _write(dataset, path)
-    return dataset
+    return dataset.signed()
 
 
 def generate(events: int, seed: int) -> Dataset:
@@ -165,8 +186,8 @@ def publish(kafka: KafkaSettings, topic: str, dataset: Dataset) -> Published:
         ends[partition] = max(ends.get(partition, 0), offset + 1)
 
     started = time.monotonic()
-    for key, value in zip(dataset.keys, dataset.values, strict=True):
-        _produce(producer, topic, key, value, delivered)
+    for key, value, headers in zip(dataset.keys, dataset.values, dataset.headers, strict=True):
+        _produce(producer, topic, key, value, headers, delivered)
     remaining = producer.flush(120)
     if remaining or failures:
         raise RuntimeError(f"publishing failed: {remaining} undelivered, {sorted(set(failures))}")
@@ -178,11 +199,14 @@ def _produce(
     topic: str,
     key: bytes | None,
     value: bytes,
+    headers: Headers,
     callback: Callable[[KafkaError | None, Message], None],
 ) -> None:
     while True:
         try:
-            producer.produce(topic, key=key, value=value, on_delivery=callback)
+            producer.produce(
+                topic, key=key, value=value, headers=headers or None, on_delivery=callback
+            )
             return
         except BufferError:
             producer.poll(0.05)

@@ -156,7 +156,12 @@ def publish_paced(
         due = started + index / rate
         if (wait := due - time.time()) > 0:
             time.sleep(wait)
-        producer.produce(topic, key=dataset.keys[index], value=dataset.values[index])
+        producer.produce(
+            topic,
+            key=dataset.keys[index],
+            value=dataset.values[index],
+            headers=dataset.headers[index] or None,
+        )
         producer.poll(0)
         event_id = dataset.event_ids[index]
         if event_id is not None and event_id not in sent_at:

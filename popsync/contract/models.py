@@ -146,6 +146,8 @@ class CitizenUpdate(ContractModel):
     occurred_at: AwareDatetime = Field(description='When that event happened in law.')
     applied_at: AwareDatetime = Field(description='When the synchronizer applied it.')
     recorded_at: AwareDatetime | None = Field(default=None, description='When the local registry recorded that event (its recorded_at), for the event-to-store latency; null in updates written before this field existed.')
+    publisher_id: str | None = Field(default=None, description='The publisher whose verified signature the applied event carried (popsync.trust); null for updates written before signatures.')
+    key_id: str | None = Field(default=None, description='The id of the key that signed it.')
 
 
 class CivilStatusChangeKind(StrEnum):
@@ -202,6 +204,7 @@ class DeadLetter(ContractModel):
     original_sha256: str | None = Field(default=None, description='SHA-256 (hex) of the whole original value, when original_value holds only its first bytes.')
     original_truncated: bool = Field(default=False, description='True when the original message was too large to park whole: original_value (and original_key) hold only their first bytes, original_size and original_sha256 describe the whole value; such a letter cannot be replayed.')
     original_headers: list[MessageHeader] = Field(default=[], description="The original message's headers (its signature among them), sent back with it on replay so that it still verifies.")
+    source: str | None = Field(default=None, description="The publishing source the message was judged by (popsync.runtime.sources): its verified publisher, or unverified / unidentified; null for a stage whose input is popsync's own.")
 
 
 class DeathAnnulled(ContractModel):

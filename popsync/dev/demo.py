@@ -10,6 +10,7 @@ also runs a real Prometheus (the `prometheus` binary on PATH) scraping every wor
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sys
 import tempfile
@@ -29,15 +30,21 @@ from tqdm import tqdm
 from popsync.adapters.kafka.producer import BatchProducer
 from popsync.adapters.kafka.reader import read_to_end
 from popsync.contract import models as m
+from popsync.contract.codec import Codec
 from popsync.dev.embedded.prometheus import JOB as PROMETHEUS_JOB
 from popsync.dev.embedded.prometheus import EmbeddedPrometheus, PrometheusStartError
+from popsync.dev.publishers import DevDirectory, dev_signers
 from popsync.dev.simulate.generator import SimulatedMessage, simulate
 from popsync.dev.stack import EmbeddedStack, disk_usage, human_size, remove_tree
 from popsync.domain.merge import fold
 from popsync.domain.rules import RuleViolation, check_event
 from popsync.ops.publish import Publisher
 from popsync.runtime.deadletter import DEAD_LETTER_CODEC
+from popsync.runtime.messages import InboundMessage
 from popsync.settings import WORKER_NAMES, Settings
+from popsync.trust.verification import TrustViolation, Verifier
+
+EVENT_CODEC = Codec(m.RegistryEvent)
 
 
 @dataclass
@@ -54,13 +61,21 @@ class Expectation:
 
 
 def expect(messages: Sequence[SimulatedMessage], now: datetime, skew: timedelta) -> Expectation:
-    """The reference result: validator rules and the merge fold, run in-process."""
+    """The reference result: the validator's signature check and rules, and the merge fold,
+    run in-process on the stream as its registries sign it."""
     result = Expectation(published=len(messages))
     per_citizen: dict[str, dict[str, m.RegistryEvent]] = {}
+    signers = dev_signers()
+    verifier = Verifier(DevDirectory(), refresh_seconds=3600)
+    asyncio.run(verifier.refresh())
     for message in messages:
+        value = EVENT_CODEC.encode(message.event)
+        headers = tuple(signers.headers(message.key, value, message.event))
+        signed = InboundMessage("reference", 0, 0, message.key, value, headers)
         try:
+            verifier.verify(signed, message.event, now)
             event = check_event(message.event, message.key, now, skew)
-        except RuleViolation as violation:
+        except (TrustViolation, RuleViolation) as violation:
             result.invalid += 1
             result.reasons[violation.reason] += 1
             continue
@@ -197,7 +212,10 @@ def _run(
     expected = expect(messages, now, skew)
 
     started, started_at = time.monotonic(), time.time()
-    publisher = Publisher(BatchProducer(settings.kafka), settings.topics.registry_events)
+    # Every registry of the simulation signs with its development key, as a real one would.
+    publisher = Publisher(
+        BatchProducer(settings.kafka), settings.topics.registry_events, dev_signers()
+    )
     publisher.publish((message.key, message.event) for message in messages)
     dsn = settings.postgres.dsn.get_secret_value()
 

@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr
 
 from popsync.dev.embedded import EmbeddedBroker, EmbeddedPostgres
+from popsync.dev.publishers import register_dev_publishers
 from popsync.ops.provision import migrate, provision
 from popsync.settings import GroupSettings, Settings, TopicSettings, WorkerName
 
@@ -205,8 +206,11 @@ class EmbeddedStack:
         return self.settings_for(name, topics=topics, groups=groups, **overrides)
 
     def prepare(self, settings: Settings) -> None:
+        """Topics, schema, and the development publishers (`popsync.dev.publishers`), so
+        that what the simulator, demo and tests publish is signed by a known registry."""
         provision(settings)
         migrate(settings)
+        register_dev_publishers(settings)
 
     def start_worker(self, name: WorkerName, settings: Settings, tag: str = "") -> WorkerProcess:
         worker = WorkerProcess(name, settings, self.workdir / "logs" / f"{name}{tag}.log")

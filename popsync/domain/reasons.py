@@ -9,7 +9,8 @@ because a bug gets fixed
 (`INTERNAL_ERROR`). Every other reason is permanent: only a corrected event from the
 registry helps, so replaying its dead letters is pointless.
 
-Stages: "decode" (`popsync.contract.codec`: bytes to a contract record; the
+Stages: "trust" (`popsync.trust.verification`: who signed it, and whether that publisher
+may send it), "decode" (`popsync.contract.codec`: bytes to a contract record; the
 synchronizer and the store writer dead-letter their own undecodable input with the
 same codes), "rules" (`popsync.domain.rules.check_event`, with `pin` and `names`),
 "worker" (the validator's own safety net). `CONFLICTS` lists the bad input that is
@@ -30,7 +31,7 @@ from typing import Literal
 
 __all__ = ["CONFLICTS", "REASONS", "Outcome", "Reason", "Stage", "is_retryable"]
 
-Stage = Literal["decode", "rules", "worker", "merge"]
+Stage = Literal["decode", "trust", "rules", "worker", "merge"]
 Outcome = Literal["dead_letter", "conflict"]
 
 
@@ -56,6 +57,10 @@ def _index(reasons: Iterable[Reason]) -> Mapping[str, Reason]:
 
 def _decode(code: str, description: str, *, retryable: bool = False) -> Reason:
     return Reason(code, "decode", description, retryable)
+
+
+def _trust(code: str, description: str) -> Reason:
+    return Reason(code, "trust", description)
 
 
 def _rule(code: str, description: str, *, retryable: bool = False) -> Reason:
@@ -99,6 +104,21 @@ REASONS: Mapping[str, Reason] = _index(
             "input if models and schemas drifted apart (a bug; passes after the fix)",
             retryable=True,
         ),
+        # ---- trust: who signed it, and may they (popsync.trust.verification) ---------------
+        _trust("UNSIGNED", "no signature or key id header: only signed events are accepted"),
+        _trust("SIGNER_UNKNOWN", "the key id names no key of the publisher directory"),
+        _trust(
+            "SIGNATURE_INVALID",
+            "the signature does not verify: altered bytes or key, or another publisher's key id",
+        ),
+        _trust("KEY_REVOKED", "signed with a key, or by a publisher, revoked before it arrived"),
+        _trust("KEY_EXPIRED", "signed with a key outside its validity window (and grace)"),
+        _trust(
+            "SOURCE_NOT_SIGNER",
+            "the event declares another registry than the kind of the publisher that signed it",
+        ),
+        _trust("EVENT_TYPE_NOT_PERMITTED", "the signing publisher may not publish this type"),
+        _trust("PROVINCE_OUT_OF_SCOPE", "the signing publisher does not speak for its province"),
         # ---- rules: message key and subject PIN ---------------------------------------------
         _rule(
             "PIN_REQUIRED",

@@ -87,14 +87,16 @@ class Selection:
 
 
 def _source_names(letter: m.DeadLetter) -> set[str]:
-    """What `--source` may name a letter by: its registry, or registry/province (the
-    source a quarantine names, `popsync.runtime.sources`)."""
+    """What `--source` may name a letter by: the source it was judged by (its verified
+    publisher, as a quarantine names it, or unverified / unidentified), its declared
+    registry, or registry/province."""
+    judged = {letter.source} if letter.source else set()
     if letter.source_registry is None:
-        return {UNIDENTIFIED}
+        return {UNIDENTIFIED, *judged}
     province = letter.source_province or "?"
     if len(province) == 3 and province.startswith("0"):
         province = province[1:]
-    return {letter.source_registry, f"{letter.source_registry}/{province}"}
+    return {letter.source_registry, f"{letter.source_registry}/{province}", *judged}
 
 
 @dataclass

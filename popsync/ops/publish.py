@@ -16,7 +16,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
@@ -28,7 +28,7 @@ from popsync.contract.codec import Codec, DecodeError, to_avro_datum
 from popsync.contract.json_form import event_from_json
 from popsync.runtime.messages import OutboundMessage
 from popsync.topology import MAX_EVENT_BYTES
-from popsync.trust.signing import Signer
+from popsync.trust.signing import Signer, SignerSet
 
 EVENT_CODEC = Codec(m.RegistryEvent)
 
@@ -100,7 +100,9 @@ class Sink(Protocol):
 class Publisher:
     """Sends a registry's events; with a `signer`, each one signed (`popsync.trust.signing`)."""
 
-    def __init__(self, producer: Sink, topic: str, signer: Signer | None = None) -> None:
+    def __init__(
+        self, producer: Sink, topic: str, signer: Signer | SignerSet | None = None
+    ) -> None:
         self._producer = producer
         self._topic = topic
         self._signer = signer
@@ -113,9 +115,11 @@ class Publisher:
         headers = self._signer.headers(key, value, event) if self._signer else []
         self._producer.produce(OutboundMessage(self._topic, key, value, list(headers)))
 
-    def send_raw(self, key: bytes | None, value: bytes | None) -> None:
-        """Bytes as they are: for replaying dead letters and testing bad input."""
-        self._producer.produce(OutboundMessage(self._topic, key, value))
+    def send_raw(
+        self, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
+        """Bytes (and headers) as they are: for replaying dead letters and testing bad input."""
+        self._producer.produce(OutboundMessage(self._topic, key, value, list(headers)))
 
     def flush(self) -> None:
         self._producer.flush_sync(timeout=60)

@@ -50,8 +50,9 @@ from popsync.identity.decisions import (
 )
 from popsync.identity.matching import MatchOutcome
 from popsync.identity.sector_matching import unmatched_report
-from popsync.runtime.messages import OutboundMessage
+from popsync.runtime.messages import Headers, OutboundMessage
 from popsync.settings import Settings
+from popsync.trust.signing import Signer
 
 EVENT_CODEC = Codec(m.RegistryEvent)
 MAX_OPERATOR_LENGTH = 64
@@ -186,6 +187,7 @@ def resolve(
     link: str | None,
     operator: str | None,
     now: datetime | None = None,
+    signer: Signer | None = None,
 ) -> Resolution:
     """Settle one pending review: link its record to the citizen `link`, or reject it (None).
 
@@ -194,6 +196,13 @@ def resolve(
     """
     who = operator_name(operator)
     pin = None if link is None else _checked_pin(link)
+    if pin is not None and signer is None:
+        # The linked record goes back through the validator, which accepts only signed
+        # events: the operator signs for the sector registry, with a key of its kind.
+        raise ReviewError(
+            "linking sends the record again, signed: give --signing-key, the key of a "
+            "publisher of the record's registry kind (popsync keys generate)"
+        )
     decided_at = now or datetime.now(UTC)
     with _connect(settings) as conn, conn.transaction():
         row = conn.execute(_LOCK, (review_id,)).fetchone()
@@ -237,9 +246,9 @@ def resolve(
                 "correlation_id": review_id,
             }
         )
-        output = OutboundMessage(
-            settings.topics.registry_events, pin.encode(), EVENT_CODEC.encode(linked)
-        )
+        value = EVENT_CODEC.encode(linked)
+        headers: Headers = [*signer.headers(pin.encode(), value, linked)] if signer else []
+        output = OutboundMessage(settings.topics.registry_events, pin.encode(), value, headers)
         _send(settings, output)
         chosen = {p: s for p, s in candidates}.get(pin)
         decision = Decision(

@@ -1,6 +1,6 @@
 """`popsync sources list` and `popsync sources release`: quarantined publishing sources.
 
-A source (registry/province, e.g. `CIVIL_STATUS/79`) that crosses the dead-letter limit is
+A source (a publisher, e.g. `civil-status-79`) that crosses the dead-letter limit is
 quarantined by the workers (`popsync.runtime.quarantine`): its events are parked whole as
 SOURCE_QUARANTINED. Once the registry has fixed its feed, an operator releases it; the
 workers let its events through again within `quarantine_refresh_seconds`, and the events

@@ -46,6 +46,7 @@ def dead_letter(
     description: str,
     event: m.RegistryEvent | None = None,
     now: datetime | None = None,
+    source: str | None = None,
 ) -> OutboundMessage:
     """The dead-letter message for `message`; `description` must hold no personal data.
 
@@ -65,6 +66,7 @@ def dead_letter(
         source_province=event.source_province if event else None,
         failed_at=now or datetime.now(UTC),
         original_headers=_kept_headers(message),
+        source=source,
     )
     headers: Headers = [
         ("popsync.stage", stage.encode()),

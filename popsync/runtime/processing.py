@@ -155,7 +155,11 @@ class BatchProcessor:
     async def _deliver(self, batch: Sequence[InboundMessage], result: StepResult) -> None:
         """Dead-letter the rejected, apply the limit, then send everything and wait for it."""
         rejected = result.rejected
-        letters = [self._letter(batch[i], why) for i, why in sorted(rejected.items())]
+        sources = result.sources
+        letters = [
+            self._letter(batch[i], why, sources[i] if sources else None)
+            for i, why in sorted(rejected.items())
+        ]
         self._limit.observe(_outcomes(batch, rejected), sources=result.sources)
         await self._producer.send_all([*result.outputs, *letters])
         if self._guard is not None:  # only once its letters are out: a retry decides again
@@ -163,7 +167,9 @@ class BatchProcessor:
         for why in rejected.values():  # counted once delivered: a retry counts nothing twice
             metrics.EVENTS_DEAD_LETTERED.labels(self._stage, why.reason).inc()
 
-    def _letter(self, message: InboundMessage, why: Rejected) -> OutboundMessage:
+    def _letter(
+        self, message: InboundMessage, why: Rejected, source: str | None = None
+    ) -> OutboundMessage:
         return dead_letter(
             message,
             topic=self._dead_letter_topic,
@@ -171,6 +177,7 @@ class BatchProcessor:
             reason=why.reason,
             description=why.description,
             event=why.event,
+            source=source,
         )
 
     async def _park(self, message: InboundMessage, exc: Exception) -> None:
@@ -186,13 +193,14 @@ class BatchProcessor:
             type(exc).__name__,
             frames,
         )
+        source = source_of_message(message) if self._guard is not None else None
         letter = self._letter(
-            message, Rejected(INTERNAL_ERROR, f"{type(exc).__name__} in {self._stage}")
+            message, Rejected(INTERNAL_ERROR, f"{type(exc).__name__} in {self._stage}"), source
         )
         # Counted even if the message was counted as processed before a later part of its
         # batch failed: a bug that parks everything must still trip the limit.
-        source = [source_of_message(message)] if self._guard is not None else None
-        self._limit.observe([(message, INTERNAL_ERROR)], sources=source, recount=True)
+        sources = [source] if source is not None else None
+        self._limit.observe([(message, INTERNAL_ERROR)], sources=sources, recount=True)
 
         async def send() -> None:
             await self._producer.send_all([letter])

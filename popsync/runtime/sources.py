@@ -1,43 +1,36 @@
 """Who published a message: the unit the dead-letter limit and the quarantine judge.
 
-A source is a registry family in one province, `CIVIL_STATUS/79`: the publisher whose bad
-input must stay its own problem. Until events carry a verified signature it is read from
-the event itself (`source_registry`, `source_province`), so a registry that lies about
-itself is judged as the source it claims to be; a message that does not decode names no
-source and is judged as `unidentified`.
-
-The key space is bounded whatever an attacker sends (a few hundred keys at most): an
-unknown province code counts as `?`, so made-up codes cannot grow the limit's memory.
+A source is a publisher of the directory, known only from a verified signature
+(`popsync.trust`): the validator judges each event by the publisher whose signature it
+verified, and tells the next stages (the verified-publisher header it sets on a validated
+event). An event whose signature does not verify counts as `unverified`, whatever it
+claims, so no one can get a registry quarantined by sending bad events in its name; a
+message that does not even decode counts as `unidentified`. The number of sources is the
+number of publishers, plus these two, whatever an attacker sends.
 """
 
 from __future__ import annotations
 
 from popsync.contract import models as m
 from popsync.contract.codec import Codec, DecodeError
-from popsync.domain.provinces import UnknownProvinceCode, resolve_province
 from popsync.runtime.messages import InboundMessage
+from popsync.trust.signing import VERIFIED_PUBLISHER_HEADER, header
 
 UNIDENTIFIED = "unidentified"
+UNVERIFIED = "unverified"  # decoded, but not signed by a publisher allowed to send it
 _EVENT_CODEC = Codec(m.RegistryEvent)
 
 
-def source_of_event(event: m.RegistryEvent) -> str:
-    """The source that published `event`, e.g. `CIVIL_STATUS/79` (province as sent,
-    a pre-2025 code stays its own source: it is a distinct local registry)."""
-    try:
-        resolution = resolve_province(event.source_province)
-    except UnknownProvinceCode:
-        return f"{event.source_registry.value}/?"
-    given = resolution.given_code
-    province = given[1:] if len(given) == 3 else given
-    return f"{event.source_registry.value}/{province}"
-
-
 def source_of_message(message: InboundMessage) -> str:
-    """The source of a registry event's message, decoding it (for one message: a worker
-    that decodes its batch anyway takes the source from the events it decoded)."""
+    """The source of one message, without verifying it again (for a message a bug parked):
+    the publisher the validator verified, when it is a validated event; else `unverified`
+    or `unidentified` — the signature of a registry's message is not checked here, so its
+    claims count for nothing."""
+    verified = header(message.headers, VERIFIED_PUBLISHER_HEADER)
+    if verified is not None:
+        return verified.decode(errors="replace")
     try:
-        event = _EVENT_CODEC.decode(message.value)
+        _EVENT_CODEC.decode(message.value)
     except DecodeError:
         return UNIDENTIFIED
-    return source_of_event(event)
+    return UNVERIFIED

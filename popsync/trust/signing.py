@@ -27,9 +27,14 @@ import nacl.signing
 
 from popsync.contract import models as m
 from popsync.contract.codec import HEADER_SIZE
+from popsync.trust.identity import SigningIdentity
 
 SIGNATURE_HEADER = "popsync.signature"
 KEY_ID_HEADER = "popsync.key-id"
+# Set by the validator on a validated event, from the verified signature (never copied from
+# the registry's message): the synchronizer passes them on to the store's history.
+VERIFIED_PUBLISHER_HEADER = "popsync.verified.publisher"
+VERIFIED_KEY_HEADER = "popsync.verified.key-id"
 _DOMAIN = b"popsync-event-signature-v1"
 
 
@@ -91,6 +96,25 @@ class Signer:
         return cls(publisher_id, key_id, bytes(nacl.signing.SigningKey.generate()))
 
 
+class SignerSet:
+    """One signer per registry kind, chosen by the event's declared registry: for a
+    process that publishes for several registries (the simulator, tests). A registry's
+    own publisher holds one `Signer`."""
+
+    def __init__(self, signers: Iterable[tuple[m.SourceRegistry, Signer]]) -> None:
+        self._by_kind = dict(signers)
+
+    def signer_for(self, kind: m.SourceRegistry) -> Signer | None:
+        return self._by_kind.get(kind)
+
+    def headers(
+        self, key: bytes | None, value: bytes, event: m.RegistryEvent
+    ) -> list[tuple[str, bytes]]:
+        """Signed by the declared registry's signer; none when there is no such signer."""
+        signer = self._by_kind.get(event.source_registry)
+        return [] if signer is None else signer.headers(key, value, event)
+
+
 class SigningKeyError(ValueError):
     """A key file that cannot be used; the message names the file, never the key."""
 
@@ -127,3 +151,11 @@ def header(headers: Iterable[tuple[str, bytes | str | None]], name: str) -> byte
         if key == name and value is not None:
             found = value.encode() if isinstance(value, str) else value
     return found
+
+
+def identity_headers(identity: SigningIdentity) -> list[tuple[str, bytes]]:
+    """The headers that tell the next stages who signed a validated event."""
+    return [
+        (VERIFIED_PUBLISHER_HEADER, identity.publisher.publisher_id.encode()),
+        (VERIFIED_KEY_HEADER, identity.key.key_id.encode()),
+    ]

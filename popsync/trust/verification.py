@@ -7,17 +7,17 @@ says about itself — decides the rest: the event's declared registry must be th
 publisher's kind, its type one the publisher may publish, its province one it speaks
 for. Each failure is its own dead-letter reason.
 
-Time: a key signs for events recorded within its validity window (`recorded_at` is covered
-by the signature), so events signed just before a rotation's old key expires still pass
-after it; a revoked key, or a revoked publisher, signs nothing from the revocation on,
-whatever the event's date (a leaked key could backdate events).
+Time is the validator's, never the event's (a backfill carries events recorded years before
+its key existed): a key is accepted from its `valid_from` until `expiry_grace` after its
+`valid_until`, so events a registry signed just before a rotation's old key ended, still
+in flight, pass; a revoked key, or a revoked publisher, is refused from the revocation on.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from popsync.contract import models as m
 from popsync.runtime.messages import InboundMessage
@@ -40,10 +40,12 @@ class Verifier:
         self,
         directory: PublisherDirectory,
         refresh_seconds: float,
+        expiry_grace: timedelta = timedelta(hours=1),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._directory = directory
         self._refresh_seconds = refresh_seconds
+        self._expiry_grace = expiry_grace
         self._clock = clock
         self._keys: dict[str, tuple[PublisherKey, Publisher]] = {}
         self._loaded_at: float | None = None
@@ -71,21 +73,20 @@ class Verifier:
         signed = signed_bytes(message.key, message.value or b"", event, publisher.publisher_id)
         if not verifies(key.public_key, signed, signature):
             raise TrustViolation("SIGNATURE_INVALID", f"signature of key {key.key_id} fails")
-        _check_in_force(key, publisher, event, now)
+        _check_in_force(key, publisher, now, self._expiry_grace)
         _check_authority(publisher, event)
         return SigningIdentity(publisher, key)
 
 
 def _check_in_force(
-    key: PublisherKey, publisher: Publisher, event: m.RegistryEvent, now: datetime
+    key: PublisherKey, publisher: Publisher, now: datetime, grace: timedelta
 ) -> None:
     revoked = [at for at in (key.revoked_at, publisher.revoked_at) if at is not None]
     if revoked and now >= min(revoked):
         raise TrustViolation("KEY_REVOKED", f"key {key.key_id} or its publisher is revoked")
-    if not key.usable_at(event.recorded_at):
-        raise TrustViolation(
-            "KEY_EXPIRED", f"key {key.key_id} was not valid when the event was recorded"
-        )
+    ended = key.valid_until is not None and now >= key.valid_until + grace
+    if now < key.valid_from or ended:
+        raise TrustViolation("KEY_EXPIRED", f"key {key.key_id} is outside its validity window")
 
 
 def _check_authority(publisher: Publisher, event: m.RegistryEvent) -> None:

@@ -38,8 +38,9 @@ from popsync.domain.merge import (
 from popsync.runtime import metrics
 from popsync.runtime.messages import InboundMessage, OutboundMessage
 from popsync.runtime.processing import Rejected, StepResult
-from popsync.runtime.sources import UNIDENTIFIED, source_of_event
+from popsync.runtime.sources import UNIDENTIFIED, UNVERIFIED
 from popsync.settings import ProcessingSettings, TopicSettings
+from popsync.trust.signing import VERIFIED_KEY_HEADER, VERIFIED_PUBLISHER_HEADER, header
 
 from .states import Known, StateCache, restored, to_store
 
@@ -133,7 +134,8 @@ class SynchronizerStep:
                 result.rejected[i] = Rejected(exc.reason, str(exc))
                 result.sources.append(UNIDENTIFIED)
                 continue
-            result.sources.append(source_of_event(event))
+            # Judged by the publisher the validator verified, as the validator judges it.
+            result.sources.append(signer_of(message)[0] or UNVERIFIED)
             if event.subject_pin is None or message.key != event.subject_pin.encode():
                 result.rejected[i] = Rejected("KEY_PIN_MISMATCH", "validated event keyed wrongly")
                 continue
@@ -194,7 +196,7 @@ class SynchronizerStep:
         for (_, message, event), outcome in zip(admitted, outcomes, strict=True):
             raw[event.event_id] = message.value or b""
             result.applied.append(event)
-            result.outputs.append(self._update(event, outcome, now))
+            result.outputs.append(self._update(event, outcome, now, signer_of(message)))
             for event_id, conflict in outcome.new_conflicts.items():
                 conflicting = outcome.state.events[event_id]
                 result.outputs.append(self._conflict(conflicting, conflict, now))
@@ -206,7 +208,13 @@ class SynchronizerStep:
         states[pin] = Known(outcomes[-1].state, raw, today, count)
         result.changed.add(pin)
 
-    def _update(self, event: m.RegistryEvent, outcome: Applied, now: datetime) -> OutboundMessage:
+    def _update(
+        self,
+        event: m.RegistryEvent,
+        outcome: Applied,
+        now: datetime,
+        signer: tuple[str | None, str | None] = (None, None),
+    ) -> OutboundMessage:
         update = m.CitizenUpdate(
             pin=outcome.snapshot.pin,
             version=outcome.version,
@@ -218,6 +226,8 @@ class SynchronizerStep:
             occurred_at=event.occurred_at,
             applied_at=now,
             recorded_at=event.recorded_at,
+            publisher_id=signer[0],
+            key_id=signer[1],
         )
         key = update.pin.encode()
         return OutboundMessage(self._topics.citizen_updates, key, UPDATE_CODEC.encode(update))
@@ -247,6 +257,17 @@ class SynchronizerStep:
         for code in result.conflict_codes:
             metrics.CONFLICTS.labels(code).inc()
         metrics.DUPLICATES_SKIPPED.labels(STAGE).inc(result.duplicates)
+
+
+def signer_of(message: InboundMessage) -> tuple[str | None, str | None]:
+    """The publisher and key id the validator verified for a validated event (its headers),
+    carried on in the update so that the store's history names who changed the citizen."""
+    publisher = header(message.headers, VERIFIED_PUBLISHER_HEADER)
+    key_id = header(message.headers, VERIFIED_KEY_HEADER)
+    return (
+        publisher.decode() if publisher is not None else None,
+        key_id.decode() if key_id is not None else None,
+    )
 
 
 def _restore(pin: str, stored: StoredState) -> Known:

@@ -8,8 +8,13 @@ valid sector record without PIN is matched to a citizen first
 or is reported unmatched.
 An unexpected exception while checking one event dead-letters that event
 (reason INTERNAL_ERROR) instead of skipping it or stopping the partition.
-Every message of a quarantined source (`popsync.runtime.quarantine`) is parked whole as
-SOURCE_QUARANTINED before any rule, PIN allocation or alias sees it.
+Every event must be signed by a publisher of the directory, within its authority
+(`popsync.trust.verification`): that is checked right after decoding, before any rule,
+and an event that fails is parked with the reason. The source an event is judged by is its
+verified publisher. Every message of a quarantined source (`popsync.runtime.quarantine`)
+is parked whole as SOURCE_QUARANTINED before any rule, PIN allocation or alias sees it.
+A validated event carries its verified publisher and key id as headers to the
+synchronizer, which passes them on to the store's history.
 """
 
 from __future__ import annotations
@@ -36,9 +41,12 @@ from popsync.runtime import metrics, observability
 from popsync.runtime.messages import InboundMessage, OutboundMessage
 from popsync.runtime.processing import Rejected, StepResult
 from popsync.runtime.quarantine import SourceGuard
-from popsync.runtime.sources import UNIDENTIFIED, source_of_event
+from popsync.runtime.sources import UNIDENTIFIED, UNVERIFIED
 from popsync.settings import Settings
 from popsync.topology import MAX_EVENT_BYTES
+from popsync.trust.identity import SigningIdentity
+from popsync.trust.signing import identity_headers
+from popsync.trust.verification import TrustViolation, Verifier
 
 log = logging.getLogger(__name__)
 STAGE = "validator"
@@ -70,9 +78,12 @@ class ValidatorStep:
         matching: MatchingStore,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         guard: SourceGuard | None = None,
+        *,
+        verifier: Verifier,
     ) -> None:
         self._topics = settings.topics
         self._guard = guard
+        self._verifier = verifier
         self._allocator = allocator
         self._aliases = aliases
         self._matching = SectorMatching(settings.topics, settings.matching, matching)
@@ -165,33 +176,53 @@ class ValidatorStep:
             outcome = result.decision.outcome
             routed[i] = Routed(result.output, None, result.event, match_outcome=outcome)
 
+    def _verified(
+        self, message: InboundMessage, decoded: m.RegistryEvent | DecodeError, now: datetime
+    ) -> SigningIdentity | TrustViolation | None:
+        """Who signed a decoded event (None: it did not decode, there is nothing to check)."""
+        if not isinstance(decoded, m.RegistryEvent):
+            return None
+        try:
+            return self._verifier.verify(message, decoded, now)
+        except TrustViolation as violation:
+            return violation
+
     async def _route_all(
         self, batch: Sequence[InboundMessage], now: datetime
-    ) -> tuple[list[Routed], list[str]]:
+    ) -> tuple[list[Routed], list[Trust], list[str]]:
         """Route a batch with its aliases resolved, registering the aliases it declares;
-        and the source of each message.
+        and who signed each message.
 
         An event naming an alias declared earlier in the same batch is routed again
         once that alias is registered.
         """
+        await self._verifier.refresh()
         decoded = [_decode(message) for message in batch]
-        sources = [_source(d) for d in decoded]
+        trust = [self._verified(msg, d, now) for msg, d in zip(batch, decoded, strict=True)]
+        sources = [_source(d, t) for d, t in zip(decoded, trust, strict=True)]
         held = [self._guard is not None and self._guard.is_quarantined(s) for s in sources]
+        trusted = [
+            not h and isinstance(t, SigningIdentity) for t, h in zip(trust, held, strict=True)
+        ]
         references = [
             ref
-            for d, h in zip(decoded, held, strict=True)
-            if not h and isinstance(d, m.RegistryEvent) and (ref := subject_reference(d))
+            for d, ok in zip(decoded, trusted, strict=True)
+            if ok and isinstance(d, m.RegistryEvent) and (ref := subject_reference(d))
         ]
         aliases = dict(await self._aliases.resolve(references))
         routed = [
-            _quarantined(s, d) if h else self.route(msg, now, aliases, d)
-            for msg, d, s, h in zip(batch, decoded, sources, held, strict=True)
+            _quarantined(s, d)
+            if h
+            else _untrusted(t, d)
+            if isinstance(t, TrustViolation)
+            else self.route(msg, now, aliases, d)
+            for msg, d, s, h, t in zip(batch, decoded, sources, held, trust, strict=True)
         ]
         declared = [
             a for r in routed if r.rejected is None and r.event for a in declared_aliases(r.event)
         ]
         if not declared:
-            return routed, sources
+            return routed, trust, sources
         stored = await self._aliases.register(declared)
         taken = {a.event_id for a in declared if stored[a.alias] != a.pin}
         aliases.update(stored)
@@ -201,16 +232,22 @@ class ValidatorStep:
                 routed[i] = _rejected("ALIAS_TAKEN", text, r.event)
             elif r.reason == "ALIAS_UNKNOWN":
                 routed[i] = self.route(message, now, aliases, decoded[i])
-        return routed, sources
+        return routed, trust, sources
 
     async def __call__(self, batch: Sequence[InboundMessage]) -> StepResult:
         now = self._clock()
-        routed, sources = await self._route_all(batch, now)
+        routed, trust, sources = await self._route_all(batch, now)
         notices = await self._allocate_pins(routed, now)
         await self._match_records(batch, routed, now)
         # PIN allocation and matching only store idempotent decisions: a retried or
         # re-delivered batch gets the same PINs and matches.
-        outputs = [r.output for r in routed if r.output is not None]
+        outputs = []
+        for r, signed in zip(routed, trust, strict=True):
+            if r.output is None:
+                continue
+            if isinstance(signed, SigningIdentity):
+                r.output.headers.extend(identity_headers(signed))
+            outputs.append(r.output)
 
         async def count() -> None:  # once delivered, so a retried batch counts once
             self._count(routed)
@@ -246,8 +283,21 @@ def _decode(message: InboundMessage) -> m.RegistryEvent | DecodeError:
     return event
 
 
-def _source(decoded: m.RegistryEvent | DecodeError) -> str:
-    return source_of_event(decoded) if isinstance(decoded, m.RegistryEvent) else UNIDENTIFIED
+Trust = SigningIdentity | TrustViolation | None
+
+
+def _source(decoded: m.RegistryEvent | DecodeError, trust: Trust) -> str:
+    """The source a message is judged by: its verified publisher; an event that is not
+    verified counts as `unverified`, whatever it claims, so no one can get a registry
+    quarantined by sending bad events in its name."""
+    if isinstance(trust, SigningIdentity):
+        return trust.publisher.publisher_id
+    return UNVERIFIED if isinstance(decoded, m.RegistryEvent) else UNIDENTIFIED
+
+
+def _untrusted(violation: TrustViolation, decoded: m.RegistryEvent | DecodeError) -> Routed:
+    event = decoded if isinstance(decoded, m.RegistryEvent) else None
+    return _rejected(violation.reason, str(violation), event)
 
 
 def _quarantined(source: str, decoded: m.RegistryEvent | DecodeError) -> Routed:

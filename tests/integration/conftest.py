@@ -16,6 +16,7 @@ from popsync.dev.stack import EmbeddedStack, embedded_stack
 from popsync.ops.publish import Publisher
 from popsync.settings import WORKER_NAMES, Settings
 from tests.polling import Query
+from tests.signing import DEV_SIGNERS
 
 ServerWorkdir = Callable[[str], AbstractContextManager[Path]]
 
@@ -77,7 +78,7 @@ def pipeline(stack: EmbeddedStack) -> Iterator[Settings]:
 
 @pytest.fixture(scope="session")
 def publisher(pipeline: Settings) -> Publisher:
-    return Publisher(BatchProducer(pipeline.kafka), pipeline.topics.registry_events)
+    return Publisher(BatchProducer(pipeline.kafka), pipeline.topics.registry_events, DEV_SIGNERS)
 
 
 @pytest.fixture(scope="session")

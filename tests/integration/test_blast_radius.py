@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -22,26 +23,39 @@ import psycopg
 import pytest
 
 from popsync.adapters.kafka.producer import BatchProducer
+from popsync.adapters.postgres.publishers import (
+    NewKey,
+    add_key,
+    add_publisher,
+    find_publisher,
+    publisher_entry,
+)
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
 from popsync.dev.stack import EmbeddedStack, WorkerProcess
 from popsync.ops import dlq, sources
 from popsync.ops.publish import Publisher
 from popsync.settings import WORKER_NAMES, Settings
+from popsync.trust.signing import Signer
 from tests.builders import Citizens, envelope
 from tests.polling import eventually, read_until
+from tests.signing import DEV_SIGNERS, signature_headers
 
 pytestmark = pytest.mark.integration
 
 NAME = "blast"
 LETTERS = Codec(m.DeadLetter)
 _serials = itertools.count(640_000)
-A, B, C = "01", "79", "48"  # provinces of three civil-status registries
+A, B, C = "01", "79", "48"  # provinces of three civil-status registries, each its own publisher
 
 
 @pytest.fixture(scope="module")
 def own_pipeline(stack: EmbeddedStack) -> Iterator[tuple[Settings, list[WorkerProcess]]]:
-    settings = stack.isolated_settings(NAME, dead_letter_limit={"quarantine_refresh_seconds": 1})
+    settings = stack.isolated_settings(
+        NAME,
+        dead_letter_limit={"quarantine_refresh_seconds": 1},
+        trust={"directory_refresh_seconds": 1},
+    )
     stack.prepare(settings)
     started = [stack.start_worker(name, settings, tag=f"-{NAME}") for name in WORKER_NAMES]
     try:
@@ -78,9 +92,23 @@ def quarantine_of(settings: Settings, source: str) -> tuple[Any, ...] | None:
         ).fetchone()
 
 
-def send(settings: Settings, messages: list[tuple[bytes, m.RegistryEvent]]) -> None:
+def registry(settings: Settings, province: str) -> Signer:
+    """The civil-status registry of `province`: a publisher of its own, with its key."""
+    publisher_id = f"civil-status-{province}"
+    signer = Signer.generate(publisher_id, f"{publisher_id}-k1")
+    with psycopg.connect(settings.postgres.dsn.get_secret_value(), autocommit=True) as conn:
+        if find_publisher(conn, publisher_id) is None:
+            entry = publisher_entry(publisher_id, m.SourceRegistry.CIVIL_STATUS, [province])
+            add_publisher(conn, entry, "integration-test")
+        key = NewKey(signer.key_id, signer.public_key, valid_from=datetime(2000, 1, 1, tzinfo=UTC))
+        add_key(conn, publisher_id, key, "integration-test")
+    time.sleep(1.5)  # the validator re-reads the directory every second here
+    return signer
+
+
+def send(settings: Settings, messages: list[tuple[bytes, m.RegistryEvent]], signer: Signer) -> None:
     producer = BatchProducer(settings.kafka)
-    publisher = Publisher(producer, settings.topics.registry_events)
+    publisher = Publisher(producer, settings.topics.registry_events, signer)
     for key, event in messages:
         publisher.send(key, event)
     publisher.flush()
@@ -94,18 +122,21 @@ def test_a_flooding_source_is_quarantined_and_the_others_all_land(
     citizens = Citizens(_serials, datetime.now(UTC))
     bad = [from_province(citizens, A) for _ in range(1000)]  # keyed wrongly
     good = [from_province(citizens, B) for _ in range(1000)]
-    interleaved = [
-        message
-        for pair in zip(bad, good, strict=True)
-        for message in ((b"not-the-pin", pair[0]), (pin_key(pair[1]), pair[1]))
-    ]
-    send(settings, interleaved)
+    producer = BatchProducer(settings.kafka)
+    topic = settings.topics.registry_events
+    registry_a = Publisher(producer, topic, registry(settings, A))
+    registry_b = Publisher(producer, topic, registry(settings, B))
+    for bad_one, good_one in zip(bad, good, strict=True):  # interleaved
+        registry_a.send(b"not-the-pin", bad_one)
+        registry_b.send(pin_key(good_one), good_one)
+    producer.flush_sync()
+    producer.close()
 
     good_pins = [event.subject_pin or "" for event in good]
     landed = eventually(lambda: stored_pins(settings, good_pins) == set(good_pins), timeout=120)
     assert landed, f"{len(stored_pins(settings, good_pins))} of {len(good)} of B landed"
-    assert quarantine_of(settings, f"CIVIL_STATUS/{A}") == ("KEY_PIN_MISMATCH", None)
-    assert quarantine_of(settings, f"CIVIL_STATUS/{B}") is None
+    assert quarantine_of(settings, f"civil-status-{A}") == ("KEY_PIN_MISMATCH", None)
+    assert quarantine_of(settings, f"civil-status-{B}") is None
     letters = letters_of(settings, {event.event_id for event in bad})
     reasons = Counter({x.event_id: x.reason_code for x in letters}.values())
     assert sum(reasons.values()) == len(bad)  # nothing of A lost: each one parked
@@ -122,17 +153,18 @@ def test_a_released_source_flows_again_and_its_parked_events_are_replayed(
     citizens = Citizens(_serials, datetime.now(UTC))
     bad = [from_province(citizens, C) for _ in range(250)]
     held = [from_province(citizens, C) for _ in range(20)]  # valid, sent meanwhile
-    send(settings, [(b"not-the-pin", event) for event in bad])
-    source = f"CIVIL_STATUS/{C}"
+    signer = registry(settings, C)
+    send(settings, [(b"not-the-pin", event) for event in bad], signer)
+    source = f"civil-status-{C}"
     assert eventually(lambda: quarantine_of(settings, source), timeout=60)
-    send(settings, [(pin_key(event), event) for event in held])
+    send(settings, [(pin_key(event), event) for event in held], signer)
     held_ids = {event.event_id for event in held}
     parked = letters_of(settings, held_ids)
     assert {x.reason_code for x in parked} == {"SOURCE_QUARANTINED"}
 
     out = io.StringIO()
     assert sources.release_source(settings, source, "integration-test", out) == 0
-    assert "released CIVIL_STATUS/48" in out.getvalue()
+    assert "released civil-status-48" in out.getvalue()
     assert sources.release_source(settings, source, "integration-test", out) == 1  # once
     selection = dlq.Selection(
         reasons=frozenset({"SOURCE_QUARANTINED"}), sources=frozenset({source})
@@ -159,8 +191,8 @@ def test_an_event_far_over_the_limit_is_parked_small_and_the_partition_flows_on(
     value = b"\xc3\x01" + b"\x00" * (5 * 1024 * 1024)  # 5 MiB, compresses to almost nothing
     # A registry's producer allowed to send it (ours refuses it: `popsync publish`).
     producer = BatchProducer(settings.kafka, **{"message.max.bytes": 8 * 1024 * 1024})
-    publisher = Publisher(producer, settings.topics.registry_events)
-    publisher.send_raw(key, value)
+    publisher = Publisher(producer, settings.topics.registry_events, DEV_SIGNERS)
+    publisher.send_raw(key, value, signature_headers(key, value))
     for event in good:
         publisher.send(pin_key(event), event)
     publisher.flush()

@@ -28,6 +28,7 @@ from popsync.dev.simulate.generator import SimulatedMessage, simulate
 from popsync.dev.stack import EmbeddedStack, WorkerProcess, wait_until
 from popsync.ops.publish import Publisher
 from popsync.settings import WORKER_NAMES, Settings, WorkerName
+from tests.signing import DEV_SIGNERS
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +70,9 @@ def chunks(messages: Sequence[SimulatedMessage], count: int) -> list[Sequence[Si
 
 
 def publish(settings: Settings, messages: Sequence[SimulatedMessage]) -> None:
-    publisher = Publisher(BatchProducer(settings.kafka), settings.topics.registry_events)
+    publisher = Publisher(
+        BatchProducer(settings.kafka), settings.topics.registry_events, DEV_SIGNERS
+    )
     publisher.publish((message.key, message.event) for message in messages)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -192,7 +193,8 @@ def test_postgres_recovers_after_kill(postgres: EmbeddedPostgres) -> None:
 
 
 def test_postgres_listens_on_tcp_with_utf8_semantics(postgres: EmbeddedPostgres) -> None:
-    assert postgres.dsn().startswith(f"postgresql://postgres@127.0.0.1:{postgres.port}/")
+    # Password authentication, like production: the DSN carries the generated password.
+    assert re.match(rf"postgresql://postgres:[^@]+@127\.0\.0\.1:{postgres.port}/", postgres.dsn())
     with psycopg.connect(postgres.dsn()) as conn:
         row = conn.execute(
             "SELECT inet_server_addr()::text, current_setting('server_encoding'), upper('žé')"

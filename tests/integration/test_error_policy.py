@@ -30,13 +30,13 @@ from popsync.contract.codec import Codec
 from popsync.dev.stack import EmbeddedStack, embedded_stack
 from popsync.domain.pin import make_pin
 from popsync.domain.rules import check_event
-from popsync.ops.provision import migrate, provision
 from popsync.runtime.messages import InboundMessage
 from popsync.runtime.processing import INTERNAL_ERROR
 from popsync.runtime.worker import Worker
 from popsync.settings import Settings, WorkerName
 from tests.builders import birth
 from tests.fakes import InMemorySyncStates
+from tests.signing import signed
 
 pytestmark = pytest.mark.integration
 
@@ -65,8 +65,7 @@ _runs = iter(range(10**6))
 def fresh_settings(stack: EmbeddedStack, worker: WorkerName) -> Settings:
     name = f"err{next(_runs)}{worker.replace('-', '')}"
     settings = stack.isolated_settings(name, processing={"retry_max_seconds": 0.5})
-    provision(settings)
-    migrate(settings)
+    stack.prepare(settings)  # topics, schema, and the publishers the events are signed by
     return settings
 
 
@@ -83,7 +82,10 @@ def inputs(settings: Settings, worker: WorkerName, pins: Sequence[str]) -> list[
     events = registry_events(pins)
     if worker == "validator":
         topic = settings.topics.registry_events
-        return [message(topic, i, e.subject_pin, EVENTS.encode(e)) for i, e in enumerate(events)]
+        # signed by its registry, as the validator accepts it
+        return [
+            signed(message(topic, i, e.subject_pin, EVENTS.encode(e))) for i, e in enumerate(events)
+        ]
     skew = timedelta(seconds=settings.processing.future_skew_seconds)
     validated = [check_event(e, (e.subject_pin or "").encode(), NOW, skew) for e in events]
     topic = settings.topics.validated_events
@@ -216,8 +218,8 @@ def test_a_postgresql_crash_is_waited_out_and_loses_nothing(
 
 def pinless(message: InboundMessage) -> InboundMessage:
     event = EVENTS.decode(message.value).model_copy(update={"subject_pin": None})
-    return InboundMessage(
-        message.topic, message.partition, message.offset, None, EVENTS.encode(event)
+    return signed(
+        InboundMessage(message.topic, message.partition, message.offset, None, EVENTS.encode(event))
     )
 
 

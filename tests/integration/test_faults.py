@@ -20,6 +20,7 @@ from popsync.dev.simulate.generator import simulate
 from popsync.dev.stack import EmbeddedStack, WorkerProcess, embedded_stack, wait_until
 from popsync.ops.publish import Publisher
 from popsync.settings import WORKER_NAMES, Settings
+from tests.signing import DEV_SIGNERS
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +55,9 @@ def run_through_outage(
     expected = expect(messages, now, timedelta(seconds=settings.processing.future_skew_seconds))
     dsn = settings.postgres.dsn.get_secret_value()
     half = len(messages) // 2
-    publisher = Publisher(BatchProducer(settings.kafka), settings.topics.registry_events)
+    publisher = Publisher(
+        BatchProducer(settings.kafka), settings.topics.registry_events, DEV_SIGNERS
+    )
 
     publisher.publish((m.key, m.event) for m in messages[:half])
     assert wait_until(lambda: store_counts(dsn).history > 0, 60), "nothing applied before"

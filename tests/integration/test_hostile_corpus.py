@@ -39,6 +39,7 @@ from popsync.adapters.kafka.producer import BatchProducer
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
 from popsync.contract.json_form import event_to_json
+from popsync.dev.publishers import dev_signer
 from popsync.dev.stack import EmbeddedStack, WorkerProcess, settings_env
 from popsync.domain.reasons import REASONS
 from popsync.ops.publish import MAX_LINE_BYTES, Publisher
@@ -46,6 +47,7 @@ from popsync.settings import WORKER_NAMES, Settings
 from popsync.topology import MAX_EVENT_BYTES
 from tests.builders import Citizens, bad_messages
 from tests.polling import eventually, read_until
+from tests.signing import DEV_SIGNERS
 
 pytestmark = pytest.mark.integration
 
@@ -99,10 +101,10 @@ def test_every_kind_of_bad_input_is_dead_lettered_and_good_events_flow_on(
     bad = bad_messages(citizens)
     assert len({(b.key, b.value) for b in bad}) == len(bad)  # each one can be told apart
     producer = BatchProducer(settings.kafka)
-    publisher = Publisher(producer, settings.topics.registry_events)
+    publisher = Publisher(producer, settings.topics.registry_events, DEV_SIGNERS)
     good_pins = []
     for i, message in enumerate(bad):
-        publisher.send_raw(message.key, message.value)
+        publisher.send_raw(message.key, message.value, list(message.headers))
         if i % GOOD_EVERY == 0:
             good = citizens.birth()
             assert good.subject_pin is not None
@@ -142,7 +144,7 @@ def test_the_largest_event_a_registry_may_send_is_parked_whole(
     key = b"079190000000"
     value = b"\xc3\x01" + bytes(range(256)) * ((MAX_EVENT_BYTES - 4096) // 256)
     producer = BatchProducer(settings.kafka)
-    Publisher(producer, settings.topics.registry_events).send_raw(key, value)
+    Publisher(producer, settings.topics.registry_events, DEV_SIGNERS).send_raw(key, value)
     producer.flush_sync()
     producer.close()
     letters = read_dead_letters(settings, {(key, value)}, timeout=60)
@@ -307,10 +309,15 @@ JSON_LINE_KINDS: tuple[LineKind, ...] = (
 
 
 def publish_file(settings: Settings, path: Path) -> subprocess.CompletedProcess[str]:
-    """`popsync publish` as a registry's operator runs it: the real CLI, its own process."""
+    """`popsync publish` as a registry's operator runs it: the real CLI, its own process,
+    signing with the registry's key."""
+    key_file = path.with_suffix(".key")
+    if not key_file.exists():
+        dev_signer(m.SourceRegistry.CIVIL_STATUS).save(key_file)
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("POPSYNC_")}
+    command = ["publish", "--source", "civil-status", "--signing-key", str(key_file), str(path)]
     return subprocess.run(  # noqa: S603 - our own CLI
-        [sys.executable, "-m", "popsync", "publish", "--source", "civil-status", str(path)],
+        [sys.executable, "-m", "popsync", *command],
         env={**env, **settings_env(settings)},
         capture_output=True,
         text=True,
@@ -377,10 +384,10 @@ def test_the_hostile_corpus_ends_refused_parked_or_applied_and_the_good_all_land
 
     # The raw-bytes door: an event of 5 MiB, then the catalogue, good events between.
     producer = BatchProducer(settings.kafka, **{"message.max.bytes": 8 * 1024 * 1024})
-    publisher = Publisher(producer, settings.topics.registry_events)
+    publisher = Publisher(producer, settings.topics.registry_events, DEV_SIGNERS)
     publisher.send_raw(*big)
     for message in bad:
-        publisher.send_raw(message.key, message.value)
+        publisher.send_raw(message.key, message.value, list(message.headers))
         good = citizens.birth()
         publisher.send((good.subject_pin or "").encode(), good)
         good_pins.append(good.subject_pin or "")

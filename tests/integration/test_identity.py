@@ -24,6 +24,7 @@ from popsync.ops.publish import Publisher
 from popsync.settings import Settings
 from tests.builders import birth, citizen, death, move, publish, registry_event
 from tests.polling import Query, eventually, read_until
+from tests.signing import DEV_SIGNERS
 
 pytestmark = pytest.mark.integration
 
@@ -98,7 +99,9 @@ def test_births_without_a_pin_get_unique_pins_from_two_validators_and_replays_ke
 ) -> None:
     settings, workers = identity
     births = [pinless_birth() for _ in range(300)]
-    publisher = Publisher(BatchProducer(settings.kafka), settings.topics.registry_events)
+    publisher = Publisher(
+        BatchProducer(settings.kafka), settings.topics.registry_events, DEV_SIGNERS
+    )
     # Keyed by registration number: the births spread over every partition, hence
     # over both validators.
     publisher.publish((b.payload.registration_number.encode(), b) for b in births)  # type: ignore[union-attr]

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -20,12 +21,14 @@ import pytest
 from popsync.adapters.kafka.producer import BatchProducer
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
+from popsync.dev.publishers import dev_signer
 from popsync.dev.stack import EmbeddedStack, WorkerProcess, settings_env
 from popsync.domain.pin import make_pin, mask_pin
 from popsync.identity.decisions import operator_event_id
 from popsync.ops.publish import Publisher
 from popsync.settings import Settings
 from tests.polling import eventually, read_until
+from tests.signing import DEV_SIGNERS
 
 pytestmark = pytest.mark.integration
 
@@ -132,10 +135,15 @@ def history(settings: Settings, pin: str) -> list[tuple[Any, ...]]:
 
 
 def test_records_without_pin_are_linked_reviewed_or_reported_and_a_review_is_settled(
-    matching: tuple[Settings, list[WorkerProcess]],
+    matching: tuple[Settings, list[WorkerProcess]], tmp_path: Path
 ) -> None:
     settings, workers = matching
-    publisher = Publisher(BatchProducer(settings.kafka), settings.topics.registry_events)
+    # The operator links for the social-insurance registry, with a key of that kind.
+    operator_key = tmp_path / "social-insurance.key"
+    dev_signer(m.SourceRegistry.SOCIAL_INSURANCE).save(operator_key)
+    publisher = Publisher(
+        BatchProducer(settings.kafka), settings.topics.registry_events, DEV_SIGNERS
+    )
     births = [
         birth(KHAI, "Nguyễn Thị Minh Khai", date(1991, 4, 12), m.Sex.F, "79"),
         birth(HUNG, "Trần Văn Hùng", date(1985, 9, 3), m.Sex.M, "01"),
@@ -199,8 +207,21 @@ def test_records_without_pin_are_linked_reviewed_or_reported_and_a_review_is_set
     assert not re.search(r"[0-9]{12}", listed.stdout), "an unmasked PIN in the output"
     assert "Hùng" not in listed.stdout and "Hung" not in listed.stdout
 
-    settled = popsync(
+    unsigned = popsync(
         settings, "review", "resolve", twin.event_id, "--link", HUNG, "--operator", "tester"
+    )
+    assert unsigned.returncode == 2 and "--signing-key" in unsigned.stderr
+    settled = popsync(
+        settings,
+        "review",
+        "resolve",
+        twin.event_id,
+        "--link",
+        HUNG,
+        "--operator",
+        "tester",
+        "--signing-key",
+        str(operator_key),
     )
     assert settled.returncode == 0, settled.stderr
     assert mask_pin(HUNG) in settled.stdout and HUNG not in settled.stdout
@@ -235,7 +256,16 @@ def test_records_without_pin_are_linked_reviewed_or_reported_and_a_review_is_set
     assert "no pending reviews" in after.stdout
 
     again = popsync(
-        settings, "review", "resolve", twin.event_id, "--link", HUNG, "--operator", "tester"
+        settings,
+        "review",
+        "resolve",
+        twin.event_id,
+        "--link",
+        HUNG,
+        "--operator",
+        "tester",
+        "--signing-key",
+        str(operator_key),
     )
     assert again.returncode == 2 and "already RESOLVED" in again.stderr
     unknown = popsync(

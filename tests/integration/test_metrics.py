@@ -28,6 +28,7 @@ from popsync.ops.publish import Publisher
 from popsync.settings import WORKER_NAMES, Settings, WorkerName
 from tests.builders import birth, death, move
 from tests.polling import eventually
+from tests.signing import DEV_SIGNERS
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +98,9 @@ def converged(
     messages += [SimulatedMessage(pin.encode(), event, None) for event in story]
     skew = timedelta(seconds=settings.processing.future_skew_seconds)
     expected = expect(messages, now, skew)
-    publisher = Publisher(BatchProducer(settings.kafka), settings.topics.registry_events)
+    publisher = Publisher(
+        BatchProducer(settings.kafka), settings.topics.registry_events, DEV_SIGNERS
+    )
     publisher.publish((message.key, message.event) for message in messages)
 
     def counted() -> dict[WorkerName, Samples] | None:

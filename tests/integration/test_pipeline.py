@@ -16,6 +16,7 @@ import pytest
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
 from popsync.contract.json_form import event_to_json
+from popsync.dev.publishers import dev_signer
 from popsync.dev.stack import settings_env
 from popsync.domain.pin import make_pin
 from popsync.ops.publish import Publisher
@@ -134,17 +135,17 @@ def test_invalid_event_is_dead_lettered_and_the_rest_flow_on(
     publisher: Publisher, pipeline: Settings, query: Query
 ) -> None:
     good, bad = new_pin(), new_pin()
-    invalid = birth(bad).model_copy(update={"source_province": "00"})
+    invalid = birth(bad).model_copy(update={"source_province": "00"})  # no publisher speaks for it
     original = Codec(m.RegistryEvent).encode(invalid)
     publisher.send_raw(b"not-a-pin", b"\x00garbage")
     publish(publisher, invalid, birth(good))
     assert eventually(lambda: citizen(query, good, 1)) is not None
     letters = read_dead_letters(pipeline, wanted=2)
     by_reason = {letter.reason_code: letter for letter in letters}
-    assert by_reason["SOURCE_PROVINCE_UNKNOWN"].original_value == original
-    assert by_reason["SOURCE_PROVINCE_UNKNOWN"].original_key == bad.encode()
-    assert by_reason["SOURCE_PROVINCE_UNKNOWN"].stage == "validator"
-    assert by_reason["SOURCE_PROVINCE_UNKNOWN"].event_id == invalid.event_id
+    assert by_reason["PROVINCE_OUT_OF_SCOPE"].original_value == original
+    assert by_reason["PROVINCE_OUT_OF_SCOPE"].original_key == bad.encode()
+    assert by_reason["PROVINCE_OUT_OF_SCOPE"].stage == "validator"
+    assert by_reason["PROVINCE_OUT_OF_SCOPE"].event_id == invalid.event_id
     assert by_reason["BAD_MAGIC"].original_value == b"\x00garbage"
     assert not query("SELECT 1 FROM citizens WHERE pin = %s", bad)
 
@@ -174,8 +175,11 @@ def test_publish_cli_reports_bad_lines_and_sends_good_ones(
     ]
     path = tmp_path / "births.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    key = tmp_path / "civil-status.key"  # the registry signs what it publishes
+    dev_signer(m.SourceRegistry.CIVIL_STATUS).save(key)
+    command = ["publish", "--source", "civil-status", "--signing-key", str(key), str(path)]
     result = subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "popsync.cli", "publish", "--source", "civil-status", str(path)],
+        [sys.executable, "-m", "popsync.cli", *command],
         env={**os.environ, **settings_env(pipeline)},
         capture_output=True,
         text=True,

@@ -20,6 +20,7 @@ from popsync.dev.stack import EmbeddedStack, WorkerProcess
 from popsync.ops.publish import Publisher
 from popsync.settings import WORKER_NAMES, Settings
 from tests.polling import eventually
+from tests.signing import DEV_SIGNERS
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +77,9 @@ def test_prometheus_scrapes_every_worker_and_counts_a_known_stream(
     now = datetime.now(UTC)
     messages = simulate(CITIZENS, seed=SEED, now=now)
     expected = expect(messages, now, timedelta(seconds=settings.processing.future_skew_seconds))
-    publisher = Publisher(BatchProducer(settings.kafka), settings.topics.registry_events)
+    publisher = Publisher(
+        BatchProducer(settings.kafka), settings.topics.registry_events, DEV_SIGNERS
+    )
     publisher.publish((message.key, message.event) for message in messages)
 
     checks = {

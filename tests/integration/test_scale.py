@@ -45,6 +45,7 @@ from popsync.domain.pin import make_pin
 from popsync.ops.publish import Publisher
 from popsync.settings import WORKER_NAMES, Settings, WorkerName
 from tests.builders import birth, death, move, read_dead_letters
+from tests.signing import DEV_SIGNERS
 
 pytestmark = pytest.mark.integration
 
@@ -183,7 +184,9 @@ def stream(now: datetime) -> list[SimulatedMessage]:
 
 
 def publish(settings: Settings, messages: Sequence[SimulatedMessage]) -> None:
-    publisher = Publisher(BatchProducer(settings.kafka), settings.topics.registry_events)
+    publisher = Publisher(
+        BatchProducer(settings.kafka), settings.topics.registry_events, DEV_SIGNERS
+    )
     publisher.publish((message.key, message.event) for message in messages)
 
 

@@ -30,6 +30,7 @@ from popsync.runtime.exits import EXIT_UNFINISHED_BATCH
 from popsync.settings import Settings, WorkerName
 from tests.builders import birth, move
 from tests.polling import eventually
+from tests.signing import DEV_SIGNERS
 
 pytestmark = pytest.mark.integration
 
@@ -100,7 +101,9 @@ def env(stack: EmbeddedStack) -> Iterator[Env]:
         NAME, topics={"partitions": PARTITIONS}, processing=processing
     )
     stack.prepare(settings)
-    publisher = Publisher(BatchProducer(settings.kafka), settings.topics.registry_events)
+    publisher = Publisher(
+        BatchProducer(settings.kafka), settings.topics.registry_events, DEV_SIGNERS
+    )
     env = Env(stack, settings, publisher)
     env.start("validator")
     env.start("synchronizer")

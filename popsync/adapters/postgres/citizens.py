@@ -55,6 +55,8 @@ _HISTORY_COLUMNS = {  # written_at is left to the table's default
     "changes": "jsonb",
     "occurred_at": "timestamptz",
     "applied_at": "timestamptz",
+    "publisher_id": "text",  # who signed the applied event (popsync.trust), verified
+    "key_id": "text",
 }
 _CONFLICT_COLUMNS = {
     "pin": "text",
@@ -165,6 +167,8 @@ def _history_row(update: m.CitizenUpdate) -> tuple[Any, ...]:
         _snapshot_jsonb(update.snapshot, include=set(changed)),
         update.occurred_at,
         update.applied_at,
+        update.publisher_id,
+        update.key_id,
     )
 
 

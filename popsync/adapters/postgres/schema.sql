@@ -102,6 +102,9 @@ CREATE TABLE IF NOT EXISTS citizen_history (
     PRIMARY KEY (pin, version)
 );
 CREATE INDEX IF NOT EXISTS citizen_history_event ON citizen_history (event_id);
+-- Who changed the citizen: the publisher and key of the applied event's verified signature.
+ALTER TABLE citizen_history ADD COLUMN IF NOT EXISTS publisher_id text;
+ALTER TABLE citizen_history ADD COLUMN IF NOT EXISTS key_id text;
 
 -- Events that were valid alone but contradict the citizen's state; resolved_at
 -- is set when a later arrival made the event applicable after all.

@@ -17,7 +17,7 @@ from popsync.runtime.exits import StopWorker
 from popsync.runtime.messages import InboundMessage
 from popsync.runtime.processing import BatchProcessor
 from popsync.runtime.quarantine import Quarantine, SourceGuard
-from popsync.runtime.sources import UNIDENTIFIED, UNVERIFIED, source_of_event, source_of_message
+from popsync.runtime.sources import UNIDENTIFIED, UNVERIFIED, source_of_message
 from popsync.settings import DeadLetterLimitSettings, Settings
 from tests.builders import PIN, birth_event, story_move
 from tests.fakes import (
@@ -194,9 +194,11 @@ def test_a_quarantined_source_is_parked_whole_by_the_validator_and_others_pass()
     assert [o.value for o in validated] == [batch_[2].value]
 
 
-def test_sources_are_bounded_whatever_an_event_claims() -> None:
-    assert source_of_event(birth_event(source_province="079")) == "CIVIL_STATUS/79"
-    assert source_of_event(birth_event(source_province="79")) == "CIVIL_STATUS/79"
-    made_up = birth_event().model_copy(update={"source_province": "9" * 50})
-    assert source_of_event(made_up) == "CIVIL_STATUS/?"
+def test_a_parked_message_counts_for_its_verified_publisher_and_a_claim_for_nothing() -> None:
+    event = EVENTS.encode(birth_event())
     assert source_of_message(message(b"junk")) == UNIDENTIFIED
+    assert source_of_message(message(event)) == UNVERIFIED  # signed or not: not checked here
+    validated = InboundMessage(
+        "validated", 0, 1, PIN.encode(), event, (("popsync.verified.publisher", b"dev-x"),)
+    )
+    assert source_of_message(validated) == "dev-x"

@@ -103,8 +103,10 @@ def test_each_failure_has_its_own_reason() -> None:
     assert reason(revoked, good, event) == "KEY_REVOKED"
     gone = replace(CIVIL_79, revoked_at=NOW - timedelta(days=1))
     assert reason(verifier(registered(SIGNER, gone)), good, event) == "KEY_REVOKED"
-    expired = verifier(registered(SIGNER, valid_until=event.recorded_at))
+    expired = verifier(registered(SIGNER, valid_until=NOW - timedelta(hours=2)))
     assert reason(expired, good, event) == "KEY_EXPIRED"
+    future = verifier(registered(SIGNER, valid_from=NOW + timedelta(days=1)))
+    assert reason(future, good, event) == "KEY_EXPIRED"
 
 
 def test_authority_comes_from_the_signer_not_from_the_event() -> None:
@@ -139,9 +141,9 @@ def test_any_change_to_the_message_breaks_the_signature() -> None:
     )
 
 
-def test_a_rotated_out_key_still_verifies_what_it_signed_within_its_window() -> None:
-    event = birth_event()  # recorded in 2003
-    old = registered(SIGNER, valid_until=event.recorded_at + timedelta(days=1))
+def test_a_rotated_out_key_still_verifies_in_flight_events_for_a_grace_period() -> None:
+    event = birth_event()  # recorded in 2003: a backfill; the key's window is what counts
+    old = registered(SIGNER, valid_until=NOW - timedelta(minutes=30))  # grace: one hour
     assert verifier(old).verify(signed_message(SIGNER, event), event, NOW)
 
 

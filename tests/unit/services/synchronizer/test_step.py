@@ -14,7 +14,7 @@ from popsync.contract.codec import Codec
 from popsync.domain.merge import CitizenState
 from popsync.runtime.messages import InboundMessage
 from popsync.runtime.processing import StepResult
-from popsync.runtime.sources import UNIDENTIFIED
+from popsync.runtime.sources import UNIDENTIFIED, UNVERIFIED
 from popsync.settings import Settings
 from popsync.trust.signing import VERIFIED_KEY_HEADER, VERIFIED_PUBLISHER_HEADER
 from tests.builders import BIRTH, PIN, story, story_birth, story_move
@@ -124,12 +124,15 @@ def test_the_count_survives_a_restart() -> None:
     assert list(restarted(messages(moves(1, first=200))).rejected) == [0]
 
 
-def test_each_message_names_its_source() -> None:
+def test_each_message_names_its_source_as_the_validator_verified_it() -> None:
     sync = Synchronizer(InMemorySyncStates())
     garbage = InboundMessage("validated", 0, 1, PIN.encode(), b"\x00not avro")
-    miskeyed = InboundMessage("validated", 0, 2, b"001185000102", CODEC.encode(story_birth()))
+    verified = (("popsync.verified.publisher", b"dev-civil-status"),)
+    miskeyed = InboundMessage(
+        "validated", 0, 2, b"001185000102", CODEC.encode(story_birth()), verified
+    )
     result = sync([*messages([story_birth()]), garbage, miskeyed])
-    assert result.sources == ["CIVIL_STATUS/79", UNIDENTIFIED, "CIVIL_STATUS/79"]
+    assert result.sources == [UNVERIFIED, UNIDENTIFIED, "dev-civil-status"]
     assert sorted(result.rejected) == [1, 2]
 
 
