@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bench.pipeline import DEFAULT_EVENTS, DEFAULT_SEED, RESULTS_DIR
 from bench.pipeline.run import Options, run
+from bench.trust import harness as trust
 
 
 def parser(prog: str = "popsync bench") -> argparse.ArgumentParser:
@@ -54,6 +55,12 @@ def parser(prog: str = "popsync bench") -> argparse.ArgumentParser:
         help="generated streams are kept here, %(default)s",
     )
     p.add_argument("--workdir", type=Path, default=None, help="broker/PostgreSQL data, logs")
+    p.add_argument(
+        "--trust-citizens",
+        type=int,
+        default=1500,
+        help="citizens of the stream the signature check is timed on (bench.trust)",
+    )
     return p
 
 
@@ -73,6 +80,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "popsync bench") -> int:
     )
     given = sys.argv[1:] if argv is None else list(argv)
     result = {"command": " ".join([prog, *given]), **run(options)}
+    # What verifying every event's signature costs, unsigned against signed (bench.trust).
+    result["trust"] = trust.run(args.trust_citizens, repeat=3)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     chart = args.output.with_suffix(".png")
@@ -95,6 +104,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "popsync bench") -> int:
             indent=2,
         )
     )
+    print(trust.bench_line(result["trust"]))
     print(f"-> {args.output}, {chart}")
     return 0
 
