@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from popsync.adapters.kafka.logs import CLIENT_LOGGER
 from popsync.contract import models as m
+from popsync.domain.provinces import admin_code
 from popsync.ops import dlq, failures
 from popsync.settings import WORKER_NAMES, Settings, WorkerName, load_settings
 from popsync.trust.signing import Signer, SigningKeyError, load_signer
@@ -54,9 +55,10 @@ def _dead_letter_source(text: str) -> str:
     name = _source(registry).value
     if province == "?":
         return f"{name}/?"
-    if not (province.isascii() and province.isdigit()):
+    code = admin_code(province)
+    if code is None:
         raise argparse.ArgumentTypeError(f"not a source: {text!r}; e.g. CIVIL_STATUS/79")
-    return f"{name}/{province.lstrip('0').zfill(2)}"  # 079 and 79 are one source
+    return f"{name}/{code}"  # 079 and 79 are one source
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -195,7 +195,8 @@ class DeadLetterLimitSettings(_Section):
         5.0,
         gt=0,
         description="How often a worker re-reads which sources are quarantined (PostgreSQL), "
-        "so a release, or a quarantine decided by another instance, takes effect",
+        "so a quarantine decided by another instance takes effect; a release takes effect at "
+        "once (the validator reads again before it holds anything)",
     )
 
 
@@ -205,8 +206,8 @@ class TrustSettings(_Section):
     directory_refresh_seconds: float = Field(
         5.0,
         gt=0,
-        description="How often the validator re-reads the publisher directory, so a new, "
-        "rotated or revoked key takes effect",
+        description="How often the validator re-reads the publisher directory, so a "
+        "revocation takes effect (a key it does not know makes it read the directory at once)",
     )
     expiry_grace_seconds: float = Field(
         3600.0,

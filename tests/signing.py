@@ -1,57 +1,30 @@
 """Signed test input, as a registry sends it: the development publishers' keys
-(`popsync.dev.publishers`), and a directory that knows them."""
+(`popsync.dev.publishers`), a verifier that knows them, and publishers of one's own."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from collections.abc import Sequence
 
+import psycopg
+
+from popsync.adapters.postgres.publishers import NewKey, add_key, add_publisher, publisher_entry
 from popsync.contract import models as m
 from popsync.contract.codec import Codec, DecodeError
-from popsync.dev.publishers import KINDS, dev_publisher, dev_signer, dev_signers
+from popsync.dev.publishers import DEV_KEYS_VALID_FROM, DevDirectory, dev_signers
 from popsync.runtime.messages import InboundMessage
-from popsync.trust.identity import Publisher, PublisherKey
+from popsync.settings import Settings
+from popsync.trust.identity import PublisherDirectory
+from popsync.trust.signing import Signer
 from popsync.trust.verification import Verifier
 
 EVENTS = Codec(m.RegistryEvent)
 DEV_SIGNERS = dev_signers()
 
 
-class InMemoryPublisherDirectory:
-    """`popsync.trust.identity.PublisherDirectory` in memory: the development publishers,
-    plus whatever a test adds."""
-
-    def __init__(self) -> None:
-        self.entries: dict[str, tuple[PublisherKey, Publisher]] = {}
-        for kind in KINDS:
-            signer = dev_signer(kind)
-            self.add(dev_publisher(kind), signer.key_id, signer.public_key)
-
-    def add(
-        self,
-        publisher: Publisher,
-        key_id: str,
-        public_key: bytes,
-        valid_until: datetime | None = None,
-        revoked_at: datetime | None = None,
-    ) -> None:
-        key = PublisherKey(
-            key_id,
-            publisher.publisher_id,
-            public_key,
-            datetime(2000, 1, 1, tzinfo=UTC),
-            valid_until,
-            revoked_at,
-        )
-        self.entries[key_id] = (key, publisher)
-
-    async def keys(self) -> dict[str, tuple[PublisherKey, Publisher]]:
-        return dict(self.entries)
-
-
-def dev_verifier(directory: InMemoryPublisherDirectory | None = None) -> Verifier:
+def dev_verifier(directory: PublisherDirectory | None = None) -> Verifier:
     """A verifier that knows the development publishers (loaded, ready to use)."""
-    verifier = Verifier(directory or InMemoryPublisherDirectory(), refresh_seconds=3600)
+    verifier = Verifier(directory or DevDirectory(), refresh_seconds=3600)
     asyncio.run(verifier.refresh())
     return verifier
 
@@ -78,8 +51,21 @@ def signed(message: InboundMessage) -> InboundMessage:
 
 __all__ = [
     "DEV_SIGNERS",
-    "InMemoryPublisherDirectory",
     "dev_verifier",
+    "register_publisher",
     "signature_headers",
     "signed",
 ]
+
+
+def register_publisher(
+    settings: Settings, publisher_id: str, kind: m.SourceRegistry, provinces: Sequence[str]
+) -> Signer:
+    """A publisher of one's own in the settings' directory (PostgreSQL), with a fresh key:
+    a registry of one kind and scope, e.g. the civil-status registry of province 01."""
+    signer = Signer.generate(publisher_id, f"{publisher_id}-k1")
+    with psycopg.connect(settings.postgres.dsn.get_secret_value(), autocommit=True) as conn:
+        add_publisher(conn, publisher_entry(publisher_id, kind, provinces), "tests")
+        key = NewKey(signer.key_id, signer.public_key, valid_from=DEV_KEYS_VALID_FROM)
+        add_key(conn, publisher_id, key, "tests")
+    return signer

@@ -68,16 +68,24 @@ def register_dev_publishers(settings: Settings) -> None:
             add_key(conn, publisher.publisher_id, key, OPERATOR)
 
 
+def dev_keys() -> dict[str, tuple[PublisherKey, Publisher]]:
+    """The development publishers' keys, by key id, as a directory holds them."""
+    found: dict[str, tuple[PublisherKey, Publisher]] = {}
+    for kind in KINDS:
+        signer = dev_signer(kind)
+        key = PublisherKey(
+            signer.key_id, signer.publisher_id, signer.public_key, DEV_KEYS_VALID_FROM, None
+        )
+        found[signer.key_id] = (key, dev_publisher(kind))
+    return found
+
+
 class DevDirectory:
     """The development publishers as a directory (`PublisherDirectory`), in memory: for
-    what checks signatures in-process (the demo's reference result, benchmarks)."""
+    what checks signatures in-process (the demo's reference result, benchmarks, tests)."""
+
+    def __init__(self) -> None:
+        self.entries = dev_keys()
 
     async def keys(self) -> dict[str, tuple[PublisherKey, Publisher]]:
-        found: dict[str, tuple[PublisherKey, Publisher]] = {}
-        for kind in KINDS:
-            signer = dev_signer(kind)
-            key = PublisherKey(
-                signer.key_id, signer.publisher_id, signer.public_key, DEV_KEYS_VALID_FROM, None
-            )
-            found[signer.key_id] = (key, dev_publisher(kind))
-        return found
+        return dict(self.entries)

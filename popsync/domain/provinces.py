@@ -23,6 +23,7 @@ __all__ = [
     "Province",
     "ProvinceResolution",
     "UnknownProvinceCode",
+    "admin_code",
     "is_known_pin_province",
     "resolve_province",
 ]
@@ -185,8 +186,10 @@ if _orphans:  # pragma: no cover
     raise RuntimeError(f"legacy provinces mapped to no current province: {_orphans}")
 
 
-def _admin_code(code: str) -> str | None:
-    """Return the 2-digit admin code for a 2-digit or "0"-prefixed 3-digit code, else None."""
+def admin_code(code: str) -> str | None:
+    """The 2-digit admin code of a 2-digit or "0"-prefixed 3-digit code ("079" and "79" are
+    one province, known or not), else None."""
+    code = code.strip()
     # isascii() guard: str.isdigit() also accepts e.g. Arabic-Indic or superscript digits.
     if not (code.isascii() and code.isdigit()):
         return None
@@ -203,7 +206,7 @@ def resolve_province(code: str) -> ProvinceResolution:
     Raises UnknownProvinceCode for anything that is not a known 2- or 3-digit code.
     """
     given = code.strip()
-    admin = _admin_code(given)
+    admin = admin_code(given)
     if admin is None:
         raise UnknownProvinceCode(code)
     current = CURRENT_PROVINCES.get(admin)
@@ -221,5 +224,5 @@ def is_known_pin_province(code3: str) -> bool:
     """True if ``code3`` is a valid 3-digit PIN province prefix (current or pre-merger)."""
     if len(code3) != 3:
         return False
-    admin = _admin_code(code3)
+    admin = admin_code(code3)
     return admin is not None and (admin in CURRENT_PROVINCES or admin in LEGACY_PROVINCES)

@@ -38,6 +38,7 @@ from popsync.adapters.kafka.producer import producer_config
 from popsync.adapters.kafka.reader import TopicReadError, read_to_end
 from popsync.contract import models as m
 from popsync.contract.codec import Codec, DecodeError
+from popsync.domain.provinces import admin_code
 from popsync.domain.reasons import is_retryable
 from popsync.runtime.messages import Headers
 from popsync.runtime.sources import UNIDENTIFIED
@@ -93,9 +94,7 @@ def _source_names(letter: m.DeadLetter) -> set[str]:
     judged = {letter.source} if letter.source else set()
     if letter.source_registry is None:
         return {UNIDENTIFIED, *judged}
-    province = letter.source_province or "?"
-    if len(province) == 3 and province.startswith("0"):
-        province = province[1:]
+    province = admin_code(letter.source_province or "") or "?"
     return {letter.source_registry, f"{letter.source_registry}/{province}", *judged}
 
 

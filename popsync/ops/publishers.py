@@ -61,13 +61,11 @@ def default_key_id(publisher_id: str, now: datetime) -> str:
 
 
 def key_state(key: PublisherKey, now: datetime) -> str:
-    if key.revoked_at is not None and now >= key.revoked_at:
+    if key.revoked_by(now):
         return f"revoked {_when(key.revoked_at)}"
     if now < key.valid_from:
         return "not yet valid"
-    if key.valid_until is not None and now >= key.valid_until:
-        return "expired"
-    return "usable"
+    return "usable" if key.in_window(now) else "expired"
 
 
 def describe_key(key: PublisherKey, now: datetime) -> str:

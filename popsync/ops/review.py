@@ -34,9 +34,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
-import psycopg
-
 from popsync.adapters.kafka.producer import BatchProducer
+from popsync.adapters.postgres.database import connect
 from popsync.adapters.postgres.matching import INSERT_DECISION, decision_row
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
@@ -100,19 +99,12 @@ class Resolution:
     pin: str | None
 
 
-def _connect(settings: Settings) -> psycopg.Connection[Any]:
-    return psycopg.connect(
-        settings.postgres.dsn.get_secret_value(),
-        connect_timeout=int(settings.postgres.connect_timeout_seconds),
-    )
-
-
 def _candidates(raw: Any) -> tuple[tuple[str, float], ...]:
     return tuple((str(pin), float(score)) for pin, score in raw)
 
 
 def pending_reviews(settings: Settings) -> list[PendingReview]:
-    with _connect(settings) as conn:
+    with connect(settings.postgres) as conn:
         rows = conn.execute(_PENDING).fetchall()
     return [
         PendingReview(review_id, source, created, float(score), _candidates(candidates))
@@ -204,7 +196,7 @@ def resolve(
             "publisher of the record's registry kind (popsync keys generate)"
         )
     decided_at = now or datetime.now(UTC)
-    with _connect(settings) as conn, conn.transaction():
+    with connect(settings.postgres) as conn, conn.transaction():
         row = conn.execute(_LOCK, (review_id,)).fetchone()
         if row is None:
             raise ReviewError(f"no review with id {review_id[:80]!r}")

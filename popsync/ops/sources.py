@@ -3,7 +3,7 @@
 A source (a publisher, e.g. `civil-status-79`) that crosses the dead-letter limit is
 quarantined by the workers (`popsync.runtime.quarantine`): its events are parked whole as
 SOURCE_QUARANTINED. Once the registry has fixed its feed, an operator releases it; the
-workers let its events through again within `quarantine_refresh_seconds`, and the events
+workers let its events through again at once, and the events
 parked meanwhile are sent back with `popsync dlq replay --reason SOURCE_QUARANTINED
 --source ID` (they are checked like any event: the bad ones are parked again, for their
 own reason).
@@ -12,23 +12,13 @@ own reason).
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TextIO
 
-import psycopg
-
+from popsync.adapters.postgres.database import connect
 from popsync.adapters.postgres.quarantine import QuarantineRow, list_quarantines, release
 from popsync.ops.review import operator_name
 from popsync.settings import Settings
-
-
-def _connect(settings: Settings) -> psycopg.Connection[Any]:
-    return psycopg.connect(
-        settings.postgres.dsn.get_secret_value(),
-        connect_timeout=int(settings.postgres.connect_timeout_seconds),
-    )
 
 
 def _when(moment: datetime) -> str:
@@ -49,7 +39,7 @@ def describe(row: QuarantineRow) -> str:
 
 def list_sources(settings: Settings, out: TextIO = sys.stdout) -> int:
     """Print every quarantine, those in force first; exit code 0."""
-    with _connect(settings) as conn:
+    with connect(settings.postgres) as conn:
         rows = list_quarantines(conn)
     in_force = sum(1 for row in rows if row.released_at is None)
     print(f"{in_force} source(s) quarantined, {len(rows) - in_force} released", file=out)
@@ -58,30 +48,20 @@ def list_sources(settings: Settings, out: TextIO = sys.stdout) -> int:
     return 0
 
 
-def release_source(
-    settings: Settings,
-    source: str,
-    operator: str | None,
-    out: TextIO,
-    sleep: Callable[[float], None] = time.sleep,
-) -> int:
+def release_source(settings: Settings, source: str, operator: str | None, out: TextIO) -> int:
     """Lift the quarantine of `source`; exit code 0, or 1 when none is in force.
 
-    Returns once every worker has had `quarantine_refresh_seconds` to notice: a worker
-    re-reads the quarantines at its next batch once that long has passed since it last did,
-    so a replay started after this returns is never parked again by a stale worker.
+    Takes effect at once: a worker reads what is in force again before it parks anything as
+    quarantined, so a replay started right after this is not parked again.
     """
     who = operator_name(operator)
-    with _connect(settings) as conn, conn.transaction():
+    with connect(settings.postgres) as conn, conn.transaction():
         released = release(conn, source, who)
     if not released:
         print(f"no quarantine in force for {source!r} (see `popsync sources list`)", file=out)
         return 1
-    wait = settings.dead_letter_limit.quarantine_refresh_seconds
-    print(f"released {source}; waiting {wait:g} s for the workers to notice", file=out)
-    sleep(wait)
     print(
-        "its events flow again. Replay what was parked meanwhile: "
+        f"released {source}; replay what was parked meanwhile: "
         f"popsync dlq replay --reason SOURCE_QUARANTINED --source {source}",
         file=out,
     )

@@ -84,10 +84,12 @@ class SourceGuard:
             del self._pending[decision.source]
         self._publish()
 
-    async def refresh(self) -> None:
-        """Re-read what is in force, at most every `refresh_seconds`."""
+    async def refresh(self, *, force: bool = False) -> None:
+        """Re-read what is in force, at most every `refresh_seconds` unless `force`d (before
+        parking a message as quarantined: a release then takes effect at once)."""
         now = self._clock()
-        if self._loaded_at is not None and now - self._loaded_at < self._refresh_seconds:
+        recent = self._loaded_at is not None and now - self._loaded_at < self._refresh_seconds
+        if recent and not force:
             return
         active = await self._store.active()
         for source in self._active - active - self._pending.keys():

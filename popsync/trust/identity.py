@@ -10,7 +10,7 @@ by operators (`popsync publishers …`, `popsync keys …`), every change audite
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from popsync.contract import models as m
@@ -32,6 +32,9 @@ class Publisher:
     def speaks_for(self, province: str) -> bool:
         return province in self.provinces
 
+    def revoked_by(self, moment: datetime) -> bool:
+        return self.revoked_at is not None and moment >= self.revoked_at
+
 
 @dataclass(frozen=True)
 class PublisherKey:
@@ -44,13 +47,17 @@ class PublisherKey:
     valid_until: datetime | None
     revoked_at: datetime | None = None
 
+    def revoked_by(self, moment: datetime) -> bool:
+        return self.revoked_at is not None and moment >= self.revoked_at
+
+    def in_window(self, moment: datetime, grace: timedelta = timedelta(0)) -> bool:
+        """Within [valid_from, valid_until + grace) at `moment`."""
+        ended = self.valid_until is not None and moment >= self.valid_until + grace
+        return moment >= self.valid_from and not ended
+
     def usable_at(self, moment: datetime) -> bool:
         """Neither revoked nor outside its window at `moment`."""
-        if self.revoked_at is not None and moment >= self.revoked_at:
-            return False
-        if moment < self.valid_from:
-            return False
-        return self.valid_until is None or moment < self.valid_until
+        return not self.revoked_by(moment) and self.in_window(moment)
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,12 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from popsync.contract import models as m
+from popsync.domain.provinces import admin_code
 from popsync.runtime.messages import InboundMessage
 from popsync.trust.identity import Publisher, PublisherDirectory, PublisherKey, SigningIdentity
 from popsync.trust.signing import KEY_ID_HEADER, SIGNATURE_HEADER, header, signed_bytes, verifies
+
+SIGNER_UNKNOWN = "SIGNER_UNKNOWN"
 
 
 class TrustViolation(ValueError):
@@ -50,9 +53,12 @@ class Verifier:
         self._keys: dict[str, tuple[PublisherKey, Publisher]] = {}
         self._loaded_at: float | None = None
 
-    async def refresh(self) -> None:
+    async def refresh(self, *, force: bool = False) -> None:
+        """Re-read the directory, at most every `refresh_seconds` unless `force`d (before
+        refusing a key it does not know: a key just added is then known at once)."""
         now = self._clock()
-        if self._loaded_at is not None and now - self._loaded_at < self._refresh_seconds:
+        recent = self._loaded_at is not None and now - self._loaded_at < self._refresh_seconds
+        if recent and not force:
             return
         self._keys = await self._directory.keys()
         self._loaded_at = now
@@ -68,7 +74,7 @@ class Verifier:
             raise TrustViolation("UNSIGNED", "no signature: only signed events are accepted")
         found = self._keys.get(key_id.decode(errors="replace"))
         if found is None:
-            raise TrustViolation("SIGNER_UNKNOWN", "the signing key is not in the directory")
+            raise TrustViolation(SIGNER_UNKNOWN, "the signing key is not in the directory")
         key, publisher = found
         signed = signed_bytes(message.key, message.value or b"", event, publisher.publisher_id)
         if not verifies(key.public_key, signed, signature):
@@ -81,11 +87,9 @@ class Verifier:
 def _check_in_force(
     key: PublisherKey, publisher: Publisher, now: datetime, grace: timedelta
 ) -> None:
-    revoked = [at for at in (key.revoked_at, publisher.revoked_at) if at is not None]
-    if revoked and now >= min(revoked):
+    if key.revoked_by(now) or publisher.revoked_by(now):
         raise TrustViolation("KEY_REVOKED", f"key {key.key_id} or its publisher is revoked")
-    ended = key.valid_until is not None and now >= key.valid_until + grace
-    if now < key.valid_from or ended:
+    if not key.in_window(now, grace):
         raise TrustViolation("KEY_EXPIRED", f"key {key.key_id} is outside its validity window")
 
 
@@ -101,14 +105,9 @@ def _check_authority(publisher: Publisher, event: m.RegistryEvent) -> None:
             "EVENT_TYPE_NOT_PERMITTED",
             f"{publisher.publisher_id} may not publish {event.event_type.value}",
         )
-    if not publisher.speaks_for(_admin_code(event.source_province)):
+    province = admin_code(event.source_province)
+    if province is None or not publisher.speaks_for(province):
         raise TrustViolation(
             "PROVINCE_OUT_OF_SCOPE",
             f"{publisher.publisher_id} does not speak for province {event.source_province}",
         )
-
-
-def _admin_code(province: str) -> str:
-    """ "079" and "79" are one province code."""
-    code = province.strip()
-    return code[1:] if len(code) == 3 and code.startswith("0") else code

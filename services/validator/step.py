@@ -46,7 +46,7 @@ from popsync.settings import Settings
 from popsync.topology import MAX_EVENT_BYTES
 from popsync.trust.identity import SigningIdentity
 from popsync.trust.signing import identity_headers
-from popsync.trust.verification import TrustViolation, Verifier
+from popsync.trust.verification import SIGNER_UNKNOWN, TrustViolation, Verifier
 
 log = logging.getLogger(__name__)
 STAGE = "validator"
@@ -187,6 +187,30 @@ class ValidatorStep:
         except TrustViolation as violation:
             return violation
 
+    async def _verify_all(
+        self,
+        batch: Sequence[InboundMessage],
+        decoded: Sequence[m.RegistryEvent | DecodeError],
+        now: datetime,
+    ) -> list[Trust]:
+        """Who signed each message; the directory is read again before any key is refused
+        as unknown, so a key added a moment ago is never refused."""
+        await self._verifier.refresh()
+        trust = [self._verified(msg, d, now) for msg, d in zip(batch, decoded, strict=True)]
+        if any(isinstance(t, TrustViolation) and t.reason == SIGNER_UNKNOWN for t in trust):
+            await self._verifier.refresh(force=True)
+            trust = [self._verified(msg, d, now) for msg, d in zip(batch, decoded, strict=True)]
+        return trust
+
+    async def _held(self, sources: Sequence[str]) -> list[bool]:
+        """Whether each message's source is quarantined; what is in force is read again
+        before anything is held, so a release takes effect at once."""
+        if self._guard is None:
+            return [False] * len(sources)
+        if any(self._guard.is_quarantined(s) for s in sources):
+            await self._guard.refresh(force=True)
+        return [self._guard.is_quarantined(s) for s in sources]
+
     async def _route_all(
         self, batch: Sequence[InboundMessage], now: datetime
     ) -> tuple[list[Routed], list[Trust], list[str]]:
@@ -196,11 +220,10 @@ class ValidatorStep:
         An event naming an alias declared earlier in the same batch is routed again
         once that alias is registered.
         """
-        await self._verifier.refresh()
         decoded = [_decode(message) for message in batch]
-        trust = [self._verified(msg, d, now) for msg, d in zip(batch, decoded, strict=True)]
+        trust = await self._verify_all(batch, decoded, now)
         sources = [_source(d, t) for d, t in zip(decoded, trust, strict=True)]
-        held = [self._guard is not None and self._guard.is_quarantined(s) for s in sources]
+        held = await self._held(sources)
         trusted = [
             not h and isinstance(t, SigningIdentity) for t, h in zip(trust, held, strict=True)
         ]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
-import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -23,13 +22,6 @@ import psycopg
 import pytest
 
 from popsync.adapters.kafka.producer import BatchProducer
-from popsync.adapters.postgres.publishers import (
-    NewKey,
-    add_key,
-    add_publisher,
-    find_publisher,
-    publisher_entry,
-)
 from popsync.contract import models as m
 from popsync.contract.codec import Codec
 from popsync.dev.stack import EmbeddedStack, WorkerProcess
@@ -39,7 +31,7 @@ from popsync.settings import WORKER_NAMES, Settings
 from popsync.trust.signing import Signer
 from tests.builders import Citizens, envelope
 from tests.polling import eventually, read_until
-from tests.signing import DEV_SIGNERS, signature_headers
+from tests.signing import DEV_SIGNERS, register_publisher, signature_headers
 
 pytestmark = pytest.mark.integration
 
@@ -94,16 +86,9 @@ def quarantine_of(settings: Settings, source: str) -> tuple[Any, ...] | None:
 
 def registry(settings: Settings, province: str) -> Signer:
     """The civil-status registry of `province`: a publisher of its own, with its key."""
-    publisher_id = f"civil-status-{province}"
-    signer = Signer.generate(publisher_id, f"{publisher_id}-k1")
-    with psycopg.connect(settings.postgres.dsn.get_secret_value(), autocommit=True) as conn:
-        if find_publisher(conn, publisher_id) is None:
-            entry = publisher_entry(publisher_id, m.SourceRegistry.CIVIL_STATUS, [province])
-            add_publisher(conn, entry, "integration-test")
-        key = NewKey(signer.key_id, signer.public_key, valid_from=datetime(2000, 1, 1, tzinfo=UTC))
-        add_key(conn, publisher_id, key, "integration-test")
-    time.sleep(1.5)  # the validator re-reads the directory every second here
-    return signer
+    return register_publisher(
+        settings, f"civil-status-{province}", m.SourceRegistry.CIVIL_STATUS, [province]
+    )
 
 
 def send(settings: Settings, messages: list[tuple[bytes, m.RegistryEvent]], signer: Signer) -> None:

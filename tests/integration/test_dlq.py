@@ -22,7 +22,6 @@ import pytest
 
 from popsync.adapters.kafka.producer import BatchProducer
 from popsync.adapters.kafka.reader import read_to_end
-from popsync.adapters.postgres.publishers import NewKey, add_key, add_publisher, publisher_entry
 from popsync.contract import models as m
 from popsync.dev.stack import EmbeddedStack, WorkerProcess, settings_env
 from popsync.domain.legal_time import legal_date
@@ -42,7 +41,7 @@ from popsync.settings import (
 from popsync.trust.signing import Signer
 from tests.builders import birth, divorce, marriage, move
 from tests.polling import eventually
-from tests.signing import DEV_SIGNERS, signature_headers
+from tests.signing import DEV_SIGNERS, register_publisher, signature_headers
 
 pytestmark = pytest.mark.integration
 
@@ -243,17 +242,12 @@ EXPECTED_REASONS = {
 
 def residence_registries(settings: Settings, provinces: Sequence[str]) -> dict[str, Signer]:
     """A residence registry per province, each a publisher with its own key."""
-    signers = {}
-    with psycopg.connect(settings.postgres.dsn.get_secret_value(), autocommit=True) as conn:
-        for province in provinces:
-            publisher_id = f"residence-{province}"
-            signer = Signer.generate(publisher_id, f"{publisher_id}-k1")
-            entry = publisher_entry(publisher_id, m.SourceRegistry.RESIDENCE, [province])
-            add_publisher(conn, entry, "integration-test")
-            since = datetime(2000, 1, 1, tzinfo=UTC)
-            add_key(conn, publisher_id, NewKey(signer.key_id, signer.public_key, since), "test")
-            signers[province] = signer
-    return signers
+    return {
+        province: register_publisher(
+            settings, f"residence-{province}", m.SourceRegistry.RESIDENCE, [province]
+        )
+        for province in provinces
+    }
 
 
 def send_failing_alike(settings: Settings, sources: int, each: int) -> int:

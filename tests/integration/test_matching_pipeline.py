@@ -207,22 +207,10 @@ def test_records_without_pin_are_linked_reviewed_or_reported_and_a_review_is_set
     assert not re.search(r"[0-9]{12}", listed.stdout), "an unmasked PIN in the output"
     assert "Hùng" not in listed.stdout and "Hung" not in listed.stdout
 
-    unsigned = popsync(
-        settings, "review", "resolve", twin.event_id, "--link", HUNG, "--operator", "tester"
-    )
+    link_twin = ("review", "resolve", twin.event_id, "--link", HUNG, "--operator", "tester")
+    unsigned = popsync(settings, *link_twin)
     assert unsigned.returncode == 2 and "--signing-key" in unsigned.stderr
-    settled = popsync(
-        settings,
-        "review",
-        "resolve",
-        twin.event_id,
-        "--link",
-        HUNG,
-        "--operator",
-        "tester",
-        "--signing-key",
-        str(operator_key),
-    )
+    settled = popsync(settings, *link_twin, "--signing-key", str(operator_key))
     assert settled.returncode == 0, settled.stderr
     assert mask_pin(HUNG) in settled.stdout and HUNG not in settled.stdout
 
@@ -255,18 +243,7 @@ def test_records_without_pin_are_linked_reviewed_or_reported_and_a_review_is_set
     assert after.returncode == 0 and twin.event_id not in after.stdout
     assert "no pending reviews" in after.stdout
 
-    again = popsync(
-        settings,
-        "review",
-        "resolve",
-        twin.event_id,
-        "--link",
-        HUNG,
-        "--operator",
-        "tester",
-        "--signing-key",
-        str(operator_key),
-    )
+    again = popsync(settings, *link_twin, "--signing-key", str(operator_key))
     assert again.returncode == 2 and "already RESOLVED" in again.stderr
     unknown = popsync(
         settings, "review", "resolve", "no-such-review", "--reject", "--operator", "tester"

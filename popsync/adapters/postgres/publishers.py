@@ -22,6 +22,7 @@ import psycopg
 
 from popsync.adapters.postgres.database import Database
 from popsync.contract import models as m
+from popsync.domain import provinces
 from popsync.domain.authority import EVENT_AUTHORITY
 from popsync.domain.provinces import UnknownProvinceCode, resolve_province
 from popsync.trust.identity import Publisher, PublisherKey
@@ -58,13 +59,13 @@ def authorized_types(kind: m.SourceRegistry) -> frozenset[m.EventType]:
     return frozenset(t for t, registries in EVENT_AUTHORITY.items() if kind in registries)
 
 
-def admin_code(code: str) -> str:
+def scope_code(code: str) -> str:
     """The 2-digit admin code of a known province code ("079" -> "79"); legacy codes kept."""
     try:
         given = resolve_province(code).given_code
     except UnknownProvinceCode:
         raise InvalidEntry(f"unknown province code {code!r}") from None
-    return given[1:] if len(given) == 3 else given
+    return provinces.admin_code(given) or given
 
 
 def publisher_entry(
@@ -78,7 +79,7 @@ def publisher_entry(
     allowed = authorized_types(kind)
     if not allowed:
         raise InvalidEntry(f"{kind.value} is the authority for no event type")
-    codes = frozenset(admin_code(code) for code in provinces)
+    codes = frozenset(scope_code(code) for code in provinces)
     if not codes:
         raise InvalidEntry("a publisher speaks for at least one province (--province)")
     types = frozenset(event_types) or allowed
