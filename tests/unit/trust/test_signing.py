@@ -171,3 +171,24 @@ def test_the_signature_and_key_id_travel_as_headers() -> None:
     headers = dict(signed_message(SIGNER, birth_event()).headers)
     assert len(headers[SIGNATURE_HEADER] or b"") == 64
     assert headers[KEY_ID_HEADER] == b"civil-status-79-k1"
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        (((SIGNATURE_HEADER, b"x"), (KEY_ID_HEADER, SIGNER.key_id.encode())), "SIGNATURE_INVALID"),
+        (
+            ((SIGNATURE_HEADER, b"\0" * 10_000), (KEY_ID_HEADER, SIGNER.key_id.encode())),
+            "SIGNATURE_INVALID",
+        ),
+        (((SIGNATURE_HEADER, b"\0" * 64), (KEY_ID_HEADER, b"\xff" * 1_000_000)), "SIGNER_UNKNOWN"),
+        (((SIGNATURE_HEADER, None), (KEY_ID_HEADER, SIGNER.key_id.encode())), "UNSIGNED"),
+        (((KEY_ID_HEADER, b""), (SIGNATURE_HEADER, b"")), "SIGNER_UNKNOWN"),
+    ],
+)
+def test_hostile_headers_end_as_a_reason_never_an_exception(
+    headers: tuple[tuple[str, bytes | None], ...], expected: str
+) -> None:
+    event = birth_event()
+    message = replace(signed_message(SIGNER, event), headers=headers)
+    assert reason(verifier(registered(SIGNER)), message, event) == expected
