@@ -394,6 +394,83 @@ def cmd_review_resolve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(_: argparse.Namespace) -> int:
+    from popsync.services.verification.app import serve
+
+    return serve(_with_database())
+
+
+def _policy_request(args: argparse.Namespace) -> Any:
+    from popsync.ops.partners import PolicyRequest
+
+    fields = [] if getattr(args, "no_lookup", False) else args.lookup_field
+    return PolicyRequest(
+        purposes=args.purpose,
+        lookup_fields=fields,
+        rate_per_second=args.rate,
+        burst=args.burst,
+        daily_quota=args.daily_quota,
+    )
+
+
+def cmd_partners_add(args: argparse.Namespace) -> int:
+    from popsync.ops import partners
+
+    return partners.add_partner(
+        _with_database(),
+        args.id,
+        args.name,
+        _policy_request(args),
+        args.operator,
+        out=sys.stdout,
+        err=sys.stderr,
+    )
+
+
+def cmd_partners_list(_: argparse.Namespace) -> int:
+    from popsync.ops import partners
+
+    return partners.list_partners(_with_database(), out=sys.stdout)
+
+
+def cmd_partners_policy(args: argparse.Namespace) -> int:
+    from popsync.ops import partners
+
+    return partners.set_policy(
+        _with_database(),
+        args.id,
+        _policy_request(args),
+        args.operator,
+        out=sys.stdout,
+        err=sys.stderr,
+    )
+
+
+def cmd_partners_key(args: argparse.Namespace) -> int:
+    from popsync.ops import partners
+
+    settings = _with_database()
+    if args.revoke:
+        return partners.revoke_key(
+            settings, args.id, args.revoke, args.operator, out=sys.stdout, err=sys.stderr
+        )
+    return partners.new_key(settings, args.id, args.operator, out=sys.stdout, err=sys.stderr)
+
+
+def cmd_partners_revoke(args: argparse.Namespace) -> int:
+    from popsync.ops import partners
+
+    return partners.revoke_partner(
+        _with_database(), args.id, args.operator, out=sys.stdout, err=sys.stderr
+    )
+
+
+def cmd_audit_citizen(args: argparse.Namespace) -> int:
+    from popsync.ops import partners
+
+    return partners.audit_citizen(_with_database(), args.pin, args.since, out=sys.stdout)
+
+
 def _require_broker(settings: Settings) -> None:
     from popsync.adapters.kafka.admin import require_broker
 
@@ -518,6 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dlq_commands(sub)
     _add_review_commands(sub)
     _add_directory_commands(sub)
+    _add_read_path_commands(sub)
     return parser
 
 
@@ -919,6 +997,125 @@ def _add_keys_commands(sub: Subparsers) -> None:
     revoke.add_argument("key_id", help="the key id (`popsync publishers show ID`)")
     revoke.add_argument("--operator", help=_OPERATOR_HELP)
     revoke.set_defaults(func=cmd_keys_revoke)
+
+
+_LOOKUP_HELP = (
+    "a field GET /v1/citizens may return, repeatable or comma-separated: "
+    "full_name, birth_date, sex, life_status, death_date, nationality, ethnicity, "
+    "birthplace_province, marital_status, permanent_residence, temporary_residence, "
+    "id_card_number (none: the partner may only verify)"
+)
+
+
+def _add_policy_options(parser: argparse.ArgumentParser, *, adding: bool) -> None:
+    parser.add_argument(
+        "--purpose",
+        action="append",
+        required=adding,
+        help="a purpose code it may state in X-Purpose, e.g. KYC; repeatable"
+        + ("" if adding else " (replaces the list)"),
+    )
+    parser.add_argument(
+        "--lookup-field",
+        action="append",
+        default=[] if adding else None,
+        help=_LOOKUP_HELP + ("" if adding else " (replaces the list)"),
+    )
+    if not adding:
+        parser.add_argument(
+            "--no-lookup", action="store_true", help="take away every look-up field"
+        )
+    default = "" if adding else " (default: unchanged)"
+    parser.add_argument(
+        "--rate", type=float, help=f"requests per second (50 for a new one){default}"
+    )
+    parser.add_argument("--burst", type=int, help=f"requests at once over the rate (100){default}")
+    parser.add_argument(
+        "--daily-quota", type=int, help=f"items verified or looked up per day (100000){default}"
+    )
+    parser.add_argument("--operator", help=_OPERATOR_HELP)
+
+
+def _add_read_path_commands(sub: Subparsers) -> None:
+    _command(
+        sub,
+        "serve",
+        "run the verification service: partners verify and look up citizens over HTTP "
+        "(POPSYNC_SERVE__*)",
+        "POPSYNC_SERVE__AUDIT_KEY=... popsync serve",
+    ).set_defaults(func=cmd_serve)
+    partners = _command(
+        sub,
+        "partners",
+        "the partner directory: who may call the verification service, why, for what",
+        "popsync partners list",
+    )
+    partners_sub = partners.add_subparsers(dest="partners_command", required=True)
+    add = _command(
+        partners_sub,
+        "add",
+        "register a partner and print its first API key (once)",
+        "popsync partners add bank-demo --name 'Demo Bank' --purpose KYC "
+        "--lookup-field full_name,birth_date,life_status",
+        "popsync partners add insurer --purpose HEALTH_INSURANCE --rate 200 --daily-quota 1000000",
+    )
+    add.add_argument("id", help="the partner id, e.g. bank-demo (a-z, 0-9, -)")
+    add.add_argument("--name", help="its display name (default: the id)")
+    _add_policy_options(add, adding=True)
+    add.set_defaults(func=cmd_partners_add)
+    _command(
+        partners_sub,
+        "list",
+        "every partner: state, policy, use today, keys",
+        "popsync partners list",
+    ).set_defaults(func=cmd_partners_list)
+    policy = _command(
+        partners_sub,
+        "policy",
+        "change a partner's policy; what is not given stays",
+        "popsync partners policy bank-demo --lookup-field full_name,birth_date,life_status,"
+        "permanent_residence",
+        "popsync partners policy bank-demo --no-lookup --daily-quota 5000",
+    )
+    policy.add_argument("id", help="the partner id")
+    _add_policy_options(policy, adding=False)
+    policy.set_defaults(func=cmd_partners_policy)
+    key = _command(
+        partners_sub,
+        "key",
+        "print a new API key for a partner (rotation), or --revoke one",
+        "popsync partners key bank-demo",
+        "popsync partners key bank-demo --revoke 1f2e3d4c5b6a",
+    )
+    key.add_argument("id", help="the partner id")
+    key.add_argument("--revoke", metavar="KEY_ID", help="revoke this key instead")
+    key.add_argument("--operator", help=_OPERATOR_HELP)
+    key.set_defaults(func=cmd_partners_key)
+    revoke = _command(
+        partners_sub,
+        "revoke",
+        "revoke a partner and all its keys",
+        "popsync partners revoke bank-demo --operator an.nguyen",
+    )
+    revoke.add_argument("id", help="the partner id")
+    revoke.add_argument("--operator", help=_OPERATOR_HELP)
+    revoke.set_defaults(func=cmd_partners_revoke)
+    audit = _command(
+        sub,
+        "audit",
+        "the access audit of the verification service",
+        "popsync audit citizen 079203000123",
+    )
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    citizen = _command(
+        audit_sub,
+        "citizen",
+        "who asked about a citizen, when, why and what they got (needs POPSYNC_SERVE__AUDIT_KEY)",
+        "popsync audit citizen 079203000123 --since 2026-12-01",
+    )
+    citizen.add_argument("pin", help="the citizen's PIN (12 digits)")
+    citizen.add_argument("--since", type=_moment, help="at or after (ISO 8601; UTC)")
+    citizen.set_defaults(func=cmd_audit_citizen)
 
 
 def _log_level(environ: Mapping[str, str]) -> str:

@@ -231,6 +231,68 @@ class ObservabilitySettings(_Section):
     )
 
 
+class ServeSettings(_Section):
+    """The verification service (`popsync serve`): partners' look-ups and verifications."""
+
+    bind_host: str = Field(
+        "127.0.0.1",
+        description="Interface the service listens on: loopback by default; the pod IP in "
+        "Kubernetes, 0.0.0.0 on docker-compose's private network",
+    )
+    port: int = Field(8080, ge=0, le=65535, description="Port of /v1, /healthz, /readyz, /metrics")
+    audit_key: SecretStr | None = Field(
+        None,
+        description="Secret (at least 32 characters) keying the hash of each PIN in the access "
+        "audit: without it, anyone who reads the audit table could find a citizen's rows by "
+        "hashing every PIN. Required by `popsync serve` and `popsync audit`; keep it stable",
+    )
+    pool_min_size: int = Field(2, ge=1, description="PostgreSQL connections kept open")
+    pool_max_size: int = Field(8, ge=1, description="Most PostgreSQL connections of one process")
+    pool_timeout_seconds: float = Field(
+        2.0, gt=0, description="Longest wait for a pooled connection before answering 503"
+    )
+    max_in_flight: int = Field(
+        256,
+        ge=1,
+        description="Requests one process works on at once; beyond it a request is answered "
+        "503 with Retry-After at once (admission control: a queue that grows only adds latency)",
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body; larger ones are refused with 413"
+    )
+    batch_max_items: int = Field(
+        1000, ge=1, le=10_000, description="Most items of one POST /v1/verify/batch"
+    )
+    partner_refresh_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How often the service re-reads the partner directory, so that a new "
+        "partner, a policy change or a revocation takes effect",
+    )
+    quota_lease: int = Field(
+        200,
+        ge=1,
+        description="Items of a partner's daily quota one process takes from PostgreSQL at a "
+        "time: one UPDATE per lease instead of one per request; at most this many per "
+        "process go unused when the day ends",
+    )
+    audit_flush_seconds: float = Field(
+        0.05, gt=0, description="Longest time an access-audit row waits before it is written"
+    )
+    audit_max_backlog: int = Field(
+        100_000,
+        ge=1000,
+        description="Audit rows one process may hold unwritten (PostgreSQL slow or down); past "
+        "it requests are refused with 503: nothing is answered that cannot be audited",
+    )
+    drain_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="On SIGTERM, how long requests in progress may take to finish; /readyz "
+        "fails from the signal on (keep below terminationGracePeriodSeconds)",
+    )
+
+
 class Settings(BaseSettings):
     """popsync settings; immutable once read."""
 
@@ -246,6 +308,7 @@ class Settings(BaseSettings):
     dead_letter_limit: DeadLetterLimitSettings = DeadLetterLimitSettings()
     trust: TrustSettings = TrustSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
+    serve: ServeSettings = ServeSettings()
     # Thresholds of sector-record matching, in bits: POPSYNC_MATCHING__AUTO_LINK, __REVIEW,
     # __MARGIN (popsync.identity.MatchThresholds).
     matching: MatchThresholds = MatchThresholds()

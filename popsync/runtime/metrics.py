@@ -124,3 +124,48 @@ MATCH_OUTCOMES = Counter(
     "(linked automatically), REVIEW (sent to the review queue), UNMATCHED (reported).",
     ["source_registry", "outcome"],
 )
+
+# ----------------------------------------------------------- the verification service
+# (`popsync serve`). Labels: endpoint (a route name, never a path, which may hold a PIN),
+# HTTP status code, result class, and partner id (bounded by the partner directory).
+
+HTTP_REQUESTS = Counter(
+    "popsync_http_requests_total",
+    "Requests the verification service answered, by route and HTTP status code.",
+    ["endpoint", "code"],
+)
+HTTP_SECONDS = Histogram(
+    "popsync_http_request_duration_seconds",
+    "Time from a request's arrival to its answer, by route.",
+    ["endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+VERIFY_ITEMS = Counter(
+    "popsync_verify_items_total",
+    "Questions answered (a batch item is one), by route and result class: match, partial, "
+    "no_match, not_found, found.",
+    ["endpoint", "result"],
+)
+PARTNER_REJECTIONS = Counter(
+    "popsync_partner_rejections_total",
+    "Requests refused with 429, by partner id and limit: rate_limit or daily_quota.",
+    ["partner", "kind"],
+)
+HTTP_IN_FLIGHT = Gauge(
+    "popsync_http_in_flight", "Requests the process is working on (POPSYNC_SERVE__MAX_IN_FLIGHT)."
+)
+HTTP_ADMISSION_REJECTIONS = Counter(
+    "popsync_http_admission_rejections_total",
+    "Requests refused at once with 503 because POPSYNC_SERVE__MAX_IN_FLIGHT were in progress.",
+)
+DB_POOL_SIZE = Gauge("popsync_db_pool_size", "PostgreSQL connections the pool holds.")
+DB_POOL_IN_USE = Gauge("popsync_db_pool_in_use", "Pooled connections lent to requests.")
+DB_POOL_WAITING = Gauge("popsync_db_pool_waiting", "Requests waiting for a pooled connection.")
+AUDIT_BACKLOG = Gauge(
+    "popsync_audit_backlog", "Access-audit rows answered but not yet written to PostgreSQL."
+)
+AUDIT_ROWS_WRITTEN = Counter("popsync_audit_rows_written_total", "Access-audit rows written.")
+AUDIT_WRITE_FAILURES = Counter(
+    "popsync_audit_write_failures_total",
+    "Failed writes of access-audit rows (they are kept and written again).",
+)

@@ -240,3 +240,77 @@ CREATE TABLE IF NOT EXISTS publisher_audit (
     detail        jsonb NOT NULL                  -- ids, times, fingerprints: no secrets
 );
 CREATE INDEX IF NOT EXISTS publisher_audit_publisher ON publisher_audit (publisher_id, at);
+
+-- The partner directory (popsync.verification; popsync/adapters/postgres/partners.py): who
+-- may ask the verification service (`popsync serve`) what, and how often. Written by
+-- operators only (`popsync partners …`), each change with one row in partner_audit. A
+-- partner is a principal like a publisher: its own id, credentials, scope and audit.
+CREATE TABLE IF NOT EXISTS partners (
+    partner_id       text PRIMARY KEY,            -- e.g. bank-demo
+    display_name     text NOT NULL,
+    purposes         text[] NOT NULL,             -- purpose codes it may state, e.g. KYC
+    lookup_fields    text[] NOT NULL,             -- what GET /v1/citizens may return; {}: none
+    rate_per_second  double precision NOT NULL CHECK (rate_per_second > 0),
+    burst            integer NOT NULL CHECK (burst >= 1),
+    daily_quota      bigint NOT NULL CHECK (daily_quota >= 0),  -- verified items per day
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    revoked_at       timestamptz                  -- NULL: in force
+);
+-- API keys: `psk_<key_id>.<secret>`; only the SHA-256 of the secret is kept (the secret is
+-- 256 random bits, so a slow password hash would add latency and no strength).
+CREATE TABLE IF NOT EXISTS partner_keys (
+    key_id       text PRIMARY KEY,
+    partner_id   text NOT NULL REFERENCES partners (partner_id),
+    secret_hash  bytea NOT NULL CHECK (octet_length(secret_hash) = 32),
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    revoked_at   timestamptz
+);
+CREATE INDEX IF NOT EXISTS partner_keys_partner ON partner_keys (partner_id);
+-- Daily quotas, shared by every process of the service: each takes a lease of items.
+CREATE TABLE IF NOT EXISTS partner_usage (
+    partner_id  text NOT NULL,
+    day         date NOT NULL,                    -- Asia/Ho_Chi_Minh calendar day
+    used        bigint NOT NULL,
+    PRIMARY KEY (partner_id, day)
+);
+CREATE TABLE IF NOT EXISTS partner_audit (
+    id          bigserial PRIMARY KEY,
+    at          timestamptz NOT NULL DEFAULT now(),
+    operator    text NOT NULL,
+    action      text NOT NULL,                    -- partner.add, partner.policy, ...
+    partner_id  text NOT NULL,
+    detail      jsonb NOT NULL                    -- ids, fields, limits: never a secret
+);
+-- One row per answered question (an item of a batch is a question): who asked about whom,
+-- why, and what class of answer they got. The citizen is a keyed hash of the PIN
+-- (HMAC-SHA256 with POPSYNC_SERVE__AUDIT_KEY), never the PIN: `popsync audit citizen PIN`
+-- finds a citizen's rows with the key. Append-only: the trigger refuses any change.
+CREATE TABLE IF NOT EXISTS access_audit (
+    at          timestamptz NOT NULL,
+    request_id  text NOT NULL,
+    item        integer NOT NULL,                 -- 0 for single requests, else the index
+    partner_id  text,                             -- NULL: no valid credential
+    purpose     text,
+    endpoint    text NOT NULL,                    -- verify, verify_batch, citizen
+    pin_hash    bytea,                            -- NULL: the request named no valid PIN
+    result      text NOT NULL,                    -- match, no_match, found, not_found, ...
+    status      smallint NOT NULL,
+    latency_ms  real NOT NULL
+);
+CREATE INDEX IF NOT EXISTS access_audit_pin ON access_audit (pin_hash, at)
+    WHERE pin_hash IS NOT NULL;
+CREATE INDEX IF NOT EXISTS access_audit_partner ON access_audit (partner_id, at);
+CREATE OR REPLACE FUNCTION access_audit_append_only() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'access_audit is append-only: % refused', TG_OP;
+END
+$$;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'access_audit_append_only') THEN
+        CREATE TRIGGER access_audit_append_only BEFORE UPDATE OR DELETE OR TRUNCATE
+            ON access_audit FOR EACH STATEMENT EXECUTE FUNCTION access_audit_append_only();
+    END IF;
+END
+$$;

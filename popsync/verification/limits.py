@@ -1,0 +1,112 @@
+"""Per-partner limits: a rate limit (token bucket, per process) and a daily quota (shared
+by every process through PostgreSQL leases).
+
+The bucket refills `rate_per_second` tokens a second up to `burst`; a request takes one
+(a batch too: the rate limit counts requests, the quota counts items). The daily quota
+counts verified or looked-up items per Asia/Ho_Chi_Minh calendar day; each process takes
+`lease` items at a time from `partner_usage` and spends them from memory, so a request
+costs one UPDATE per lease, not one each, and the processes together never exceed it.
+A refusal says when to come back (`Retry-After`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from popsync.verification.partners import Policy
+
+VIETNAM = datetime.timezone(datetime.timedelta(hours=7), "Asia/Ho_Chi_Minh")
+
+
+def quota_day(now: datetime.datetime) -> datetime.date:
+    return now.astimezone(VIETNAM).date()
+
+
+def seconds_to_next_day(now: datetime.datetime) -> int:
+    local = now.astimezone(VIETNAM)
+    midnight = datetime.datetime.combine(local.date(), datetime.time(), VIETNAM)
+    return max(1, math.ceil((midnight + datetime.timedelta(days=1) - local).total_seconds()))
+
+
+@dataclass
+class TokenBucket:
+    rate: float
+    burst: int
+    tokens: float
+    at: float
+
+    def take(self, now: float) -> float:
+        """0 if a token was taken; else the seconds until one will be there."""
+        self.tokens = min(float(self.burst), self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class RateLimiter:
+    """One bucket per partner; a policy change resizes it."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._buckets: dict[str, TokenBucket] = {}
+        self._clock = clock
+
+    def wait_needed(self, partner_id: str, policy: Policy) -> float:
+        """0 if the request may go now, else the seconds the partner should wait."""
+        now = self._clock()
+        bucket = self._buckets.get(partner_id)
+        if bucket is None or bucket.rate != policy.rate_per_second or bucket.burst != policy.burst:
+            tokens = float(policy.burst) if bucket is None else min(bucket.tokens, policy.burst)
+            bucket = TokenBucket(policy.rate_per_second, policy.burst, tokens, now)
+            self._buckets[partner_id] = bucket
+        return bucket.take(now)
+
+
+Lease = Callable[[str, datetime.date, int, int], Awaitable[int]]
+
+
+@dataclass
+class _Allowance:
+    day: datetime.date
+    items: int = 0
+    exhausted: bool = False
+
+
+class QuotaLedger:
+    """What this process may still spend of each partner's daily quota, leased from
+    PostgreSQL (`lease(partner, day, want, quota) -> granted`)."""
+
+    def __init__(self, lease: Lease, lease_size: int) -> None:
+        self._lease = lease
+        self._lease_size = lease_size
+        self._allowances: dict[str, _Allowance] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def spend(self, partner_id: str, items: int, quota: int, day: datetime.date) -> bool:
+        """Spend `items` of today's quota; False (nothing spent) if it does not allow them."""
+        allowance = self._allowances.get(partner_id)
+        if allowance is None or allowance.day != day:
+            allowance = self._allowances[partner_id] = _Allowance(day)
+        if allowance.items >= items:
+            allowance.items -= items
+            return True
+        if allowance.exhausted:
+            return False
+        # One lease at a time per partner: concurrent requests wait for it, not lease twice.
+        lock = self._locks.setdefault(partner_id, asyncio.Lock())
+        async with lock:
+            if allowance.items < items and not allowance.exhausted:
+                want = max(self._lease_size, items - allowance.items)
+                granted = await self._lease(partner_id, day, want, quota)
+                allowance.items += granted
+                allowance.exhausted = granted < want
+        if allowance.items >= items:
+            allowance.items -= items
+            return True
+        return False

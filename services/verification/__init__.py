@@ -1,0 +1,1 @@
+"""`popsync serve`: the verification service (the read path), on HTTP."""

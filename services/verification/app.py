@@ -1,0 +1,468 @@
+"""The verification service's wiring: settings → pool, directory, limits, audit → a FastAPI
+app on uvicorn (`popsync serve`).
+
+One process per pod (scale with pods): rate limits and the audit writer live in the
+process, daily quotas in PostgreSQL. Bodies are read raw and validated by pydantic's Rust
+JSON parser (`model_validate_json`): it is faster than FastAPI's json.loads path and
+refuses hostile nesting with a 422 instead of a 400. Admission control answers 503 at
+once past `max_in_flight` requests, so overload shows as fast refusals, not as a queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from popsync.adapters.postgres import partners as tables
+from popsync.adapters.postgres.database import dsn_address, require_database
+from popsync.ops.failures import UsageError
+from popsync.runtime import metrics
+from popsync.settings import ServeSettings, Settings
+from popsync.verification.audit import MIN_KEY_CHARS, AuditTrail
+from popsync.verification.comparison import CitizenRecord
+from popsync.verification.limits import QuotaLedger
+from popsync.verification.models import (
+    CitizenView,
+    ErrorBody,
+    VerifyAnswer,
+    VerifyBatchAnswer,
+    VerifyBatchRequest,
+    VerifyRequest,
+)
+from popsync.verification.partners import PartnerDirectory, bearer_credential
+
+from .service import JSON, Refused, Reply, Store, VerificationService, error_body, refresh_forever
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+READY_CHECK_SECONDS = 1.0  # /readyz asks PostgreSQL at most this often
+STALE_DIRECTORY_FACTOR = 3  # a directory older than 3 refresh intervals is not ready
+
+
+def audit_key(settings: ServeSettings) -> bytes:
+    """The audit key; UsageError (one line, never the value) if unset or too short."""
+    if settings.audit_key is None:
+        raise UsageError(
+            "POPSYNC_SERVE__AUDIT_KEY: not set; the access audit keys each PIN's hash with "
+            f"it (a secret of at least {MIN_KEY_CHARS} characters, the same for every "
+            "process and kept across restarts)"
+        )
+    key = settings.audit_key.get_secret_value()
+    if len(key) < MIN_KEY_CHARS:
+        raise UsageError(
+            f"POPSYNC_SERVE__AUDIT_KEY: {len(key)} characters; at least {MIN_KEY_CHARS} needed"
+        )
+    return key.encode()
+
+
+def endpoint_of(path: str) -> str:
+    """A bounded metric label for a path (never the path: it may hold a PIN)."""
+    if path == "/v1/verify":
+        return "verify"
+    if path == "/v1/verify/batch":
+        return "verify_batch"
+    if path.startswith("/v1/citizens/"):
+        return "citizen"
+    return {"/healthz": "healthz", "/readyz": "readyz", "/metrics": "metrics"}.get(path, "other")
+
+
+class Guard:
+    """Pure ASGI (no per-request task, unlike BaseHTTPMiddleware): admission control for
+    /v1, and the request count and latency of every route."""
+
+    def __init__(self, app: ASGIApp, max_in_flight: int) -> None:
+        self.app = app
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        endpoint = endpoint_of(scope["path"])
+        partner_facing = scope["path"].startswith("/v1/")
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        if partner_facing and self.in_flight >= self.max_in_flight:
+            metrics.HTTP_ADMISSION_REJECTIONS.inc()
+            await _send_reply(send_status, _OVERLOADED)
+        else:
+            self.in_flight += partner_facing
+            metrics.HTTP_IN_FLIGHT.set(self.in_flight)
+            try:
+                await self.app(scope, receive, send_status)
+            finally:
+                self.in_flight -= partner_facing
+                metrics.HTTP_IN_FLIGHT.set(self.in_flight)
+        metrics.HTTP_REQUESTS.labels(endpoint, str(status)).inc()
+        metrics.HTTP_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+
+
+_OVERLOADED = Reply(
+    503,
+    error_body("overloaded", "too many requests in progress; retry shortly"),
+    {"Retry-After": "1"},
+)
+
+
+async def _send_reply(send: Send, reply: Reply) -> None:
+    headers = [(b"content-type", JSON.encode()), (b"content-length", str(len(reply.body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in reply.headers.items()]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})
+
+
+def _response(reply: Reply) -> Response:
+    return Response(reply.body, reply.status, reply.headers, media_type=JSON)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 past `limit` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> Refused:
+    return Refused(413, "body_too_large", f"request body over {limit} bytes", "invalid")
+
+
+@dataclass
+class Health:
+    """What /healthz and /readyz answer from."""
+
+    draining: bool = False
+    directory_at: float | None = None
+    database_ok: bool = False
+    database_checked: float = 0.0
+
+
+def _pool_store(pool: AsyncConnectionPool[Any]) -> Store:
+    async def read(pin: str) -> CitizenRecord | None:
+        async with pool.connection() as conn:
+            return await tables.read_citizen(conn, pin)
+
+    async def read_many(pins: Sequence[str]) -> dict[str, CitizenRecord]:
+        async with pool.connection() as conn:
+            return await tables.read_citizens(conn, pins)
+
+    return Store(read, read_many)
+
+
+def _update_pool_gauges(pool: AsyncConnectionPool[Any]) -> None:
+    stats = pool.get_stats()
+    size = stats.get("pool_size", 0)
+    metrics.DB_POOL_SIZE.set(size)
+    metrics.DB_POOL_IN_USE.set(size - stats.get("pool_available", 0))
+    metrics.DB_POOL_WAITING.set(stats.get("requests_waiting", 0))
+
+
+def create_app(settings: Settings, health: Health | None = None) -> FastAPI:
+    """The ASGI app; the pool opens and the directory loads in its lifespan."""
+    serve = settings.serve
+    key = audit_key(serve)
+    health = health or Health()
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        settings.postgres.dsn.get_secret_value(),
+        min_size=serve.pool_min_size,
+        max_size=max(serve.pool_max_size, serve.pool_min_size),
+        timeout=serve.pool_timeout_seconds,
+        kwargs={"autocommit": True, "application_name": "popsync-serve"},
+        open=False,
+        name="popsync-serve",
+    )
+
+    async def lease(partner_id: str, day: Any, want: int, quota: int) -> int:
+        async with pool.connection() as conn:
+            return await tables.lease_quota(conn, partner_id, day, want, quota)
+
+    async def append(rows: Sequence[tables.AuditRow]) -> None:
+        async with pool.connection() as conn:
+            await tables.append_audit(conn, rows)
+
+    async def load() -> PartnerDirectory:
+        async with pool.connection() as conn:
+            return await tables.load_directory(conn)
+
+    audit = AuditTrail(append, serve.audit_flush_seconds, serve.audit_max_backlog)
+    service = VerificationService(
+        _pool_store(pool),
+        audit,
+        QuotaLedger(lease, serve.quota_lease),
+        key,
+        serve.batch_max_items,
+    )
+
+    def directory_loaded() -> None:
+        if service.directory is not None:
+            health.directory_at = time.monotonic()
+        _update_pool_gauges(pool)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await pool.open(wait=False)
+        audit.start()
+        refresher = asyncio.create_task(
+            refresh_forever(service, load, serve.partner_refresh_seconds, directory_loaded)
+        )
+        try:
+            yield
+        finally:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+            await audit.close(timeout=max(serve.drain_seconds, 1.0))
+            await pool.close()
+
+    app = FastAPI(
+        title="popsync verification service",
+        version="1",
+        summary="Verify and look up citizens in the central population store, by policy.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    async def guarded(step: Callable[[], Awaitable[Reply]]) -> Response:
+        try:
+            return _response(await step())
+        except Refused as refused:
+            return _response(refused.reply())
+        except PoolTimeout:
+            return _response(_BUSY)
+
+    @app.post(
+        "/v1/verify",
+        response_model=VerifyAnswer,
+        responses=_ERRORS,
+        openapi_extra=_body("VerifyRequest"),
+        summary="Verify what a partner believes about the citizen with a PIN",
+    )
+    async def verify(request: Request) -> Response:
+        async def step() -> Reply:
+            body = await read_body(request, serve.max_body_bytes)
+            return await service.verify(*_caller(request), body)
+
+        return await guarded(step)
+
+    @app.post(
+        "/v1/verify/batch",
+        response_model=VerifyBatchAnswer,
+        responses=_ERRORS,
+        openapi_extra=_body("VerifyBatchRequest"),
+        summary=f"Verify up to {serve.batch_max_items} items; answers in the items' order",
+    )
+    async def verify_batch(request: Request) -> Response:
+        async def step() -> Reply:
+            body = await read_body(request, serve.max_body_bytes)
+            return await service.verify_batch(*_caller(request), body)
+
+        return await guarded(step)
+
+    @app.get(
+        "/v1/citizens/{pin}",
+        response_model=CitizenView,
+        responses={**_ERRORS, 404: {"model": ErrorBody, "description": "No citizen"}},
+        summary="The citizen, with only the fields the partner's policy allows",
+    )
+    async def citizen(pin: str, request: Request) -> Response:
+        return await guarded(lambda: service.look_up(*_caller(request), pin))
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        return Response(b"ok\n", media_type="text/plain")
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> Response:
+        reason = await _not_ready(health, pool, audit, serve)
+        if reason:
+            return Response(f"not ready: {reason}\n".encode(), 503, media_type="text/plain")
+        return Response(b"ready\n", media_type="text/plain")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response:
+        _update_pool_gauges(pool)
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
+    app.add_middleware(Guard, max_in_flight=serve.max_in_flight)
+    app.state.service = service
+    app.state.health = health
+    return app
+
+
+_BUSY = Reply(
+    503,
+    error_body("database_busy", "no database connection free in time; retry shortly"),
+    {"Retry-After": "1"},
+)
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing, wrong or revoked API key"},
+    403: {"model": ErrorBody, "description": "Purpose or look-up not permitted"},
+    413: {"model": ErrorBody, "description": "Body over the size limit"},
+    422: {"model": ErrorBody, "description": "Malformed JSON, wrong types, bad PIN"},
+    429: {"model": ErrorBody, "description": "Rate limit or daily quota; see Retry-After"},
+    503: {"model": ErrorBody, "description": "Overloaded or not ready; see Retry-After"},
+}
+
+
+def _body(model: str) -> dict[str, Any]:
+    schema = {"$ref": f"#/components/schemas/{model}"}
+    return {"requestBody": {"required": True, "content": {JSON: {"schema": schema}}}}
+
+
+def _caller(request: Request) -> tuple[str, str | None]:
+    headers = request.headers
+    return bearer_credential(headers.get("authorization")), headers.get("x-purpose")
+
+
+def openapi_document(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with the request bodies' schemas (read raw, see the module's
+    docstring) and the two headers every /v1 call carries."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    document = get_openapi(
+        title=app.title, version=app.version, summary=app.summary, routes=app.routes
+    )
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for model in (VerifyRequest, VerifyBatchRequest):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    document["components"]["securitySchemes"] = {
+        "apiKey": {"type": "http", "scheme": "bearer", "description": "psk_<key id>.<secret>"}
+    }
+    document["security"] = [{"apiKey": []}]
+    purpose = {
+        "name": "X-Purpose",
+        "in": "header",
+        "required": True,
+        "description": "Why the partner asks: one of the purpose codes of its policy",
+        "schema": {"type": "string", "pattern": "^[A-Z][A-Z0-9_]{1,31}$"},
+    }
+    for path in document["paths"].values():
+        for operation in path.values():
+            operation.setdefault("parameters", []).append(purpose)
+    app.openapi_schema = document
+    return document
+
+
+async def _not_ready(
+    health: Health, pool: AsyncConnectionPool[Any], audit: AuditTrail, serve: ServeSettings
+) -> str:
+    if health.draining:
+        return "draining"
+    now = time.monotonic()
+    max_age = serve.partner_refresh_seconds * STALE_DIRECTORY_FACTOR + 5
+    if health.directory_at is None:
+        return "partner directory not loaded"
+    if now - health.directory_at > max_age:
+        return "partner directory not refreshed lately"
+    if not audit.healthy:
+        return "access audit not being written"
+    if now - health.database_checked > READY_CHECK_SECONDS:
+        health.database_checked = now
+        try:
+            async with pool.connection(timeout=1.0) as conn:
+                await conn.execute("SELECT 1")
+            health.database_ok = True
+        except Exception:  # any failure: not ready; the reason is for people
+            health.database_ok = False
+    return "" if health.database_ok else "PostgreSQL not reachable"
+
+
+# ------------------------------------------------------------------------------ running
+
+
+class _DrainingServer(uvicorn.Server):
+    """On SIGTERM/SIGINT, /readyz fails at once; uvicorn then stops accepting and lets
+    requests in progress finish within `timeout_graceful_shutdown`."""
+
+    def __init__(self, config: uvicorn.Config, health: Health) -> None:
+        super().__init__(config)
+        self._health = health
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self._health.draining:
+            log.info("%s: draining", signal.Signals(sig).name)
+        self._health.draining = True
+        super().handle_exit(sig, frame)
+
+
+def require_port(host: str, port: int) -> None:
+    """UsageError (one line) if the address cannot be listened on, before uvicorn (which
+    would log a traceback-like error and exit) tries."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"cannot listen on {host}:{port} ({exc.strerror}): set POPSYNC_SERVE__PORT "
+            "or POPSYNC_SERVE__BIND_HOST"
+        ) from None
+
+
+def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT; 0 after a clean drain."""
+    health = Health()
+    app = create_app(settings, health)
+    require_database(settings.postgres)
+    require_port(settings.serve.bind_host, settings.serve.port)
+    config = uvicorn.Config(
+        app,
+        host=settings.serve.bind_host,
+        port=settings.serve.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,  # a path may hold a PIN; the metrics count requests instead
+        server_header=False,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=max(1, int(settings.serve.drain_seconds)),
+    )
+    server = _DrainingServer(config, health)
+    log.info(
+        "popsync serve: http://%s:%d (PostgreSQL %s)",
+        settings.serve.bind_host,
+        settings.serve.port,
+        dsn_address(settings.postgres.dsn.get_secret_value()),
+    )
+    server.run()
+    return 0 if server.started else 1
