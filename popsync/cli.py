@@ -395,9 +395,11 @@ def cmd_review_resolve(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(_: argparse.Namespace) -> int:
-    from popsync.services.verification.app import serve
-
-    return serve(_with_database())
+    # `services/` is installed as popsync.services (package-dir): imported by name, as
+    # the workers are, so that mypy checks it once, as `services.verification`.
+    module = importlib.import_module("popsync.services.verification.app")
+    code: int = module.serve(_with_database())
+    return code
 
 
 def _policy_request(args: argparse.Namespace) -> Any:
