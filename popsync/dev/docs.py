@@ -1,6 +1,8 @@
 """The generated parts of the docs, so that they cannot drift from the code.
 
 - `docs/configuration.md`, whole, from the settings model (`popsync.settings.Settings`);
+- `docs/openapi.json`, whole, the verification service's OpenAPI document (`popsync serve`
+  serves the same at /openapi.json);
 - in `README.md` and `docs/architecture.md`, the blocks between
   `<!-- BEGIN generated: popsync topology --format FORMAT -->` and `<!-- END generated -->`,
   from the topology's renderers (`popsync.topology.markdown`, `mermaid`).
@@ -13,6 +15,8 @@ result does not depend on who runs it.
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import posixpath
 import re
 import sys
@@ -32,6 +36,7 @@ from popsync.settings import WORKER_NAMES, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGURATION = "docs/configuration.md"
+OPENAPI = "docs/openapi.json"
 # Files with topology blocks, relative to the repository root.
 TOPOLOGY_DOCS = ("README.md", "docs/architecture.md")
 SCHEMAS = "schemas/avro"
@@ -259,10 +264,20 @@ def fill_blocks(text: str, document: str, settings: Settings | None = None) -> s
 # -- command line ------------------------------------------------------------------------
 
 
+def openapi_json(settings: Settings) -> str:
+    """The verification service's OpenAPI document, as its app renders it."""
+    # Imported by name: `services/` is installed as popsync.services (see pyproject).
+    service = importlib.import_module("popsync.services.verification.app")
+    # The document does not depend on the key; the app refuses to be built without one.
+    serve = settings.serve.model_copy(update={"audit_key": SecretStr("k" * 32)})
+    app = service.create_app(settings.model_copy(update={"serve": serve}))
+    return json.dumps(app.openapi(), indent=2, ensure_ascii=False) + "\n"
+
+
 def rendered(root: Path = ROOT) -> dict[str, str]:
     """Every generated document as it should be, by path relative to `root`."""
     settings = default_settings()
-    documents = {CONFIGURATION: configuration_markdown()}
+    documents = {CONFIGURATION: configuration_markdown(), OPENAPI: openapi_json(settings)}
     for document in TOPOLOGY_DOCS:
         text = (root / document).read_text(encoding="utf-8")
         documents[document] = fill_blocks(text, document, settings)
