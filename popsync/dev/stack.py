@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -163,6 +164,64 @@ class WorkerProcess:
         self.process.kill()
         self.process.wait()
         self._log.close()
+
+
+class ServiceProcess:
+    """One `popsync serve` subprocess (the verification service), its output in a log file,
+    on a free port of 127.0.0.1 (`base_url`)."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.log_path = log_path
+        self.port = free_port()
+        serve = settings.serve.model_copy(update={"bind_host": LOCALHOST, "port": self.port})
+        self.settings = settings.model_copy(update={"serve": serve})
+        env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log_path.open("ab")
+        self.process = subprocess.Popen(  # noqa: S603 - fixed argv, our own CLI
+            [sys.executable, "-m", "popsync.cli", "serve"],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{LOCALHOST}:{self.port}"
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Until /readyz answers 200; RuntimeError naming the log if it exits or never does."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive:
+                raise RuntimeError(
+                    f"popsync serve exited {self.process.returncode}; see {self.log_path}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/readyz", timeout=2) as answer:  # noqa: S310
+                    if answer.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"popsync serve not ready within {timeout:g} s; see {self.log_path}")
+
+    def stop(self, timeout: float = 30) -> int | None:
+        """SIGTERM (a graceful drain), then SIGKILL after `timeout`; the exit code."""
+        if self.alive:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
 
 
 class EmbeddedStack:

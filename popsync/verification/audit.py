@@ -48,6 +48,7 @@ class AuditTrail:
         self._max_backlog = max_backlog
         self._pending: list[AuditRow] = []
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._failures = 0
 
     @property
@@ -71,8 +72,10 @@ class AuditTrail:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-writer")
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._flush_seconds)
+        # Never cancelled: a cancel inside a COPY would drop the rows it carried.
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._flush_seconds)
             await self._flush_once()
 
     async def _flush_once(self) -> bool:
@@ -95,10 +98,9 @@ class AuditTrail:
 
     async def close(self, timeout: float) -> None:
         """Stop the writer and write what is left, trying for up to `timeout` seconds."""
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self._pending and loop.time() < deadline:

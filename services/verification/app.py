@@ -424,6 +424,10 @@ class _DrainingServer(uvicorn.Server):
             log.info("%s: draining", signal.Signals(sig).name)
         self._health.draining = True
         super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:
+            # uvicorn raises a caught signal again once it has shut down, so the process
+            # would die of SIGTERM after draining; a drained stop is a clean exit (0).
+            self._captured_signals.remove(sig)
 
 
 def require_port(host: str, port: int) -> None:
