@@ -212,6 +212,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         with_prometheus=args.with_prometheus or args.metrics_plot is not None,
         metrics_plot=args.metrics_plot,
         keep=args.keep,
+        serve_port=args.serve,
     )
 
 
@@ -628,6 +629,16 @@ def _add_dev_commands(sub: Subparsers) -> None:
         "--keep",
         action="store_true",
         help="keep the work directory (data, logs) instead of removing it; its path is printed",
+    )
+    demo.add_argument(
+        "--serve",
+        nargs="?",
+        type=int,
+        const=8080,
+        default=None,
+        metavar="PORT",
+        help="then run the verification service on the demo's store (port 8080 unless given) "
+        "and print how to call it, until Ctrl-C",
     )
     demo.set_defaults(func=cmd_demo)
 

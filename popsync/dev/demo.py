@@ -11,6 +11,9 @@ also runs a real Prometheus (the `prometheus` binary on PATH) scraping every wor
 from __future__ import annotations
 
 import asyncio
+import json
+import secrets
+import shlex
 import signal
 import sys
 import tempfile
@@ -25,6 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 import psycopg
+from pydantic import SecretStr
 from tqdm import tqdm
 
 from popsync.adapters.kafka.producer import BatchProducer
@@ -35,7 +39,13 @@ from popsync.dev.embedded.prometheus import JOB as PROMETHEUS_JOB
 from popsync.dev.embedded.prometheus import EmbeddedPrometheus, PrometheusStartError
 from popsync.dev.publishers import DevDirectory, dev_signers
 from popsync.dev.simulate.generator import SimulatedMessage, simulate
-from popsync.dev.stack import EmbeddedStack, disk_usage, human_size, remove_tree
+from popsync.dev.stack import (
+    EmbeddedStack,
+    ServiceProcess,
+    disk_usage,
+    human_size,
+    remove_tree,
+)
 from popsync.domain.merge import fold
 from popsync.domain.rules import RuleViolation, check_event
 from popsync.ops.publish import Publisher
@@ -141,6 +151,7 @@ def run_demo(
     with_prometheus: bool = False,
     metrics_plot: Path | None = None,
     keep: bool = False,
+    serve_port: int | None = None,
 ) -> int:
     """Run the demo; its temp work directory goes at the end unless `keep`, the run
     failed (its logs say why), or the person named it with `workdir` (theirs to keep)."""
@@ -153,6 +164,8 @@ def run_demo(
     code = 1
     try:
         code = _run(stack, citizens, seed, timeout, prometheus, metrics_plot)
+        if code == 0 and serve_port is not None:
+            code = serve_until_stopped(stack, stack.settings_for("popsync"), serve_port)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping workers, broker and database", file=sys.stderr)
         code = 130
@@ -251,6 +264,71 @@ def _run(
     if not ok:
         print("demo did NOT converge to the expected state", file=sys.stderr)
     return 0 if ok else 1
+
+
+DEMO_PARTNER_COMMAND = (
+    "popsync partners add bank-demo --operator demo --purpose KYC "
+    "--lookup-field full_name,birth_date,life_status"
+)
+
+
+def demo_citizen(dsn: str) -> tuple[str, str, str] | None:
+    """PIN, name and birth date of one living demo citizen (the first by PIN)."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT pin, full_name, birth_date::text FROM citizens WHERE life_status = 'ALIVE'"
+            " AND full_name IS NOT NULL AND birth_date IS NOT NULL ORDER BY pin LIMIT 1"
+        ).fetchone()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+def serve_until_stopped(stack: EmbeddedStack, settings: Settings, port: int) -> int:
+    """`--serve`: the verification service on the demo's store until Ctrl-C, with the
+    commands a person needs to call it."""
+    audit_key = secrets.token_urlsafe(32)
+    # A new partner is in force within a second, not the default five.
+    serve = settings.serve.model_copy(
+        update={"audit_key": SecretStr(audit_key), "partner_refresh_seconds": 1.0}
+    )
+    service = ServiceProcess(
+        settings.model_copy(update={"serve": serve}), stack.workdir / "logs" / "serve.log", port
+    )
+    try:
+        service.wait_ready()
+    except RuntimeError as exc:
+        print(f"popsync demo: {exc}", file=sys.stderr)
+        service.stop()
+        return 1
+    dsn = settings.postgres.dsn.get_secret_value()
+    citizen = demo_citizen(dsn)
+    body = (
+        json.dumps(
+            {"pin": citizen[0], "full_name": citizen[1], "birth_date": citizen[2]},
+            ensure_ascii=False,
+        )
+        if citizen
+        else '{"pin": "…", "full_name": "…"}'
+    )
+    print(f"\nverification service: {service.base_url} (Ctrl-C stops it and the demo)")
+    print("In another shell:")
+    print(f"  export POPSYNC_POSTGRES__DSN={shlex.quote(dsn)}")
+    print(f"  export POPSYNC_SERVE__AUDIT_KEY={shlex.quote(audit_key)}")
+    print(f"  KEY=$({DEMO_PARTNER_COMMAND} | sed -n 's/^api key: //p')")
+    print(
+        f'  curl -s {service.base_url}/v1/verify -H "Authorization: Bearer $KEY" '
+        f"-H 'X-Purpose: KYC' -d {shlex.quote(body)}"
+    )
+    print(f"  popsync audit citizen {citizen[0] if citizen else 'PIN'}", flush=True)
+    try:
+        while service.alive:
+            time.sleep(0.5)
+        print(f"popsync demo: the service exited; see {service.log_path}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\npopsync demo: stopping the service", flush=True)
+        return 0
+    finally:
+        service.stop()
 
 
 PROMQL_CONSUMED = f'sum(popsync_events_consumed_total{{job="{PROMETHEUS_JOB}",worker="validator"}})'

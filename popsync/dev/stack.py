@@ -170,9 +170,9 @@ class ServiceProcess:
     """One `popsync serve` subprocess (the verification service), its output in a log file,
     on a free port of 127.0.0.1 (`base_url`)."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(self, settings: Settings, log_path: Path, port: int | None = None) -> None:
         self.log_path = log_path
-        self.port = free_port()
+        self.port = port or free_port()
         serve = settings.serve.model_copy(update={"bind_host": LOCALHOST, "port": self.port})
         self.settings = settings.model_copy(update={"serve": serve})
         env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
