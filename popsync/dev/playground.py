@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import shlex
 import signal
 import subprocess
@@ -51,6 +52,8 @@ LOCK_FILE = "stack.lock"
 LOG_FILE = "stack.log"
 DATABASE = "popsync"
 DSN_VARIABLE = "POPSYNC_POSTGRES__DSN"
+AUDIT_KEY_VARIABLE = "POPSYNC_SERVE__AUDIT_KEY"
+AUDIT_KEY_FILE = "audit.key"
 READY_TIMEOUT_S = 180  # a first start runs initdb; a busy machine can take a while
 STOP_GRACE_S = 60  # the stack stops PostgreSQL (up to 30 s), broker, Prometheus in turn
 LEFTOVER_GRACE_S = 10
@@ -186,14 +189,27 @@ def _running_message(root: Path, workdir: Path | None) -> str:
 
 def stack_env(settings: Settings) -> dict[str, str]:
     """The variables that point another shell at the stack: the settings that differ from
-    popsync's defaults, and no secret but the local, passwordless DSN."""
+    popsync's defaults, and no secret but the local DSN and the stack's audit key."""
     defaults = settings_env(Settings.model_construct(), secrets=False)
     changed = {
         key: value
         for key, value in settings_env(settings, secrets=False).items()
         if defaults.get(key) != value
     }
-    return {**changed, DSN_VARIABLE: settings.postgres.dsn.get_secret_value()}
+    env = {**changed, DSN_VARIABLE: settings.postgres.dsn.get_secret_value()}
+    if settings.serve.audit_key is not None:
+        env[AUDIT_KEY_VARIABLE] = settings.serve.audit_key.get_secret_value()
+    return env
+
+
+def stack_audit_key(workdir: Path) -> str:
+    """The key of the stack's access audit: made once, kept with its data (0600), since
+    the audit rows in its PostgreSQL can only be found again with the same key."""
+    path = workdir / AUDIT_KEY_FILE
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(32), encoding="ascii")
+    return path.read_text(encoding="ascii").strip()
 
 
 def export_lines(env: dict[str, str]) -> list[str]:
@@ -221,6 +237,8 @@ def describe(state: StackState, workdir: Path) -> str:
     lines += [
         "  popsync simulate --citizens 100 --publish",
         "  popsync dlq list",
+        "  popsync serve     # the verification service on http://127.0.0.1:8080",
+        "  popsync partners add bank-demo --operator demo --purpose KYC",
     ]
     return "\n".join(lines)
 
@@ -278,7 +296,11 @@ def _serve(root: Path, workdir: Path | None, with_prometheus: bool, lock: IO[str
 
 def _start(stack: EmbeddedStack, prometheus: EmbeddedPrometheus | None) -> StackState:
     stack.start()
-    settings = stack.settings_for(DATABASE, observability={"bind_host": LOCALHOST})
+    settings = stack.settings_for(
+        DATABASE,
+        observability={"bind_host": LOCALHOST},
+        serve={"audit_key": stack_audit_key(stack.workdir)},
+    )
     stack.prepare(settings)
     ports: dict[str, int] = {name: free_port() for name in WORKER_NAMES}
     services = {"broker": stack.broker.pid or 0}
