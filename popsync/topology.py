@@ -3,14 +3,16 @@
 Follow an event: registries publish to `registry_events`; the validator checks it and
 sends it to `validated_events`; the synchronizer merges it into the citizen and sends a
 snapshot to `citizen_updates`; the store writer puts that into the `citizens` and
-`citizen_history` tables. Anything a worker cannot process goes to `dead_letters`.
+`citizen_history` tables. Anything a worker cannot process goes to `dead_letters`. The
+verification service (`popsync serve`) answers partners from those tables over HTTP, with
+no Kafka, and audits every answer.
 
 Everything else is derived from, or tested against, this declaration: topic
 provisioning (`topic_specs`), each worker's subscriptions (`consumed_topics`), the
 producer's size cap, `popsync topology` and the architecture doc's table
 (`describe`, `mermaid`), the Kafka ACLs (`popsync acls`: each worker's `principal`, the
-`EXTERNAL_PRINCIPALS`, the publisher directory) and the deployment files
-(tests/unit/deploy).
+`EXTERNAL_PRINCIPALS`, the publisher directory), the PostgreSQL roles
+(`database_grants`, deploy/postgres/roles.sql) and the deployment files (tests/unit/deploy).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Literal
 
 from popsync.adapters.kafka.admin import TopicSpec
 from popsync.settings import Settings, WorkerName
+
+ServiceName = Literal["verification"]
 
 DAY_MS = 24 * 3600 * 1000
 # Largest event a registry may publish. A dead letter carries the original key and
@@ -116,6 +120,36 @@ class ExternalPrincipal:
     @property
     def principal(self) -> str:
         return f"User:{self.sasl_username}"
+
+
+@dataclass(frozen=True)
+class HttpService:
+    """A process that answers HTTP requests instead of consuming topics: no Kafka user, no
+    ACL, one PostgreSQL role. What that role may do is split by kind of write, so that a
+    table of rows never changed gets INSERT alone.
+    """
+
+    name: ServiceName  # its app.kubernetes.io/component and its Prometheus job's suffix
+    command: str  # the `popsync` subcommand that runs it
+    public_prefix: str  # the only paths an ingress may route from outside the cluster
+    reads: tuple[str, ...]  # SELECT
+    appends: tuple[str, ...]  # INSERT only
+    updates: tuple[str, ...]  # SELECT, INSERT, UPDATE; never DELETE
+    does: str
+
+    @property
+    def writes(self) -> tuple[str, ...]:
+        return self.appends + self.updates
+
+    @property
+    def deployment(self) -> str:
+        """popsync-<name>: its Deployment, Service, ServiceMonitor and Prometheus job
+        (compose names its service for the command: popsync-<command>)."""
+        return f"popsync-{self.name}"
+
+    @property
+    def database_role(self) -> str:
+        return self.deployment.replace("-", "_")
 
 
 TOPICS: tuple[Topic, ...] = (
@@ -256,12 +290,64 @@ DATABASE_READS: dict[WorkerName, tuple[str, ...]] = {
 # `popsync acls --apply`); no worker, operator or registry runs as it.
 ADMIN_USERNAME = "popsync-admin"
 
-# Tables no worker writes: operators change them (`popsync publishers`, `popsync keys`), with
-# an audit row each; the validator only reads the publisher directory.
-OPERATOR_TABLES: tuple[str, ...] = ("publishers", "publisher_keys", "publisher_audit")
+HTTP_SERVICES: tuple[HttpService, ...] = (
+    HttpService(
+        "verification",
+        command="serve",
+        # /healthz, /readyz, /metrics and /openapi.json are for probes and Prometheus.
+        public_prefix="/v1/",
+        reads=("citizens", "partners", "partner_keys"),
+        appends=("access_audit",),
+        updates=("partner_usage",),  # daily quotas, leased by every process alike
+        does="answer partners' verifications and look-ups from the central store, within "
+        "each partner's purposes, rate and daily quota; audit every answer",
+    ),
+)
+
+# Tables whose rows are never changed or removed: no role is granted UPDATE or DELETE on
+# them (`database_grants`), and a trigger refuses both and TRUNCATE, even to the owner
+# (schema.sql).
+APPEND_ONLY_TABLES: tuple[str, ...] = ("access_audit",)
+
+# Tables no worker or service writes: operators change them (`popsync publishers`,
+# `popsync keys`, `popsync partners`), with an audit row each; the validator only reads the
+# publisher directory, the verification service the partner directory.
+OPERATOR_TABLES: tuple[str, ...] = (
+    "publishers",
+    "publisher_keys",
+    "publisher_audit",
+    "partners",
+    "partner_keys",
+    "partner_audit",
+)
+
+# Table privileges by name, as roles.sql spells them.
+ALL_DML = "SELECT, INSERT, UPDATE, DELETE"
+Grants = dict[str, tuple[str, ...]]  # privileges -> tables
+
+
+def database_grants() -> dict[str, Grants]:
+    """Each PostgreSQL role's table privileges, by role: a worker gets all of them on what
+    it writes and SELECT on what it reads (`DATABASE_READS`); a service exactly what its
+    declaration says. deploy/postgres/roles.sql grants this (tests/unit/deploy check it)."""
+    grants: dict[str, Grants] = {}
+    for w in WORKERS:
+        grants[w.database_role] = {ALL_DML: w.writes}
+        if DATABASE_READS[w.name]:
+            grants[w.database_role]["SELECT"] = DATABASE_READS[w.name]
+    for s in HTTP_SERVICES:
+        by_privileges = {
+            "SELECT": s.reads,
+            "INSERT": s.appends,
+            "SELECT, INSERT, UPDATE": s.updates,
+        }
+        grants[s.database_role] = {p: tables for p, tables in by_privileges.items() if tables}
+    return grants
+
 
 _TOPICS_BY_ROLE = {topic.role: topic for topic in TOPICS}
 _WORKERS_BY_NAME = {worker.name: worker for worker in WORKERS}
+_SERVICES_BY_NAME = {service.name: service for service in HTTP_SERVICES}
 
 
 def topic(role: TopicRole) -> Topic:
@@ -270,6 +356,10 @@ def topic(role: TopicRole) -> Topic:
 
 def worker(name: WorkerName) -> Worker:
     return _WORKERS_BY_NAME[name]
+
+
+def http_service(name: ServiceName) -> HttpService:
+    return _SERVICES_BY_NAME[name]
 
 
 def _names(settings: Settings, roles: tuple[TopicRole, ...]) -> list[str]:
@@ -295,6 +385,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 # (POPSYNC_TOPICS__*) shows under its real name; docs paste the markdown and mermaid.
 
 REGISTRIES = "registries"  # outside popsync: they publish to `registry_events`
+PARTNERS = "partners"  # outside popsync: they call the HTTP services
 
 
 def _size(limit: int | None) -> str:
@@ -334,6 +425,16 @@ def describe(settings: Settings) -> str:
             f"    writes      {', '.join(w.writes)}",
             f"    does        {w.does}",
         ]
+    lines += ["", "Services"]
+    for s in HTTP_SERVICES:
+        lines += [
+            f"  popsync {s.command}  ({s.name}, HTTP on port {settings.serve.port})",
+            f"    public      {s.public_prefix}",
+            f"    reads       {', '.join(s.reads)}",
+            f"    appends     {', '.join(s.appends)}",
+            f"    updates     {', '.join(s.updates)}",
+            f"    does        {s.does}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -346,7 +447,7 @@ def _codes(items: list[str] | tuple[str, ...]) -> str:
 
 
 def markdown(settings: Settings, schemas: str = "schemas/avro") -> str:
-    """Two markdown tables, topics and workers; `schemas` is the Avro folder as the
+    """Three markdown tables, topics, workers and services; `schemas` is the Avro folder as the
     document's reader reaches it (relative to the repository root by default)."""
     lines = [
         "| Topic | Key | Value | Retention | Carries |",
@@ -369,6 +470,16 @@ def markdown(settings: Settings, schemas: str = "schemas/avro") -> str:
             f"| {_codes(_names(settings, w.produces))} | {_codes(w.writes)} "
             f"| {_cell(w.does)} |"
         )
+    lines += [
+        "",
+        "| Service | Public paths | Reads | Writes (PostgreSQL) | Does |",
+        "|---|---|---|---|---|",
+    ]
+    for s in HTTP_SERVICES:
+        lines.append(
+            f"| `popsync {s.command}` | `{s.public_prefix}` | {_codes(s.reads)} "
+            f"| {_codes(s.writes)} | {_cell(s.does)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -380,11 +491,15 @@ def _id(kind: str, name: str) -> str:
 
 def mermaid(settings: Settings) -> str:
     """A mermaid flowchart (no fences): registries -> topics -> workers -> topics,
-    workers -> PostgreSQL tables. One line per edge."""
+    workers -> PostgreSQL tables, partners -> services -> tables. One line per edge."""
     lines = ["flowchart LR", f'  {REGISTRIES}(["registries"])']
     lines += [f'  {_id("t", d.role)}[["{d.name(settings)}"]]' for d in TOPICS]
     lines += [f'  {_id("w", w.name)}("popsync worker {w.name}")' for w in WORKERS]
-    tables = dict.fromkeys(table for w in WORKERS for table in w.writes)
+    if HTTP_SERVICES:
+        lines.append(f'  {PARTNERS}(["partners"])')
+    lines += [f'  {_id("s", s.name)}("popsync {s.command}")' for s in HTTP_SERVICES]
+    written = [table for w in WORKERS for table in w.writes]
+    tables = dict.fromkeys(written + [t for s in HTTP_SERVICES for t in s.writes])
     lines.append('  subgraph postgres["PostgreSQL"]')
     lines += [f'    {_id("db", table)}[("{table}")]' for table in tables]
     lines.append("  end")
@@ -393,4 +508,7 @@ def mermaid(settings: Settings) -> str:
         lines += [f"  {_id('t', role)} --> {_id('w', w.name)}" for role in w.consumes]
         lines += [f"  {_id('w', w.name)} --> {_id('t', role)}" for role in w.produces]
         lines += [f"  {_id('w', w.name)} --> {_id('db', table)}" for table in w.writes]
+    for s in HTTP_SERVICES:
+        lines.append(f"  {PARTNERS} --> {_id('s', s.name)}")
+        lines += [f"  {_id('s', s.name)} --> {_id('db', table)}" for table in s.writes]
     return "\n".join(lines) + "\n"

@@ -1,10 +1,12 @@
--- One PostgreSQL role per popsync worker, with only the grants it needs: every privilege
--- on the tables it writes (popsync.topology: Worker.writes), SELECT on the ones it only
--- reads (DATABASE_READS); no DDL. The schema (`popsync db migrate`) is owned by the
--- migration role, which runs this file after it, as psql with one password variable per
--- worker (deploy/compose/postgres-roles.sh):
+-- One PostgreSQL role per popsync worker and HTTP service, with only the grants it needs
+-- (popsync.topology.database_grants): a worker every privilege on the tables it writes
+-- (Worker.writes) and SELECT on the ones it only reads (DATABASE_READS); a service exactly
+-- what its declaration says (HttpService: reads, appends, updates). No DDL. The schema
+-- (`popsync db migrate`) is owned by the migration role, which runs this file after it, as
+-- psql with one password variable per role (deploy/compose/postgres-roles.sh):
 --   psql -v validator_password=... -v synchronizer_password=... -v store_writer_password=...
--- Idempotent. tests/unit/deploy/test_security.py checks it against the topology.
+--        -v verification_password=...
+-- Idempotent. tests/unit/deploy/test_deploy_config.py checks it against the topology.
 \set ON_ERROR_STOP on
 
 -- validator
@@ -37,3 +39,21 @@ GRANT CONNECT, TEMPORARY ON DATABASE popsync TO popsync_store_writer;
 GRANT USAGE ON SCHEMA public TO popsync_store_writer;
 GRANT SELECT, INSERT, UPDATE, DELETE ON citizens, citizen_history, citizen_conflicts, store_writer_offsets TO popsync_store_writer;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO popsync_store_writer;
+
+-- verification (`popsync serve`): reads citizens and the partner directory, appends the
+-- access audit, leases daily quotas. Needs no sequence and no temporary table.
+SELECT format('CREATE ROLE %I LOGIN', 'popsync_verification')
+WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'popsync_verification') \gexec
+ALTER ROLE popsync_verification LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'verification_password';
+REVOKE ALL ON ALL TABLES IN SCHEMA public FROM popsync_verification;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM popsync_verification;
+GRANT CONNECT ON DATABASE popsync TO popsync_verification;
+GRANT USAGE ON SCHEMA public TO popsync_verification;
+GRANT SELECT ON citizens, partners, partner_keys TO popsync_verification;
+GRANT INSERT ON access_audit TO popsync_verification;
+GRANT SELECT, INSERT, UPDATE ON partner_usage TO popsync_verification;
+
+-- access_audit is append-only (popsync.topology.APPEND_ONLY_TABLES): nobody is granted
+-- UPDATE, DELETE or TRUNCATE on it, and the owner gives them up too, so that changing a
+-- row takes a deliberate GRANT first (the trigger in schema.sql refuses it regardless).
+REVOKE UPDATE, DELETE, TRUNCATE ON access_audit FROM PUBLIC, CURRENT_USER;

@@ -1,5 +1,5 @@
 """The topology declaration agrees with the settings, the contract and the schema, and
-everything rendered from it shows every topic and worker."""
+everything rendered from it shows every topic, worker and HTTP service."""
 
 from __future__ import annotations
 
@@ -12,7 +12,17 @@ import pytest
 from popsync import cli, topology
 from popsync.dev.stack import EmbeddedStack
 from popsync.settings import WORKER_NAMES, Settings, TopicSettings
-from popsync.topology import DAY_MS, TOPICS, WORKERS, TopicRole
+from popsync.topology import (
+    APPEND_ONLY_TABLES,
+    DATABASE_READS,
+    DAY_MS,
+    HTTP_SERVICES,
+    TOPICS,
+    WORKERS,
+    ServiceName,
+    TopicRole,
+    database_grants,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_SQL = REPO / "popsync" / "adapters" / "postgres" / "schema.sql"
@@ -58,12 +68,52 @@ def test_every_consumed_topic_has_a_producer() -> None:
     assert {decl.role for decl in TOPICS} == produced | {INPUT}
 
 
-def test_written_tables_are_the_schema_tables() -> None:
+def schema_tables() -> set[str]:
     sql = SCHEMA_SQL.read_text(encoding="utf-8")
-    tables = set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", sql, re.IGNORECASE))
+    return set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", sql, re.IGNORECASE))
+
+
+def test_written_tables_are_the_schema_tables() -> None:
+    tables = schema_tables()
     written = {table for w in WORKERS for table in w.writes} | set(topology.OPERATOR_TABLES)
+    written |= {table for s in HTTP_SERVICES for table in s.writes}
     assert written <= tables, f"not in schema.sql: {sorted(written - tables)}"
     assert tables <= written, f"no worker or operator declares writing: {sorted(tables - written)}"
+
+
+def test_read_tables_are_schema_tables_and_not_also_written() -> None:
+    tables = schema_tables()
+    for w in WORKERS:
+        reads = set(DATABASE_READS[w.name])
+        assert reads <= tables, w.name
+        assert not reads & set(w.writes), f"{w.name} reads what it writes"
+    for s in HTTP_SERVICES:
+        assert set(s.reads) | set(s.writes) <= tables, s.name
+        assert len(s.reads + s.appends + s.updates) == len(set(s.reads + s.writes)), s.name
+
+
+def test_http_services_are_their_names_and_own_one_role_each() -> None:
+    assert tuple(s.name for s in HTTP_SERVICES) == get_args(ServiceName)
+    roles = [w.database_role for w in WORKERS] + [s.database_role for s in HTTP_SERVICES]
+    assert len(roles) == len(set(roles))
+    assert set(database_grants()) == set(roles)
+    for s in HTTP_SERVICES:
+        assert s.public_prefix.startswith("/") and s.public_prefix.endswith("/"), s.name
+
+
+def test_append_only_tables_are_never_changed() -> None:
+    """No role is granted UPDATE or DELETE on them, no worker writes them, and the schema's
+    trigger refuses both (and TRUNCATE) to everyone."""
+    sql = SCHEMA_SQL.read_text(encoding="utf-8")
+    for table in APPEND_ONLY_TABLES:
+        assert table in schema_tables(), table
+        assert not [w.name for w in WORKERS if table in w.writes], table
+        for role, grants in database_grants().items():
+            for privileges, tables in grants.items():
+                if table in tables:
+                    assert privileges == "INSERT", (role, table, privileges)
+        trigger = rf"BEFORE UPDATE OR DELETE OR TRUNCATE\s+ON {table} FOR EACH STATEMENT"
+        assert re.search(trigger, sql), f"{table}: no trigger refusing changes"
 
 
 def test_topic_specs_are_the_declaration() -> None:
@@ -113,6 +163,8 @@ def test_cli_prints_every_topic_and_worker(
         assert decl.name(settings) in out, (fmt, decl.role)
     for w in WORKERS:
         assert f"popsync worker {w.name}" in out, (fmt, w.name)
+    for s in HTTP_SERVICES:
+        assert f"popsync {s.command}" in out, (fmt, s.name)
 
 
 def test_cli_defaults_to_text(capsys: pytest.CaptureFixture[str]) -> None:
@@ -144,6 +196,9 @@ def test_mermaid_has_one_line_per_edge() -> None:
         expected += [(t(role), w(wk.name)) for role in wk.consumes]
         expected += [(w(wk.name), t(role)) for role in wk.produces]
         expected += [(w(wk.name), f"db_{table}") for table in wk.writes]
+    for service in HTTP_SERVICES:
+        expected.append(("partners", f"s_{service.name}"))
+        expected += [(f"s_{service.name}", f"db_{table}") for table in service.writes]
     assert sorted(edges) == sorted(expected)
     # Every node is declared with its label.
     declared = {m.group(1) for m in re.finditer(r"^\s*(\w+)[\[(]", text, re.MULTILINE)}
@@ -153,7 +208,7 @@ def test_mermaid_has_one_line_per_edge() -> None:
 def test_markdown_has_a_row_per_topic_and_worker() -> None:
     settings = Settings()
     rows = [line for line in topology.markdown(settings).splitlines() if line.startswith("| `")]
-    assert len(rows) == len(TOPICS) + len(WORKERS)
+    assert len(rows) == len(TOPICS) + len(WORKERS) + len(HTTP_SERVICES)
     for decl in TOPICS:
         link = f"(schemas/avro/vn.gov.popsync.{decl.record}.avsc)"
         assert any(row.startswith(f"| `{decl.name(settings)}` |") and link in row for row in rows)

@@ -23,6 +23,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from popsync.runtime import metrics
 from popsync.settings import WORKER_NAMES, Settings
+from popsync.topology import http_service
 
 yaml = pytest.importorskip("yaml")
 
@@ -35,7 +36,12 @@ GRAFANA = REPO / "deploy" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 # Labels every popsync series gets from its scrape target.
 TARGET_LABELS = {"job", "instance", "worker"}
-SEVERITIES = {"warning", "critical"}
+# info: a partner's own matter (its limits), for the partner desk, never a pager.
+SEVERITIES = {"info", "warning", "critical"}
+# The verification service's targets: a job of their own, named as its Deployment.
+VERIFICATION_JOB = http_service("verification").deployment
+VERIFICATION_GROUP = "popsync-verification"
+VERIFICATION_ROW = "Verification service"
 
 
 def require_tool(name: str) -> str:
@@ -193,6 +199,85 @@ def test_the_issue_asks_for_these_alerts() -> None:
         "PopsyncWorkerDown",  # worker down
         "PopsyncWorkerUnavailable",
     } <= set(alerts())
+
+
+def test_the_verification_service_has_these_alerts() -> None:
+    group = [g for g in load(RULES)["groups"] if g["name"] == VERIFICATION_GROUP]
+    assert {rule["alert"] for g in group for rule in g["rules"]} == {
+        "PopsyncVerificationErrors",  # 5xx share of a partner route above 1%
+        "PopsyncVerificationSlow",  # p99 of single requests above 250 ms
+        "PopsyncVerificationPoolSaturated",
+        "PopsyncVerificationAuditBacklogGrowing",
+        "PopsyncVerificationAuditBacklogNearLimit",
+        "PopsyncPartnerRefused",  # quota and rate rejections, info only
+        "PopsyncVerificationDown",
+        "PopsyncVerificationUnavailable",
+    }
+
+
+def _selectors(expr: str) -> list[tuple[str, str]]:
+    """(metric, matchers) of every popsync series or `up` an expression selects."""
+    return re.findall(r"\b(popsync_[a-z_]+|up)\b(?:\{([^}]*)\})?", expr)
+
+
+def test_verification_rules_and_panels_select_its_job_only() -> None:
+    """The service's own metrics come from its job; the workers' rules never see it."""
+    group = next(g for g in load(RULES)["groups"] if g["name"] == VERIFICATION_GROUP)
+    for rule in group["rules"]:
+        for name, matchers in _selectors(rule["expr"]):
+            assert f'job="{VERIFICATION_JOB}"' in matchers, f"{rule['alert']}: {name}"
+    for group in load(RULES)["groups"]:
+        if group["name"] != VERIFICATION_GROUP:
+            for rule in group["rules"]:
+                assert VERIFICATION_JOB not in rule["expr"], rule.get("alert") or rule["record"]
+                for name, matchers in _selectors(rule["expr"]):
+                    if name == "up":
+                        assert 'job="popsync"' in matchers, rule.get("alert") or rule["record"]
+    dashboard = json.loads(DASHBOARDS[0].read_text(encoding="utf-8"))
+    panels = dashboard["panels"]
+    (row,) = [
+        i for i, p in enumerate(panels) if p["type"] == "row" and p["title"] == VERIFICATION_ROW
+    ]
+    following = [i for i, p in enumerate(panels) if p["type"] == "row" and i > row]
+    shown = panels[row + 1 : following[0] if following else len(panels)]
+    assert shown
+    for panel in shown:
+        for target in panel["targets"]:
+            for name, matchers in _selectors(target["expr"]):
+                assert f'job="{VERIFICATION_JOB}"' in matchers, f"{panel['title']}: {name}"
+
+
+def test_verification_dashboard_row_shows_what_operators_need() -> None:
+    dashboard = json.loads(DASHBOARDS[0].read_text(encoding="utf-8"))
+    exprs = "\n".join(
+        target["expr"]
+        for panel in dashboard["panels"]
+        if panel["type"] != "row"
+        for target in panel["targets"]
+        if VERIFICATION_JOB in target["expr"]
+    )
+    for needed in (
+        "sum by (endpoint) (rate(popsync_http_requests_total",  # requests/s by endpoint
+        'code=~"4.."',
+        'code=~"5.."',
+        "histogram_quantile(0.5, sum by (endpoint, le) (rate(popsync_http_request_duration",
+        "histogram_quantile(0.99, sum by (endpoint, le) (rate(popsync_http_request_duration",
+        "popsync_db_pool_in_use",
+        "popsync_db_pool_size",
+        "popsync_audit_backlog",
+        "sum by (partner, kind) (rate(popsync_partner_rejections_total",
+    ):
+        assert needed in exprs, needed
+
+
+def test_verification_alerts_track_the_service_settings() -> None:
+    """The audit alert fires at half the backlog the service refuses requests at; the
+    latency alert at the histogram's 250 ms bucket, so it is exact."""
+    serve = Settings().serve
+    expr = alerts()["PopsyncVerificationAuditBacklogNearLimit"]["expr"]
+    assert expr.endswith(f") > {serve.audit_max_backlog // 2}")
+    assert "0.25" in alerts()["PopsyncVerificationSlow"]["expr"]
+    assert 0.25 in metrics.HTTP_SECONDS._upper_bounds
 
 
 def test_alerts_have_severity_and_explanations() -> None:

@@ -5,7 +5,9 @@ misspelled worker name only fails when the container starts, so both are checked
 against docker-compose.yml and deploy/k8s/. The workers, the topics they consume and their
 consumer groups are those of popsync.topology as each container's settings name them: one
 Deployment and one compose service per worker, the init step creating the topics the
-workers read, KEDA scaling each worker on exactly its own topics and group.
+workers read, KEDA scaling each worker on exactly its own topics and group. Each HTTP
+service (HTTP_SERVICES) has one Deployment with its Service, autoscaler, disruption budget,
+NetworkPolicy and ServiceMonitor, one compose service, and its PostgreSQL role.
 
 docker-compose.yml is validated against the compose specification (check-jsonschema's
 vendored schema), the Dockerfile is linted (hadolint), and every overlay is rendered
@@ -40,10 +42,13 @@ from popsync.runtime.drain import STOP_MARGIN_SECONDS
 from popsync.settings import Settings, WorkerName
 from popsync.topology import (
     ADMIN_USERNAME,
-    DATABASE_READS,
+    APPEND_ONLY_TABLES,
     EXTERNAL_PRINCIPALS,
+    HTTP_SERVICES,
     WORKERS,
+    HttpService,
     consumed_topics,
+    database_grants,
 )
 
 yaml = pytest.importorskip("yaml")
@@ -65,6 +70,7 @@ CUSTOM_KINDS = {
 }
 COMPONENT = "app.kubernetes.io/component"
 WORKER_NAMES: tuple[WorkerName, ...] = tuple(worker.name for worker in WORKERS)
+SERVICE_NAMES = tuple(service.name for service in HTTP_SERVICES)
 
 
 def require_tool(name: str) -> str:
@@ -198,10 +204,37 @@ def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in selector.items())
 
 
+def matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """A full label selector (matchLabels and matchExpressions) against labels."""
+    if not selects(selector.get("matchLabels", {}), labels):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values")
+        found = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": labels.get(key) not in (values or []),
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[operator]
+        if not found:
+            return False
+    return True
+
+
+def pod_templates(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d["spec"]["template"] for d in docs if d["kind"] in ("Deployment", "Job")]
+
+
 def worker_deployments(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     deployments = by_component(docs, "Deployment")
-    assert sorted(deployments) == sorted(WORKER_NAMES)
-    return deployments
+    assert sorted(deployments) == sorted(WORKER_NAMES + SERVICE_NAMES)
+    return {name: d for name, d in deployments.items() if name in WORKER_NAMES}
+
+
+def service_deployments(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    deployments = by_component(docs, "Deployment")
+    assert sorted(deployments) == sorted(WORKER_NAMES + SERVICE_NAMES)
+    return {name: d for name, d in deployments.items() if name in SERVICE_NAMES}
 
 
 def overlay_settings(docs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> Settings:
@@ -246,6 +279,11 @@ def k8s_worker_settings(
 def compose_settings(service: Mapping[str, Any], monkeypatch: pytest.MonkeyPatch) -> Settings:
     env = env_mapping(service.get("environment"))
     return settings_from({k: v for k, v in env.items() if k.startswith("POPSYNC_")}, monkeypatch)
+
+
+def compose_name(service: HttpService) -> str:
+    """An HTTP service's compose service, named for its command: popsync-serve."""
+    return f"popsync-{service.command}"
 
 
 def compose_worker_settings(monkeypatch: pytest.MonkeyPatch) -> dict[WorkerName, Settings]:
@@ -383,6 +421,50 @@ def test_compose_workers_serve_their_endpoint_to_prometheus() -> None:
     assert labels == set(WORKER_NAMES)
 
 
+def test_compose_runs_each_http_service_on_postgres_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    services = compose()["services"]
+    worker = compose()["x-popsync-worker"]
+    for service in HTTP_SERVICES:
+        name = compose_name(service)
+        spec = services[name]
+        # The image's entrypoint is `popsync` (test_image_runs_popsync).
+        assert "entrypoint" not in spec, name
+        assert spec["command"] == [service.command]
+        # The schema exists and its role has its grants before it starts.
+        for step in ("popsync-init", "postgres-roles"):
+            assert spec["depends_on"][step] == {"condition": "service_completed_successfully"}
+        env = env_mapping(spec["environment"])
+        assert not [k for k in env if k.startswith("POPSYNC_KAFKA__")], f"{name}: no Kafka"
+        assert urlsplit(env["POPSYNC_POSTGRES__DSN"]).username == service.database_role
+        assert env["POPSYNC_SERVE__AUDIT_KEY"].startswith("${"), f"{name}: a literal secret"
+        assert env["POPSYNC_SERVE__BIND_HOST"] == "0.0.0.0"  # noqa: S104
+        port = compose_settings(spec, monkeypatch).serve.port
+        check = " ".join(spec["healthcheck"]["test"])
+        assert f"127.0.0.1:{port}/readyz" in check, name
+        # Published, if at all, on the host's loopback only.
+        for published in map(str, spec.get("ports", [])):
+            assert published.startswith("127.0.0.1:"), published
+            assert published.rsplit(":", 1)[1] == str(port), published
+        assert spec["security_opt"] == worker["security_opt"], name
+        assert spec["cap_drop"] == worker["cap_drop"], name
+        assert spec["restart"] == worker["restart"], name
+
+
+def test_prometheus_scrapes_each_http_service_as_its_own_job() -> None:
+    """Its job is named as its Deployment (the ServiceMonitor's job in Kubernetes), which
+    the rules select; the workers' job and alerts never include it."""
+    scrape = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text("utf-8"))
+    jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
+    port = Settings().serve.port  # compose does not override it
+    for service in HTTP_SERVICES:
+        job = jobs[service.deployment]
+        assert job["metrics_path"] == "/metrics"
+        (dns,) = job["dns_sd_configs"]
+        assert dns["names"] == [compose_name(service)]
+        assert dns["port"] == port
+        assert compose_name(service) not in jobs["popsync"]["dns_sd_configs"][0]["names"]
+
+
 # --- deploy/k8s ----------------------------------------------------------------------
 
 
@@ -485,6 +567,7 @@ def test_overlay_validates_against_kubernetes_schemas(overlay: str) -> None:
         ("networking.k8s.io/v1", "NetworkPolicy"),
         ("v1", "ConfigMap"),
         ("monitoring.coreos.com/v1", "ServiceMonitor"),
+        ("autoscaling/v2", "HorizontalPodAutoscaler"),
     } <= kinds
 
 
@@ -527,13 +610,11 @@ def test_workers_have_probes_resources_service_and_pdb(
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_service_monitor_scrapes_every_worker_as_the_rules_expect(overlay: str) -> None:
     docs = kustomize(overlay)
-    (monitor,) = of_kind(docs, "ServiceMonitor")
+    (monitor,) = [m for m in of_kind(docs, "ServiceMonitor") if m["metadata"]["name"] == "popsync"]
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     spec = monitor["spec"]
     selected = [
-        s
-        for s in of_kind(docs, "Service")
-        if selects(spec["selector"]["matchLabels"], s["metadata"]["labels"])
+        s for s in of_kind(docs, "Service") if matches(spec["selector"], s["metadata"]["labels"])
     ]
     assert sorted(s["metadata"]["labels"][COMPONENT] for s in selected) == sorted(WORKER_NAMES)
     # job="popsync" and worker=<name> on every target, as deploy/prometheus/rules.yml uses.
@@ -556,13 +637,16 @@ def test_network_policy_allows_kafka_postgres_and_scrapes_only(
 ) -> None:
     docs = kustomize(overlay)
     settings = overlay_settings(docs, monkeypatch)
-    (policy,) = of_kind(docs, "NetworkPolicy")
+    (policy,) = [p for p in of_kind(docs, "NetworkPolicy") if p["metadata"]["name"] == "popsync"]
     spec = policy["spec"]
     assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
-    pods = [d["spec"]["template"] for d in docs if d["kind"] in ("Deployment", "Job")]
-    assert pods and all(
-        selects(spec["podSelector"]["matchLabels"], pod["metadata"]["labels"]) for pod in pods
-    )
+    # Workers and the init Job; the HTTP services have policies of their own.
+    pods = [
+        pod
+        for pod in pod_templates(docs)
+        if pod["metadata"]["labels"][COMPONENT] not in SERVICE_NAMES
+    ]
+    assert pods and all(matches(spec["podSelector"], pod["metadata"]["labels"]) for pod in pods)
     (ingress,) = spec["ingress"]
     assert ingress["ports"] == [{"protocol": "TCP", "port": settings.observability.port}]
     # Prometheus's namespace (and, in production, its pods) only: never an address block.
@@ -637,18 +721,190 @@ def test_production_autoscales_each_worker_on_its_own_lag(
 
 
 def test_pods_and_containers_wait_longer_than_a_drain() -> None:
-    """SIGKILL must not come before the worker's own grace period and watchdog are over."""
-    longest_drain = Settings().processing.shutdown_grace_seconds + STOP_MARGIN_SECONDS
+    """SIGKILL must not come before the worker's own grace period and watchdog are over,
+    nor before an HTTP service has had its preStop sleep, its requests in progress their
+    drain and its unwritten audit rows as long again (services/verification/app.py)."""
+    settings = Settings()
+    longest_drain = settings.processing.shutdown_grace_seconds + STOP_MARGIN_SECONDS
+    service_stop = 2 * settings.serve.drain_seconds
     periods = [
         int(doc["terminationGracePeriodSeconds"])
         for path in k8s_files()
         for doc in walk(list(yaml.safe_load_all(path.read_text(encoding="utf-8"))))
         if "terminationGracePeriodSeconds" in doc
     ]
-    assert len(periods) == len(WORKER_NAMES)
-    assert min(periods) > longest_drain
+    assert len(periods) == len(WORKER_NAMES) + len(SERVICE_NAMES)
+    for target in ("base", *OVERLAYS):
+        docs = kustomize(target)
+        for deployments, drain in (
+            (worker_deployments(docs), longest_drain),
+            (service_deployments(docs), service_stop),
+        ):
+            for name, deployment in deployments.items():
+                pod = deployment["spec"]["template"]["spec"]
+                (container,) = pod["containers"]
+                pre_stop = container.get("lifecycle", {}).get("preStop", {})
+                sleep = pre_stop.get("sleep", {}).get("seconds", 0)
+                assert pod["terminationGracePeriodSeconds"] > sleep + drain, f"{target} {name}"
     compose_grace = compose()["x-popsync-worker"]["stop_grace_period"]
     assert int(compose_grace.removesuffix("s")) > longest_drain
+    for service in HTTP_SERVICES:
+        grace = compose()["services"][compose_name(service)]["stop_grace_period"]
+        assert int(grace.removesuffix("s")) > service_stop, service.name
+
+
+@pytest.mark.parametrize("target", ("base", *OVERLAYS))
+def test_k8s_runs_each_http_service_once(target: str) -> None:
+    declared: dict[str, HttpService] = {service.name: service for service in HTTP_SERVICES}
+    for name, deployment in service_deployments(kustomize(target)).items():
+        assert deployment["metadata"]["name"] == declared[name].deployment
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert "command" not in container, name
+        assert container["args"] == [declared[name].command]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_http_services_have_probes_resources_service_autoscaler_and_pdb(
+    overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = kustomize(overlay)
+    services = by_component(docs, "Service")
+    budgets = by_component(docs, "PodDisruptionBudget")
+    autoscalers = by_component(docs, "HorizontalPodAutoscaler")
+    assert sorted(autoscalers) == sorted(SERVICE_NAMES)  # workers scale by lag (KEDA)
+    for name, deployment in service_deployments(docs).items():
+        pod = deployment["spec"]["template"]
+        labels = pod["metadata"]["labels"]
+        assert selects(deployment["spec"]["selector"]["matchLabels"], labels)
+        (container,) = pod["spec"]["containers"]
+        port = container_settings(docs, container, monkeypatch).serve.port
+        assert container["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+        for probe, path in (
+            ("startupProbe", "/healthz"),
+            ("livenessProbe", "/healthz"),
+            ("readinessProbe", "/readyz"),
+        ):
+            assert container[probe]["httpGet"] == {"path": path, "port": "http"}, name
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(container["resources"][kind]), name
+        # Restricted like the workers.
+        assert pod["spec"]["automountServiceAccountToken"] is False
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        assert pod["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
+        env = _env(container)
+        assert env["POPSYNC_SERVE__BIND_HOST"]["valueFrom"] == {
+            "fieldRef": {"fieldPath": "status.podIP"}
+        }
+        for secret in ("POPSYNC_SERVE__AUDIT_KEY", "POPSYNC_POSTGRES__DSN"):
+            assert "secretKeyRef" in env[secret]["valueFrom"], f"{name}: {secret}"
+        assert not [k for k in env if k.startswith("POPSYNC_KAFKA__")], f"{name}: no Kafka"
+        # A rollout never lowers capacity.
+        assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+        # Traffic: a ClusterIP Service, to ready pods only.
+        service = services[name]["spec"]
+        assert service.get("type", "ClusterIP") == "ClusterIP"
+        assert "clusterIP" not in service, f"{name}: headless"
+        assert not service.get("publishNotReadyAddresses"), name
+        assert selects(service["selector"], labels)
+        assert service["selector"][COMPONENT] == name
+        assert service["ports"] == [
+            {"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}
+        ]
+        # The autoscaler scales this Deployment on CPU, from at least two pods.
+        hpa = autoscalers[name]["spec"]
+        assert hpa["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": deployment["metadata"]["name"],
+        }
+        assert 2 <= hpa["minReplicas"] <= hpa["maxReplicas"]
+        assert deployment["spec"].get("replicas", hpa["minReplicas"]) == hpa["minReplicas"]
+        assert [(m["type"], m["resource"]["name"]) for m in hpa["metrics"]] == [("Resource", "cpu")]
+        # One pod at a time may go, so another keeps answering.
+        budget = budgets[name]["spec"]
+        assert matches(budget["selector"], labels)
+        assert budget["selector"]["matchLabels"][COMPONENT] == name
+        assert budget.get("maxUnavailable") == 1 or budget.get("minAvailable") == 1
+        assert hpa["minReplicas"] > budget.get("minAvailable", 0), f"{name}: drains blocked"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_pod_is_under_exactly_one_network_policy(overlay: str) -> None:
+    """Policies add up: a pod two policies select gets the union of what they allow."""
+    docs = kustomize(overlay)
+    policies = of_kind(docs, "NetworkPolicy")
+    for pod in pod_templates(docs):
+        labels = pod["metadata"]["labels"]
+        selecting = [p for p in policies if matches(p["spec"]["podSelector"], labels)]
+        assert len(selecting) == 1, (labels[COMPONENT], [p["metadata"]["name"] for p in selecting])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_http_service_network_policy_admits_its_ingress_and_prometheus_and_reaches_postgres(
+    overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = kustomize(overlay)
+    policies = {p["metadata"]["name"]: p["spec"] for p in of_kind(docs, "NetworkPolicy")}
+    (prometheus,) = policies["popsync"]["ingress"]  # the workers': Prometheus only
+    for name, deployment in service_deployments(docs).items():
+        spec = policies[deployment["metadata"]["name"]]
+        assert matches(spec["podSelector"], deployment["spec"]["template"]["metadata"]["labels"])
+        assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        settings = container_settings(docs, container, monkeypatch)
+        # The ingress controller (partners, /v1/) and Prometheus, to the HTTP port only.
+        assert len(spec["ingress"]) == 2
+        assert prometheus["from"] in [rule["from"] for rule in spec["ingress"]]
+        for rule in spec["ingress"]:
+            assert rule["ports"] == [{"protocol": "TCP", "port": settings.serve.port}], name
+            assert all(set(peer) <= {"namespaceSelector", "podSelector"} for peer in rule["from"])
+            assert all("namespaceSelector" in peer for peer in rule["from"])
+            if overlay == "production":
+                assert all("podSelector" in peer for peer in rule["from"])
+        # PostgreSQL and DNS; no Kafka.
+        assert all(rule.get("ports") for rule in spec["egress"])
+        egress = {(p["protocol"], p["port"]) for rule in spec["egress"] for p in rule["ports"]}
+        dsns = [
+            base64.b64decode(secret["data"]["dsn"]).decode()
+            for secret in of_kind(docs, "Secret")
+            if "dsn" in secret.get("data", {})
+        ] or [settings.postgres.dsn.get_secret_value()]
+        expected = {("UDP", 53), ("TCP", 53)} | {("TCP", urlsplit(d).port or 5432) for d in dsns}
+        assert egress == expected, name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_service_monitor_scrapes_each_http_service_as_its_own_job(overlay: str) -> None:
+    docs = kustomize(overlay)
+    monitors = {m["metadata"]["name"]: m["spec"] for m in of_kind(docs, "ServiceMonitor")}
+    rules = (REPO / "deploy" / "prometheus" / "rules.yml").read_text(encoding="utf-8")
+    for service in HTTP_SERVICES:
+        spec = monitors[service.deployment]
+        selected = [
+            s["metadata"]["name"]
+            for s in of_kind(docs, "Service")
+            if matches(spec["selector"], s["metadata"]["labels"])
+        ]
+        assert selected == [service.deployment]
+        # No jobLabel: the job is the Service's name, which the rules select.
+        assert "jobLabel" not in spec
+        assert f'job="{service.deployment}"' in rules
+        (endpoint,) = spec["endpoints"]
+        assert (endpoint["port"], endpoint["path"]) == ("http", "/metrics")
+
+
+def test_k8s_audit_key_is_never_a_literal() -> None:
+    for path in k8s_files():
+        docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        for node in walk(docs):
+            if node.get("name") == "POPSYNC_SERVE__AUDIT_KEY":
+                assert "value" not in node, path
+                assert "secretKeyRef" in node["valueFrom"], path
 
 
 # --- transport security (Transport security in the deployment files agrees with the topology.) ---
@@ -726,13 +982,62 @@ def _grants(sql: str) -> dict[str, dict[str, set[str]]]:
 
 def test_postgres_roles_grant_what_the_topology_says() -> None:
     grants = _grants(ROLES_SQL.read_text(encoding="utf-8"))
-    assert set(grants) == {w.database_role for w in WORKERS}
-    for worker in WORKERS:
-        expected = {"SELECT, INSERT, UPDATE, DELETE": set(worker.writes)}
-        if DATABASE_READS[worker.name]:
-            expected["SELECT"] = set(DATABASE_READS[worker.name])
-        assert grants[worker.database_role] == expected, worker.name
+    expected = {
+        role: {privileges: set(tables) for privileges, tables in by_privileges.items()}
+        for role, by_privileges in database_grants().items()
+    }
+    assert set(grants) == {w.database_role for w in WORKERS} | {
+        s.database_role for s in HTTP_SERVICES
+    }
+    assert grants == expected
     assert "CREATE" not in {p for g in grants.values() for p in g}
+
+
+def test_postgres_roles_log_in_with_their_own_password_and_nothing_else() -> None:
+    sql = ROLES_SQL.read_text(encoding="utf-8")
+    for role in database_grants():
+        password = role.removeprefix("popsync_") + "_password"
+        assert (
+            f"ALTER ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'{password}';"
+        ) in sql, role
+        assert f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role};" in sql, role
+    # The service's role: no sequence (its tables have none), CONNECT only.
+    for service in HTTP_SERVICES:
+        assert f"GRANT CONNECT ON DATABASE popsync TO {service.database_role};" in sql
+        assert not re.search(rf"ON ALL SEQUENCES IN SCHEMA public TO {service.database_role}", sql)
+
+
+def test_nobody_may_change_an_append_only_table() -> None:
+    """access_audit: INSERT for the service, never UPDATE, DELETE or TRUNCATE for any role,
+    and the owner, who runs roles.sql, gives those up too (the trigger refuses them anyway)."""
+    sql = ROLES_SQL.read_text(encoding="utf-8")
+    assert not re.search(r"^GRANT ALL\b", sql, re.MULTILINE)
+    for table in APPEND_ONLY_TABLES:
+        granted = [
+            privileges
+            for by_privileges in _grants(sql).values()
+            for privileges, tables in by_privileges.items()
+            if table in tables
+        ]
+        assert granted, f"{table}: nobody may write it"
+        for privileges in granted:
+            assert not {"UPDATE", "DELETE", "TRUNCATE"} & set(privileges.split(", ")), table
+        assert f"REVOKE UPDATE, DELETE, TRUNCATE ON {table} FROM PUBLIC, CURRENT_USER;" in sql, (
+            table
+        )
+
+
+def test_compose_passes_every_role_its_password() -> None:
+    """Each psql variable roles.sql reads is set by the compose script from a variable the
+    postgres-roles service defines."""
+    used = set(re.findall(r":'(\w+_password)'", ROLES_SQL.read_text(encoding="utf-8")))
+    assert used == {role.removeprefix("popsync_") + "_password" for role in database_grants()}
+    script = (REPO / "deploy" / "compose" / "postgres-roles.sh").read_text(encoding="utf-8")
+    passed = dict(re.findall(r'-v (\w+)="\$(\w+)"', script))
+    assert set(passed) == used
+    env = env_mapping(compose()["services"]["postgres-roles"]["environment"])
+    assert set(passed.values()) <= set(env)
+    assert all(env[name].startswith("${") for name in passed.values()), "a literal password"
 
 
 @pytest.fixture(scope="module")
@@ -760,6 +1065,27 @@ def test_production_workers_use_sasl_ssl_secrets_and_the_pod_ip(
         assert env["POPSYNC_OBSERVABILITY__BIND_HOST"]["valueFrom"] == {
             "fieldRef": {"fieldPath": "status.podIP"}
         }
+
+
+def test_production_http_services_use_their_own_role_and_secrets(
+    production: list[dict[str, Any]],
+) -> None:
+    autoscalers = by_component(production, "HorizontalPodAutoscaler")
+    for name, deployment in service_deployments(production).items():
+        # The autoscaler owns the count: a count in the manifest would reset it on apply.
+        assert "replicas" not in deployment["spec"], name
+        assert autoscalers[name]["spec"]["minReplicas"] >= 3, name
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        env = _env(container)
+        assert env["POPSYNC_POSTGRES__DSN"]["valueFrom"]["secretKeyRef"] == {
+            "name": "popsync-postgres",
+            "key": f"dsn-{name}",
+        }
+        assert (
+            env["POPSYNC_SERVE__AUDIT_KEY"]["valueFrom"]["secretKeyRef"]["name"]
+            == (deployment["metadata"]["name"])
+        )
+        assert not [k for k in env if k.startswith("POPSYNC_KAFKA__")], f"{name}: no Kafka"
 
 
 def test_production_renders_no_plaintext_and_no_literal_secret(
