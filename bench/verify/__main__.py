@@ -21,6 +21,7 @@ QUICK = {
     "warmup": 1.0,
     "concurrency": "8,32",
     "batch_concurrency": "2",
+    "workers": "1",
 }
 
 
@@ -51,11 +52,11 @@ def parser(prog: str = "python -m bench.verify") -> argparse.ArgumentParser:
         "--batch-concurrency", default="2,4", help="connections, batches of 1,000, %(default)s"
     )
     p.add_argument(
-        "--workers", default="1", help="uvicorn workers of the baseline, a run each, %(default)s"
+        "--workers", default="1,2", help="uvicorn workers of the baseline, a run each, %(default)s"
     )
     p.add_argument("--floor-connections", type=int, default=8, help="PK reads, %(default)s")
     p.add_argument(
-        "--floor-batch-connections", type=int, default=2, help="= ANY reads, %(default)s"
+        "--floor-batch-connections", type=int, default=4, help="= ANY reads, %(default)s"
     )
     p.add_argument("--no-service", action="store_true", help="skip popsync serve")
     p.add_argument(

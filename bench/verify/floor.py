@@ -64,7 +64,7 @@ async def reads(
                 await cur.execute(query, (key,), prepare=True)
                 rows = await cur.fetchall()
                 now = time.perf_counter()
-                if window[0] <= sent and now <= window[1]:
+                if window[0] <= now <= window[1]:
                     latencies.append(now - sent)
                     found += len(rows)
 

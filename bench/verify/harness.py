@@ -341,9 +341,12 @@ class _Bench:
         if missing is not None:
             self.say(f"service: not measured ({missing})")
             return {"measured": False, "reason": missing}
-        partner, key = add_partner(env)
-        server = start_service(env, key, self.logs)
-        figures = self.contender(server, asked)
+        try:
+            partner, key = add_partner(env)
+            figures = self.contender(start_service(env, key, self.logs), asked)
+        except ServerFailed as exc:  # the floor and the baseline are still worth reporting
+            self.say(f"service: failed ({exc})")
+            return {"measured": False, "reason": str(exc)[-2000:]}
         figures["partner"] = partner
         figures["env"] = sorted(self.options.service_env)
         return {"measured": True, **figures}
@@ -579,6 +582,19 @@ def bench_lines(result: dict[str, Any]) -> list[str]:
             for point in contender[kind].values():
                 path = "/v1/verify" if kind == "single" else "/v1/verify/batch"
                 lines.append(f"{name}: {point_line(path, point)}")
+    busy = [
+        point["cpu"]["cores_busy_otherwise"]
+        for contender in result["contenders"].values()
+        if contender.get("measured", True)
+        for kind in ("single", "batch")
+        for point in contender[kind].values()
+    ]
+    if busy:
+        lines.append(
+            f"other work on the machine during the points: {min(busy)}-{max(busy)} cores "
+            f"of {result['machine']['cores']} (load average before: "
+            f"{result['machine']['load_average_before'][0]})"
+        )
     service = result["goals"].get("service")
     if service is not None:
         lines.append(

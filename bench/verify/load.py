@@ -9,8 +9,8 @@ the result).
 
 The spec comes as JSON on stdin (the partner's key stays out of argv); the process prints
 `measuring` when the measured window opens (after the warm-up), `measured` when it closes,
-then one JSON line with the figures. Only answers completed inside the window count; each
-request's latency runs from its write to its answer's last byte.
+then one JSON line with the figures. Only answers completed inside the window count (with
+their whole latency, from the request's write to the answer's last byte).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class _Run:
 
     def answered(self, status: int, sent: float, now: float) -> None:
         start, end = self.window
-        if start <= sent and now <= end:
+        if start <= now <= end:  # answers completed in the window, as wrk counts them
             self.statuses[status] = self.statuses.get(status, 0) + 1
             if status == 200:
                 self.latencies.append(now - sent)

@@ -10,7 +10,8 @@ the measured figures are not disturbed by it. The collapsed stacks are summed up
   httptools' parsing, shows as the frame running the loop);
 - `top_self`: the functions most often innermost;
 - `top_project`: popsync's, the services' and the baseline's functions by the share of
-  samples they are anywhere on the stack of (inclusive), below the loop.
+  samples they are anywhere on the stack of (inclusive), below the loop; `project_files`
+  the same by source file.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def summarize(text: str) -> dict[str, Any]:
     by_package: Counter[str] = Counter()
     top_self: Counter[str] = Counter()
     project: Counter[str] = Counter()
+    files: Counter[str] = Counter()
     total = 0
     for line in text.splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -95,10 +97,10 @@ def summarize(text: str) -> dict[str, Any]:
         for function, path in frames[loop + 1 :]:  # the callbacks and tasks only
             owner = _package(path)
             if owner.startswith(("popsync", "services", "bench")):
-                name = f"{function} ({path})"
-                if name not in seen:
-                    seen.add(name)
-                    project[name] += count
+                for name, counter in ((f"{function} ({path})", project), (path, files)):
+                    if name not in seen:
+                        seen.add(name)
+                        counter[name] += count
 
     def shares(counter: Counter[str], top: int | None = None) -> dict[str, float]:
         return {k: round(v / total, 3) for k, v in counter.most_common(top) if v / total >= 0.005}
@@ -108,4 +110,5 @@ def summarize(text: str) -> dict[str, Any]:
         "by_package": shares(by_package),
         "top_self": shares(top_self, _TOP),
         "top_project": shares(project, _TOP),
+        "project_files": shares(files),
     }

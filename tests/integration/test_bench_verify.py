@@ -31,7 +31,7 @@ def test_the_harness_measures_floor_baseline_and_service(
 ) -> None:
     output = tmp_path / "verify.json"
     argv = ["--citizens", "2000", "--questions", "2000", "--duration", "1", "--warmup", "0.3"]
-    argv += ["--concurrency", "4", "--batch-concurrency", "1", "--no-profile"]
+    argv += ["--concurrency", "4", "--batch-concurrency", "1", "--workers", "1", "--no-profile"]
     argv += ["--output", str(output)]
     with server_workdir("bench-verify") as workdir:
         assert main([*argv, "--workdir", str(workdir)]) == 0
