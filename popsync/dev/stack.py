@@ -104,8 +104,48 @@ def remove_tree(path: Path) -> str | None:
     return None
 
 
-class WorkerProcess:
-    """One `popsync worker NAME` subprocess, its output in a log file.
+class ChildProcess:
+    """A `popsync …` subprocess configured only by `POPSYNC_*` variables, as in a
+    container, its output in a log file."""
+
+    def __init__(self, argv: list[str], settings: Settings, log_path: Path) -> None:
+        self.log_path = log_path
+        env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log_path.open("ab")
+        self.process = subprocess.Popen(  # noqa: S603 - fixed argv, our own CLI
+            [sys.executable, "-m", "popsync.cli", *argv],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches us; we stop our children in order
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 30) -> int | None:
+        """SIGTERM (a graceful drain), then SIGKILL after `timeout`; the exit code."""
+        if self.alive:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0fs; killing it", self.log_path.stem, timeout)
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self._log.close()
+
+
+class WorkerProcess(ChildProcess):
+    """One `popsync worker NAME` subprocess.
 
     Several workers share this host, so each gets a free port of its own on 127.0.0.1
     for its `/metrics`, `/healthz` and `/readyz` (`base_url`, `metrics_url`).
@@ -113,26 +153,12 @@ class WorkerProcess:
 
     def __init__(self, name: WorkerName, settings: Settings, log_path: Path) -> None:
         self.name = name
-        self.log_path = log_path
         self.port = free_port()
         endpoint = {"bind_host": LOCALHOST, "port": self.port}
         settings = settings.model_copy(
             update={"observability": settings.observability.model_copy(update=endpoint)}
         )
-        env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = log_path.open("ab")
-        self.process = subprocess.Popen(  # noqa: S603 - fixed argv, our own CLI
-            [sys.executable, "-m", "popsync.cli", "worker", name],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches us; we stop workers in order
-        )
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
+        super().__init__(["worker", name], settings, log_path)
 
     @property
     def target(self) -> str:
@@ -147,48 +173,16 @@ class WorkerProcess:
     def metrics_url(self) -> str:
         return f"{self.base_url}/metrics"
 
-    def stop(self, timeout: float = 30) -> int | None:
-        """SIGTERM, then SIGKILL after `timeout`; the exit code."""
-        if self.alive:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("worker %s did not stop in %.0fs; killing it", self.name, timeout)
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
 
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
-        self._log.close()
-
-
-class ServiceProcess:
-    """One `popsync serve` subprocess (the verification service), its output in a log file,
-    on a free port of 127.0.0.1 (`base_url`)."""
+class ServiceProcess(ChildProcess):
+    """One `popsync serve` subprocess (the verification service) on 127.0.0.1, on `port`
+    or a free one (`base_url`)."""
 
     def __init__(self, settings: Settings, log_path: Path, port: int | None = None) -> None:
-        self.log_path = log_path
         self.port = port or free_port()
         serve = settings.serve.model_copy(update={"bind_host": LOCALHOST, "port": self.port})
         self.settings = settings.model_copy(update={"serve": serve})
-        env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = log_path.open("ab")
-        self.process = subprocess.Popen(  # noqa: S603 - fixed argv, our own CLI
-            [sys.executable, "-m", "popsync.cli", "serve"],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
+        super().__init__(["serve"], self.settings, log_path)
 
     @property
     def base_url(self) -> str:
@@ -210,18 +204,6 @@ class ServiceProcess:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"popsync serve not ready within {timeout:g} s; see {self.log_path}")
-
-    def stop(self, timeout: float = 30) -> int | None:
-        """SIGTERM (a graceful drain), then SIGKILL after `timeout`; the exit code."""
-        if self.alive:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
 
 
 class EmbeddedStack:

@@ -125,7 +125,11 @@ def normalize_name(raw: str) -> str:
 
 # "đ"/"Đ" have no decomposition. U+00D0/U+00F0 (Ð/ð, eth) look identical to Đ/đ and turn
 # up in text converted from legacy Vietnamese encodings, so they are folded as well.
-_D_FOLD = str.maketrans({"đ": "d", "Đ": "d", "\u00d0": "d", "\u00f0": "d"})
+# The typographic apostrophe is folded to the ASCII one, as `normalize_name` stores it, so
+# "H’Hen" typed by a person matches "H'Hen" in the register.
+_D_FOLD = str.maketrans(
+    {"đ": "d", "Đ": "d", "\u00d0": "d", "\u00f0": "d", _TYPOGRAPHIC_APOSTROPHE: _APOSTROPHE}
+)
 
 
 def fold_for_matching(name: str) -> str:

@@ -15,7 +15,9 @@ A worker that stops on its own (drain, dead-letter limit) keeps its codes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TextIO
 
 import psycopg
 from confluent_kafka import KafkaError, KafkaException
@@ -27,7 +29,7 @@ from popsync.adapters.kafka.admin import (
 )
 from popsync.adapters.kafka.producer import DeliveryFailed
 from popsync.adapters.kafka.reader import TopicMissing, TopicReadError
-from popsync.adapters.postgres.database import DatabaseUnreachable
+from popsync.adapters.postgres.database import DatabaseUnreachable, DirectoryRefusal
 from popsync.settings import SettingsError, env_name
 
 EXIT_OK = 0
@@ -45,6 +47,18 @@ _SILENT_DETAILS = frozenset({"_TRANSPORT", "_TIMED_OUT", "_ALL_BROKERS_DOWN"})
 
 class UsageError(Exception):
     """What the command was given cannot be used (an input file that cannot be read, ...)."""
+
+
+def judged(action: Callable[[], int], err: TextIO, usage: tuple[type[Exception], ...] = ()) -> int:
+    """Run an operator's directory command: an error of a `usage` type is a usage error
+    (2); a DirectoryRefusal is one line on `err` and exit code 1."""
+    try:
+        return action()
+    except usage as exc:
+        raise UsageError(str(exc)) from None
+    except DirectoryRefusal as exc:
+        print(f"popsync: {exc}", file=err)
+        return EXIT_REFUSED
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ Exit codes (`popsync.ops.failures`): 0 done; 1 refused by the directory as it st
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,8 +23,7 @@ from typing import Any, TextIO
 import psycopg
 
 from popsync.adapters.postgres import partners as directory
-from popsync.adapters.postgres.database import connect
-from popsync.adapters.postgres.partners import DirectoryRefusal
+from popsync.adapters.postgres.database import DirectoryRefusal, connect
 from popsync.domain.pin import PinError, mask_pin, parse_pin
 from popsync.ops import failures
 from popsync.ops.review import ReviewError, operator_name
@@ -59,7 +59,7 @@ class PolicyRequest:
 
 
 def _checked_id(partner_id: str) -> str:
-    if not PARTNER_ID.match(partner_id):
+    if not PARTNER_ID.fullmatch(partner_id):
         raise failures.UsageError(
             f"partner id {partner_id!r}: 2-63 of a-z 0-9 -, starting with a letter or digit"
         )
@@ -68,7 +68,7 @@ def _checked_id(partner_id: str) -> str:
 
 def _purposes(given: Sequence[str]) -> frozenset[str]:
     purposes = frozenset(p.strip().upper() for p in given)
-    bad = sorted(p for p in purposes if not PURPOSE.match(p))
+    bad = sorted(p for p in purposes if not PURPOSE.fullmatch(p))
     if bad or not purposes:
         raise failures.UsageError(
             f"purpose {bad[0] if bad else '(none)'!r}: give at least one purpose code, "
@@ -107,7 +107,7 @@ def policy_of(request: PolicyRequest, current: Policy | None = None) -> Policy:
     )
     if not policy.purposes:
         raise failures.UsageError("give at least one --purpose")
-    if not policy.rate_per_second > 0 or policy.burst < 1 or policy.daily_quota < 0:
+    if not (0 < policy.rate_per_second < math.inf) or policy.burst < 1 or policy.daily_quota < 0:
         raise failures.UsageError("--rate must be > 0, --burst >= 1, --daily-quota >= 0")
     return policy
 
@@ -136,17 +136,12 @@ def describe_partner(partner: Partner, keys: Sequence[PartnerKey], used_today: i
 
 
 def _connect(settings: Settings) -> psycopg.Connection[Any]:
+    # Each change opens its own transaction (with its audit row).
     return connect(settings.postgres, autocommit=True)
 
 
 def _judged(action: Callable[[], int], err: TextIO) -> int:
-    try:
-        return action()
-    except ReviewError as exc:
-        raise failures.UsageError(str(exc)) from None
-    except DirectoryRefusal as exc:
-        print(f"popsync: {exc}", file=err)
-        return failures.EXIT_REFUSED
+    return failures.judged(action, err, usage=(ReviewError,))
 
 
 def add_partner(

@@ -30,7 +30,6 @@ import psycopg
 from popsync.adapters.postgres import publishers as directory
 from popsync.adapters.postgres.database import connect
 from popsync.adapters.postgres.publishers import (
-    DirectoryRefusal,
     InvalidEntry,
     NewKey,
     PublisherEntry,
@@ -94,14 +93,7 @@ def _connect(settings: Settings) -> psycopg.Connection[Any]:
 
 
 def _judged(action: Callable[[], int], err: TextIO) -> int:
-    """Run a command: bad input is a usage error (2), a refusal one line and exit code 1."""
-    try:
-        return action()
-    except (InvalidEntry, ReviewError, SigningKeyError) as exc:
-        raise failures.UsageError(str(exc)) from None
-    except DirectoryRefusal as exc:
-        print(f"popsync: {exc}", file=err)
-        return failures.EXIT_REFUSED
+    return failures.judged(action, err, usage=(InvalidEntry, ReviewError, SigningKeyError))
 
 
 # ----------------------------------------------------------------------------- publishers

@@ -72,10 +72,13 @@ class AuditTrail:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-writer")
 
     async def _run(self) -> None:
-        # Never cancelled: a cancel inside a COPY would drop the rows it carried.
+        # Stopped by `close`, never cancelled while it can finish: a cancel inside a COPY
+        # would leave its rows to `_flush_once`'s handler, but a finished COPY is cheaper.
         while not self._stopping.is_set():
+            failures = min(self._failures, len(_RETRY_SECONDS))
+            delay = _RETRY_SECONDS[failures - 1] if failures else self._flush_seconds
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._flush_seconds)
+                await asyncio.wait_for(self._stopping.wait(), delay)
             await self._flush_once()
 
     async def _flush_once(self) -> bool:
@@ -84,12 +87,13 @@ class AuditTrail:
         rows, self._pending = self._pending, []
         try:
             await self._append(rows)
-        except Exception as exc:  # kept and retried: the audit must not lose a row
+        except BaseException as exc:  # kept and retried (cancelled too): no row is lost
             self._pending[:0] = rows
+            if not isinstance(exc, Exception):
+                raise
             self._failures += 1
             metrics.AUDIT_WRITE_FAILURES.inc()
             log.warning("access audit: %d rows not written yet (%s)", len(rows), type(exc).__name__)
-            await asyncio.sleep(_RETRY_SECONDS[min(self._failures, len(_RETRY_SECONDS)) - 1])
             return False
         self._failures = 0
         metrics.AUDIT_ROWS_WRITTEN.inc(len(rows))
@@ -97,13 +101,22 @@ class AuditTrail:
         return True
 
     async def close(self, timeout: float) -> None:
-        """Stop the writer and write what is left, trying for up to `timeout` seconds."""
+        """Stop the writer and write what is left, trying for at most `timeout` seconds."""
         self._stopping.set()
-        if self._task is not None:
-            await self._task
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        if self._task is not None:
+            _, running = await asyncio.wait({self._task}, timeout=timeout)
+            for task in running:  # a write hanging past the deadline: its rows are kept
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         while self._pending and loop.time() < deadline:
-            await self._flush_once()
+            try:
+                written = await asyncio.wait_for(self._flush_once(), deadline - loop.time())
+            except TimeoutError:
+                break
+            if not written:
+                await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
         if self._pending:
             log.error("access audit: %d rows could not be written before exit", len(self._pending))

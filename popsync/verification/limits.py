@@ -62,7 +62,9 @@ class RateLimiter:
         now = self._clock()
         bucket = self._buckets.get(partner_id)
         if bucket is None or bucket.rate != policy.rate_per_second or bucket.burst != policy.burst:
-            tokens = float(policy.burst) if bucket is None else min(bucket.tokens, policy.burst)
+            # A changed policy keeps what the old bucket held, refilled up to now.
+            held = 0.0 if bucket is None else bucket.tokens + (now - bucket.at) * bucket.rate
+            tokens = float(policy.burst) if bucket is None else min(held, policy.burst)
             bucket = TokenBucket(policy.rate_per_second, policy.burst, tokens, now)
             self._buckets[partner_id] = bucket
         return bucket.take(now)

@@ -26,6 +26,8 @@ class _Request(BaseModel):
 def checked_pin(value: str) -> str:
     """The PIN if it is well formed (12 digits, a known province prefix, a gender/century
     digit); ValueError naming what is wrong otherwise (never echoing the value)."""
+    if value != value.strip():  # parse_pin strips; the PIN read and audited must be exact
+        raise ValueError("PIN_NOT_12_DIGITS: spaces around the PIN")
     try:
         parse_pin(value)
     except PinError as exc:

@@ -106,7 +106,7 @@ class PartnerDirectory:
     def authenticate(self, credential: str) -> Partner | None:
         """The partner whose key in force `credential` is; None for anything else, in
         the same time (see the module's docstring)."""
-        found = _CREDENTIAL.match(credential)
+        found = _CREDENTIAL.fullmatch(credential)
         key_id, secret = found.groups() if found else ("", "x" * 43)
         key = self._keys.get(key_id)
         expected = key.secret_hash if key is not None else self._decoy

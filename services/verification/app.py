@@ -26,7 +26,7 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from popsync.adapters.postgres import partners as tables
 from popsync.adapters.postgres.database import dsn_address, require_database
@@ -264,8 +264,6 @@ def create_app(settings: Settings, health: Health | None = None) -> FastAPI:
             return _response(await step())
         except Refused as refused:
             return _response(refused.reply())
-        except PoolTimeout:
-            return _response(_BUSY)
 
     @app.post(
         "/v1/verify",
@@ -326,12 +324,6 @@ def create_app(settings: Settings, health: Health | None = None) -> FastAPI:
     app.state.health = health
     return app
 
-
-_BUSY = Reply(
-    503,
-    error_body("database_busy", "no database connection free in time; retry shortly"),
-    {"Retry-After": "1"},
-)
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing, wrong or revoked API key"},

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
 from collections import Counter
@@ -24,6 +25,7 @@ from pydantic import TypeAdapter, ValidationError
 from popsync.adapters.postgres.partners import AuditRow
 from popsync.domain.pin import PinError
 from popsync.runtime import metrics
+from popsync.runtime.retry import is_infrastructure_error
 from popsync.verification.audit import AuditTrail, pin_hash
 from popsync.verification.comparison import CitizenRecord, ResultClass, compare, view
 from popsync.verification.limits import QuotaLedger, RateLimiter, quota_day, seconds_to_next_day
@@ -119,6 +121,15 @@ class Store:
     read_many: ReadMany
 
 
+_UNAVAILABLE = Refused(
+    503,
+    "database_unavailable",
+    "the central store did not answer in time; retry shortly",
+    "error",
+    headers={"Retry-After": "1"},
+)
+
+
 class VerificationService:
     """The partner directory as last read, the limits, the audit, and the steps."""
 
@@ -152,7 +163,7 @@ class VerificationService:
 
     @staticmethod
     def _purpose(partner: Partner, purpose: str | None) -> str:
-        if not purpose or not PURPOSE.match(purpose):
+        if not purpose or not PURPOSE.fullmatch(purpose):
             raise Refused(
                 422,
                 "purpose_required",
@@ -173,7 +184,7 @@ class VerificationService:
         wait = self.limiter.wait_needed(partner.partner_id, partner.policy)
         if wait > 0:
             metrics.PARTNER_REJECTIONS.labels(partner.partner_id, "rate_limit").inc()
-            seconds = max(1, int(wait + 0.999))
+            seconds = max(1, math.ceil(wait))
             raise Refused(
                 429,
                 "rate_limited",
@@ -212,10 +223,24 @@ class VerificationService:
 
     # ---------------------------------------------------------------------- endpoints
 
-    async def verify(self, credential: str, purpose: str | None, body: bytes) -> Reply:
-        started = time.perf_counter()
-        audit = _Audit(self, "verify", started)
+    async def _answer(self, audit: _Audit, steps: Callable[[], Awaitable[Reply]]) -> Reply:
+        """Run a request's steps; a refusal, or PostgreSQL failing (503), is audited too."""
         try:
+            return await steps()
+        except Refused as refused:
+            audit.refused(refused)
+            return refused.reply()
+        except Exception as exc:
+            if not is_infrastructure_error(exc):
+                raise  # a bug: the app answers 500 and logs it
+            log.warning("the central store failed a request (%s)", type(exc).__name__)
+            audit.refused(_UNAVAILABLE)
+            return _UNAVAILABLE.reply()
+
+    async def verify(self, credential: str, purpose: str | None, body: bytes) -> Reply:
+        audit = _Audit(self, "verify", time.perf_counter())
+
+        async def steps() -> Reply:
             partner = audit.partner = self._authenticate(credential)
             self._rate(partner)
             audit.purpose = self._purpose(partner, purpose)
@@ -226,19 +251,17 @@ class VerificationService:
             audit.pins = [request.pin]
             self._audit_room()
             await self._quota(partner, 1)
-            record = await self.store.read(request.pin)
-            answer, result = compare(request, record)
-        except Refused as refused:
-            audit.refused(refused)
-            return refused.reply()
-        metrics.VERIFY_ITEMS.labels("verify", result.value).inc()
-        audit.answered(200, [result])
-        return Reply(200, answer.model_dump_json().encode())
+            answer, result = compare(request, await self.store.read(request.pin))
+            metrics.VERIFY_ITEMS.labels("verify", result.value).inc()
+            audit.answered(200, [result])
+            return Reply(200, answer.model_dump_json().encode())
+
+        return await self._answer(audit, steps)
 
     async def verify_batch(self, credential: str, purpose: str | None, body: bytes) -> Reply:
-        started = time.perf_counter()
-        audit = _Audit(self, "verify_batch", started)
-        try:
+        audit = _Audit(self, "verify_batch", time.perf_counter())
+
+        async def steps() -> Reply:
             partner = audit.partner = self._authenticate(credential)
             self._rate(partner)
             audit.purpose = self._purpose(partner, purpose)
@@ -247,38 +270,23 @@ class VerificationService:
             self._audit_room()
             await self._quota(partner, len(batch.items))
             records = await self.store.read_many(sorted({item.pin for item in batch.items}))
-        except Refused as refused:
-            audit.refused(refused)
-            return refused.reply()
-        answers: list[VerifyAnswer] = []
-        results: list[ResultClass] = []
-        for item in batch.items:
-            answer, result = compare(item, records.get(item.pin))
-            answers.append(answer)
-            results.append(result)
-        for result, count in Counter(results).items():
-            metrics.VERIFY_ITEMS.labels("verify_batch", result.value).inc(count)
-        audit.answered(200, results)
-        return Reply(200, b'{"results":' + _ANSWERS.dump_json(answers) + b"}")
+            answers: list[VerifyAnswer] = []
+            results: list[ResultClass] = []
+            for item in batch.items:
+                answer, result = compare(item, records.get(item.pin))
+                answers.append(answer)
+                results.append(result)
+            for result, count in Counter(results).items():
+                metrics.VERIFY_ITEMS.labels("verify_batch", result.value).inc(count)
+            audit.answered(200, results)
+            return Reply(200, b'{"results":' + _ANSWERS.dump_json(answers) + b"}")
 
-    def _batch(self, body: bytes) -> VerifyBatchRequest:
-        try:
-            batch = VerifyBatchRequest.model_validate_json(body)
-        except ValidationError as exc:
-            raise invalid_body(exc) from None
-        if len(batch.items) > self._batch_max_items:
-            raise Refused(
-                422,
-                "batch_too_large",
-                f"items: {len(batch.items)} given, at most {self._batch_max_items} per batch",
-                "invalid",
-            )
-        return batch
+        return await self._answer(audit, steps)
 
     async def look_up(self, credential: str, purpose: str | None, pin: str) -> Reply:
-        started = time.perf_counter()
-        audit = _Audit(self, "citizen", started)
-        try:
+        audit = _Audit(self, "citizen", time.perf_counter())
+
+        async def steps() -> Reply:
             partner = audit.partner = self._authenticate(credential)
             self._rate(partner)
             audit.purpose = self._purpose(partner, purpose)
@@ -299,13 +307,26 @@ class VerificationService:
             record = await self.store.read(pin)
             if record is None:
                 raise Refused(404, "not_found", "no citizen has this PIN", "not_found")
-        except Refused as refused:
-            audit.refused(refused)
-            return refused.reply()
-        metrics.VERIFY_ITEMS.labels("citizen", ResultClass.FOUND.value).inc()
-        audit.answered(200, [ResultClass.FOUND])
-        shown = view(record, partner.policy.lookup_fields)
-        return Reply(200, shown.model_dump_json().encode())
+            metrics.VERIFY_ITEMS.labels("citizen", ResultClass.FOUND.value).inc()
+            audit.answered(200, [ResultClass.FOUND])
+            shown = view(record, partner.policy.lookup_fields)
+            return Reply(200, shown.model_dump_json().encode())
+
+        return await self._answer(audit, steps)
+
+    def _batch(self, body: bytes) -> VerifyBatchRequest:
+        try:
+            batch = VerifyBatchRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise invalid_body(exc) from None
+        if len(batch.items) > self._batch_max_items:
+            raise Refused(
+                422,
+                "batch_too_large",
+                f"items: {len(batch.items)} given, at most {self._batch_max_items} per batch",
+                "invalid",
+            )
+        return batch
 
     def hash_pin(self, pin: str) -> bytes:
         return pin_hash(self._audit_key, pin)

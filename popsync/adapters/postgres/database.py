@@ -29,6 +29,11 @@ class DatabaseUnreachable(ConnectionError):
         self.detail = detail
 
 
+class DirectoryRefusal(Exception):
+    """A directory (publishers, partners) as it stands refuses an operator's change: an
+    unknown or revoked id, a taken one. One line, no secrets."""
+
+
 def dsn_address(dsn: str) -> str:
     """host:port/database of a libpq DSN, without user or password, for messages."""
     try:

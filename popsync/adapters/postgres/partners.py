@@ -16,14 +16,10 @@ from typing import Any
 
 import psycopg
 
+from popsync.adapters.postgres.database import DirectoryRefusal
 from popsync.verification.comparison import RECORD_COLUMNS, CitizenRecord
 from popsync.verification.models import LookupField
 from popsync.verification.partners import Partner, PartnerDirectory, PartnerKey, Policy
-
-
-class DirectoryRefusal(Exception):
-    """The directory as it stands refuses the change (unknown id, already revoked, taken)."""
-
 
 # --------------------------------------------------------------------------- directory
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 
-from popsync.adapters.postgres.database import Database
+from popsync.adapters.postgres.database import Database, DirectoryRefusal
 from popsync.contract import models as m
 from popsync.domain import provinces
 from popsync.domain.authority import EVENT_AUTHORITY
@@ -37,10 +37,6 @@ _EVENT_TYPES = frozenset(t.value for t in m.EventType)
 
 class InvalidEntry(ValueError):
     """What was given cannot go into the directory (a usage error); one line, no secrets."""
-
-
-class DirectoryRefusal(Exception):
-    """The directory as it stands refuses the change (unknown id, already revoked, taken)."""
 
 
 # ----------------------------------------------------------------------------- validation

@@ -849,3 +849,27 @@ def test_the_directory_is_refreshed_and_kept_when_a_refresh_fails() -> None:
     asyncio.run(scenario())
     assert first is not fresh
     assert seen[:3] == [fresh, fresh, fresh]  # the failed refresh kept the last one
+
+
+def test_a_store_that_fails_is_a_503_and_is_audited_while_a_bug_still_raises() -> None:
+    import psycopg
+    import pytest
+
+    world = World()
+
+    async def unreachable(_: object) -> CitizenRecord | None:
+        raise psycopg.OperationalError("connection refused")
+
+    world.service.store = Store(unreachable, world.citizens.read_many)
+    reply = world.verify(MATCHING)
+    assert error_of(reply) == (503, "database_unavailable")
+    assert reply.headers == {"Retry-After": "1"}
+    (row,) = world.rows()
+    assert (row.status, row.result, row.pin_hash) == (503, "error", hashed(PIN))
+
+    async def buggy(_: object) -> CitizenRecord | None:
+        raise KeyError("a bug")
+
+    world.service.store = Store(buggy, world.citizens.read_many)
+    with pytest.raises(KeyError):
+        world.verify(MATCHING)
