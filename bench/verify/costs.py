@@ -195,7 +195,10 @@ def split(result: dict[str, Any]) -> dict[str, Any]:
                     "load_generator": round(load, 2),
                     "all": round(everything, 2),
                 },
-                "items_per_second_if_cpu_bound": round(cores * 1e6 / everything),
+                # The server's processes are at most `workers` cores: the service and the
+                # one-worker baseline cannot use the second one.
+                "server_cores": cpu["server_cores"],
+                "items_per_second_if_machine_bound": round(cores * 1e6 / everything),
                 "server_us_per_item_split": {
                     "fastapi_app_without_db": costs[app_key],
                     "driver_reads": driver,

@@ -140,6 +140,10 @@ def _run(options: Options, root: Path, say: Callable[[str], None]) -> dict[str, 
     result["costs_us"] = cost_model.measure(asked[:2000])
     result["goals"] = goals(result)
     result["cpu_split"] = cost_model.split(result)
+    result["profile_service_over_baseline"] = sampling.difference(
+        contenders.get("service", {}).get("profile"),
+        next((c.get("profile") for n, c in contenders.items() if n.startswith("baseline")), None),
+    )
     result["machine"] = machine(load_before)
     result["command"] = options.command
     result["measured_on"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -310,10 +314,17 @@ class _Bench:
             output.unlink(missing_ok=True)
             figures = self._point(server, path, items, best["connections"], sampled=output)
             text = output.read_text() if output.exists() else ""
+            summary = sampling.summarize(text)
+            server_us = figures["cpu"]["server_us_per_item"]
             profiled[kind] = {
                 "connections": best["connections"],
                 "items_per_second_while_sampled": figures["items_per_second"],
-                **sampling.summarize(text),
+                "server_us_per_item_while_sampled": server_us,
+                **summary,
+                "by_package_us_per_item": {
+                    package: round(share * server_us, 2)
+                    for package, share in summary["by_package"].items()
+                },
             }
         return profiled
 
@@ -375,6 +386,7 @@ def _cpu(figures: dict[str, Any], before: dict[str, Any], after: dict[str, Any])
         server = after["server"] - before["server"]
         busy += server
         cpu["server_seconds"] = round(server, 2)
+        cpu["server_cores"] = round(server / wall, 2)  # 1.0: one process's core, saturated
         system = after["server_system"] - before["server_system"]
         cpu["server_system_share"] = round(system / server, 3) if server > 0 else None
         cpu["server_us_per_request"] = round(server * 1e6 / requests, 1)

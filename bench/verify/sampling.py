@@ -1,6 +1,6 @@
 """Where a server's CPU goes, sampled by py-spy while the load runs (when py-spy is there).
 
-`py-spy record --nonblocking` samples the server's Python stacks (100 a second, idle
+`py-spy record --nonblocking` samples the server's Python stacks (200 a second, idle
 threads left out) during a point run for this purpose only, after the measured ones, so
 the measured figures are not disturbed by it. The collapsed stacks are summed up as:
 
@@ -40,7 +40,7 @@ def start(pid: int, seconds: float, output: Path) -> subprocess.Popen[bytes]:
     if spy is None:
         raise RuntimeError("py-spy is not installed")
     argv = [spy, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds)))]
-    argv += ["--rate", "100", "--nonblocking", "--subprocesses", "--format", "raw"]
+    argv += ["--rate", "200", "--nonblocking", "--subprocesses", "--format", "raw"]
     argv += ["--output", str(output)]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: S603
 
@@ -112,3 +112,27 @@ def summarize(text: str) -> dict[str, Any]:
         "top_project": shares(project, _TOP),
         "project_files": shares(files),
     }
+
+
+def difference(
+    service: dict[str, Any] | None, baseline: dict[str, Any] | None
+) -> dict[str, dict[str, float]]:
+    """Server CPU µs per item the service spends over the baseline, by package (positive:
+    more), from their sampled points; the largest differences first."""
+    if not service or not baseline:
+        return {}
+    result: dict[str, dict[str, float]] = {}
+    for kind, smallest in (("single", 1.0), ("batch", 0.1)):  # µs per item worth showing
+        if kind not in service or kind not in baseline:
+            continue
+        ours = service[kind]["by_package_us_per_item"]
+        theirs = baseline[kind]["by_package_us_per_item"]
+        deltas = {p: round(ours.get(p, 0.0) - theirs.get(p, 0.0), 2) for p in {*ours, *theirs}}
+        total = (
+            service[kind]["server_us_per_item_while_sampled"]
+            - baseline[kind]["server_us_per_item_while_sampled"]
+        )
+        ordered = sorted(deltas.items(), key=lambda item: -abs(item[1]))
+        result[kind] = {"all": round(total, 2)}
+        result[kind] |= {package: delta for package, delta in ordered if abs(delta) >= smallest}
+    return result

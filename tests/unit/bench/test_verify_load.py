@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.verify.load import Spec, build_spec, drive
-from bench.verify.sampling import summarize
+from bench.verify.sampling import difference, summarize
 from bench.verify.stats import latency_summary, percentile
 
 
@@ -123,3 +123,15 @@ def test_a_profile_counts_innermost_frames_and_project_frames_below_the_loop() -
         "verify (bench/verify/baseline.py)": 0.75,
         "read_citizen (popsync/adapters/postgres/partners.py)": 0.75,
     }
+
+
+def test_the_service_is_compared_with_the_baseline_package_by_package() -> None:
+    def sampled(us: float, by_package: dict[str, float]) -> dict[str, object]:
+        return {"server_us_per_item_while_sampled": us, "by_package_us_per_item": by_package}
+
+    service = {"single": sampled(400, {"psycopg": 150, "services.verification": 50})}
+    baseline = {"single": sampled(320, {"psycopg": 130, "fastapi": 30.5})}
+    assert difference(service, baseline) == {
+        "single": {"all": 80, "services.verification": 50, "fastapi": -30.5, "psycopg": 20}
+    }
+    assert difference(None, baseline) == {}
