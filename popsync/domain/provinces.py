@@ -220,9 +220,11 @@ def resolve_province(code: str) -> ProvinceResolution:
     )
 
 
+# Every 3-digit PIN prefix: "0" and a current or pre-merger admin code. A set, because every
+# PIN parsed (each event, each verification) asks.
+_PIN_PREFIXES = frozenset(f"0{code}" for code in (*CURRENT_PROVINCES, *LEGACY_PROVINCES))
+
+
 def is_known_pin_province(code3: str) -> bool:
     """True if ``code3`` is a valid 3-digit PIN province prefix (current or pre-merger)."""
-    if len(code3) != 3:
-        return False
-    admin = admin_code(code3)
-    return admin is not None and (admin in CURRENT_PROVINCES or admin in LEGACY_PROVINCES)
+    return code3 in _PIN_PREFIXES

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
@@ -25,7 +26,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from psycopg_pool import AsyncConnectionPool
 
 from popsync.adapters.postgres import partners as tables
@@ -122,8 +123,18 @@ class Guard:
             finally:
                 self.in_flight -= partner_facing
                 metrics.HTTP_IN_FLIGHT.set(self.in_flight)
-        metrics.HTTP_REQUESTS.labels(endpoint, str(status)).inc()
-        metrics.HTTP_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+        self._counted(endpoint, status).inc()
+        self._timed(endpoint).observe(time.perf_counter() - started)
+
+    # A metric's labels() costs a lock and a dict lookup each time: the children are kept
+    # (endpoints and status codes are few, so these stay small).
+    @functools.cache  # noqa: B019 - one Guard per process, for its lifetime
+    def _counted(self, endpoint: str, status: int) -> Counter:
+        return metrics.HTTP_REQUESTS.labels(endpoint, str(status))
+
+    @functools.cache  # noqa: B019
+    def _timed(self, endpoint: str) -> Histogram:
+        return metrics.HTTP_SECONDS.labels(endpoint)
 
 
 _OVERLOADED = Reply(
