@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bench.verify"
         profile=not args.no_profile,
         service_env=dict(args.service_env),
         workdir=args.workdir,
-        command=" ".join([prog, shlex.join(argv)]),
+        command=" ".join([prog, shlex.join(argv)]).strip(),
     )
     result = run(options, say=lambda line: print(line, file=sys.stderr, flush=True))
     text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
