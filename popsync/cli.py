@@ -196,6 +196,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print("popsync bench: needs a source checkout (bench/ beside popsync/)", file=sys.stderr)
         return 2
     sys.path.insert(0, str(checkout))
+    if args.bench_args[:1] == ["verify"]:  # `popsync bench verify …`: the read path's
+        from bench.verify.__main__ import main as verify_main
+
+        return verify_main(args.bench_args[1:], prog="popsync bench verify")
     from bench.pipeline.__main__ import main as bench_main
 
     return bench_main(args.bench_args)
@@ -674,7 +678,8 @@ def _add_dev_commands(sub: Subparsers) -> None:
     bench = sub.add_parser(
         "bench",
         help="throughput and latency: floor, naive and popsync on one stream "
-        "(options: popsync bench --help; e.g. popsync bench --events 100000)",
+        "(options: popsync bench --help; e.g. popsync bench --events 100000); "
+        "`popsync bench verify`: the verification service (popsync bench verify --help)",
         add_help=False,
     )
     bench.set_defaults(func=cmd_bench)
