@@ -13,13 +13,15 @@ generate:        ## regenerate pydantic models from schemas/avro
 	python -m popsync.contract.codegen
 docs:            ## regenerate docs/configuration.md and the topology blocks of README.md, docs/architecture.md
 	python -m popsync.dev.docs
-.PHONY: bench bench-matching bench-pipeline bench-refold bench-trust
-bench: bench-matching bench-pipeline bench-refold bench-trust  ## run every benchmark; figures in bench/results/ (see bench/README.md)
+.PHONY: bench bench-matching bench-pipeline bench-refold bench-trust bench-verify
+bench: bench-matching bench-pipeline bench-refold bench-trust bench-verify  ## run every benchmark; figures in bench/results/ (see bench/README.md)
 bench-matching:  ## record matching: precision, recall, review band -> bench/results/matching.json
 	python -m bench.matching
 bench-refold:  ## 6,000 reversed events of one citizen, and a bystander's latency -> bench/results/refold.json
 	python -m bench.refold
 bench-trust:  ## the validator's signature check, CPU per event -> bench/results/trust.json
 	python -m bench.trust
+bench-verify:  ## the verification service on 1,000,000 citizens: floor, baseline, service (~6 min) -> bench/results/verify.json
+	python -m bench.verify
 bench-pipeline:  ## floor, naive and popsync on 1,000,000 events (~30 min) -> bench/results/pipeline.json, .png
 	popsync bench
