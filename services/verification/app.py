@@ -296,8 +296,7 @@ def create_app(settings: Settings, health: Health | None = None) -> Front:
     )
 
     def directory_loaded() -> None:
-        if service.directory is not None:
-            health.directory_at = time.monotonic()
+        health.directory_at = time.monotonic()
         _update_pool_gauges(pool)
 
     @asynccontextmanager

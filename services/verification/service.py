@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import math
 import secrets
@@ -79,8 +80,6 @@ class Refused(Exception):
 
 
 def error_body(error: str, message: str, detail: list[dict[str, Any]] | None = None) -> bytes:
-    import json
-
     payload: dict[str, Any] = {"error": error, "message": message}
     if detail is not None:
         payload["detail"] = detail
@@ -150,7 +149,6 @@ class VerificationService:
         self.limiter = RateLimiter()
         self._audit_key = audit_key
         self._batch_max_items = batch_max_items
-        self._batch_items = TypeAdapter(list[Any])
 
     # ----------------------------------------------------------------------- the steps
 
@@ -385,14 +383,16 @@ async def refresh_forever(
     service: VerificationService,
     load: Callable[[], Awaitable[PartnerDirectory]],
     interval: float,
-    on_tick: Callable[[], None] | None = None,
+    on_loaded: Callable[[], None] | None = None,
 ) -> None:
-    """Re-read the partner directory every `interval`; keep the last one on failure."""
+    """Re-read the partner directory every `interval`; keep the last one on failure
+    (`on_loaded` runs after each read that succeeded: /readyz judges the directory's age)."""
     while True:
         try:
             service.directory = await load()
         except Exception as exc:  # the last directory stays; /readyz reports the age
             log.warning("partner directory not refreshed (%s)", type(exc).__name__)
-        if on_tick is not None:
-            on_tick()
+        else:
+            if on_loaded is not None:
+                on_loaded()
         await asyncio.sleep(interval)
