@@ -27,6 +27,7 @@ from typing import Any
 
 import psycopg
 
+from popsync.adapters.postgres.citizens import CITIZEN_COLUMNS
 from popsync.adapters.postgres.database import schema_sql
 from popsync.dev.simulate._random import below, between_ints
 from popsync.dev.simulate.geography import commune_code, current_of, pick_ethnicity, pick_unit
@@ -34,29 +35,9 @@ from popsync.dev.simulate.names import random_full_name
 from popsync.domain.names import fold_for_matching
 from popsync.domain.pin import Sex, make_pin
 
-# Every column of `citizens` but updated_at (its default), with its type, for COPY.
-COLUMNS = {
-    "pin": "text",
-    "version": "int8",
-    "full_name": "text",
-    "birth_date": "date",
-    "sex": "text",
-    "ethnicity": "text",
-    "nationality": "text",
-    "birthplace_province": "text",
-    "marital_status": "text",
-    "spouse_pin": "text",
-    "life_status": "text",
-    "death_date": "date",
-    "permanent_province": "text",
-    "permanent_commune": "text",
-    "temporary_province": "text",
-    "temporary_commune": "text",
-    "id_card_number": "text",
-    "snapshot": "jsonb",
-    "last_event_id": "text",
-    "last_event_at": "timestamptz",
-}
+# Every column of `citizens` but updated_at (its default), with its type, for COPY: the
+# store writer's own list.
+COLUMNS = CITIZEN_COLUMNS
 FIRST_YEAR, LAST_YEAR = 1930, 2024
 TODAY = datetime.date(2025, 12, 1)
 LOADED_AT = datetime.datetime(2025, 12, 1, 9, tzinfo=datetime.UTC)

@@ -18,12 +18,10 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TextIO
-
-import psycopg
+from typing import TextIO
 
 from popsync.adapters.postgres import partners as directory
-from popsync.adapters.postgres.database import DirectoryRefusal, connect
+from popsync.adapters.postgres.database import DirectoryRefusal, operator_connection
 from popsync.domain.pin import PinError, mask_pin, parse_pin
 from popsync.ops import failures
 from popsync.ops.review import ReviewError, operator_name
@@ -135,11 +133,6 @@ def describe_partner(partner: Partner, keys: Sequence[PartnerKey], used_today: i
     )
 
 
-def _connect(settings: Settings) -> psycopg.Connection[Any]:
-    # Each change opens its own transaction (with its audit row).
-    return connect(settings.postgres, autocommit=True)
-
-
 def _judged(action: Callable[[], int], err: TextIO) -> int:
     return failures.judged(action, err, usage=(ReviewError,))
 
@@ -158,7 +151,7 @@ def add_partner(
         who = operator_name(operator)
         policy = policy_of(request)
         issued = issue_key(_checked_id(partner_id))
-        with _connect(settings) as conn:
+        with operator_connection(settings.postgres) as conn:
             directory.add_partner(
                 conn, partner_id, display_name or partner_id, policy, issued.key, who
             )
@@ -172,7 +165,7 @@ def add_partner(
 
 def list_partners(settings: Settings, *, out: TextIO) -> int:
     today = quota_day(datetime.now(UTC))
-    with _connect(settings) as conn:
+    with operator_connection(settings.postgres) as conn:
         entries = directory.list_partners(conn)
         for partner, keys in entries:
             used = directory.usage(conn, partner.partner_id, today)
@@ -193,7 +186,7 @@ def set_policy(
 ) -> int:
     def run() -> int:
         who = operator_name(operator)
-        with _connect(settings) as conn:
+        with operator_connection(settings.postgres) as conn:
             current = directory.find_partner(conn, partner_id)
             if current is None:
                 raise DirectoryRefusal(f"no partner {partner_id!r} (see `popsync partners list`)")
@@ -212,7 +205,7 @@ def new_key(
     def run() -> int:
         who = operator_name(operator)
         issued = issue_key(_checked_id(partner_id))
-        with _connect(settings) as conn:
+        with operator_connection(settings.postgres) as conn:
             directory.add_key(conn, issued.key, who)
         print(f"partner {partner_id}: new key {issued.key.key_id}", file=out)
         print(f"api key: {issued.credential}", file=out)
@@ -233,7 +226,7 @@ def revoke_key(
 ) -> int:
     def run() -> int:
         who = operator_name(operator)
-        with _connect(settings) as conn:
+        with operator_connection(settings.postgres) as conn:
             directory.revoke_key(conn, partner_id, key_id, who)
         print(f"partner {partner_id}: key {key_id} revoked", file=out)
         return failures.EXIT_OK
@@ -246,7 +239,7 @@ def revoke_partner(
 ) -> int:
     def run() -> int:
         who = operator_name(operator)
-        with _connect(settings) as conn:
+        with operator_connection(settings.postgres) as conn:
             keys = directory.revoke_partner(conn, partner_id, who)
         print(
             f"partner {partner_id} revoked with its keys {','.join(keys) or '(none in force)'}; "
@@ -272,7 +265,7 @@ def audit_citizen(settings: Settings, pin: str, since: datetime | None, *, out: 
         raise failures.UsageError(
             "POPSYNC_SERVE__AUDIT_KEY: not set (or too short); use the service's audit key"
         )
-    with _connect(settings) as conn:
+    with operator_connection(settings.postgres) as conn:
         rows = directory.accesses(conn, pin_hash(key.get_secret_value().encode(), pin), since)
     print(f"citizen {mask_pin(pin)}: {len(rows)} access(es) recorded", file=out)
     for row in rows:

@@ -23,12 +23,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
-
-import psycopg
+from typing import TextIO
 
 from popsync.adapters.postgres import publishers as directory
-from popsync.adapters.postgres.database import connect
+from popsync.adapters.postgres.database import operator_connection
 from popsync.adapters.postgres.publishers import (
     InvalidEntry,
     NewKey,
@@ -87,11 +85,6 @@ def describe_publisher(entry: PublisherEntry, now: datetime) -> str:
     )
 
 
-def _connect(settings: Settings) -> psycopg.Connection[Any]:
-    # Each change opens its own transaction (with its audit row).
-    return connect(settings.postgres, autocommit=True)
-
-
 def _judged(action: Callable[[], int], err: TextIO) -> int:
     return failures.judged(action, err, usage=(InvalidEntry, ReviewError, SigningKeyError))
 
@@ -128,7 +121,7 @@ def add_publisher(
         entry = directory.publisher_entry(
             request.publisher_id, request.kind, request.provinces, types
         )
-        with _connect(settings) as conn:
+        with operator_connection(settings.postgres) as conn:
             directory.add_publisher(conn, entry, who)
         print(
             f"added publisher {entry.publisher_id}  {kind_name(entry.kind)}  provinces "
@@ -142,7 +135,7 @@ def add_publisher(
 
 
 def list_publishers(settings: Settings, *, out: TextIO) -> int:
-    with _connect(settings) as conn:
+    with operator_connection(settings.postgres) as conn:
         entries = directory.list_publishers(conn)
     now = datetime.now(UTC)
     active = sum(1 for entry in entries if entry.publisher.revoked_at is None)
@@ -153,7 +146,7 @@ def list_publishers(settings: Settings, *, out: TextIO) -> int:
 
 
 def show_publisher(settings: Settings, publisher_id: str, *, out: TextIO, err: TextIO) -> int:
-    with _connect(settings) as conn:
+    with operator_connection(settings.postgres) as conn:
         entry = directory.find_publisher(conn, publisher_id)
     if entry is None:
         print(f"popsync: no publisher {publisher_id!r} (see `popsync publishers list`)", file=err)
@@ -175,7 +168,7 @@ def revoke_publisher(
 ) -> int:
     def run() -> int:
         who = operator_name(operator)
-        with _connect(settings) as conn:
+        with operator_connection(settings.postgres) as conn:
             keys = directory.revoke_publisher(conn, publisher_id, who)
         revoked = ", ".join(keys) or "none"
         print(f"revoked publisher {publisher_id} and its keys from now: {revoked}", file=out)
@@ -287,7 +280,7 @@ def add_key(
     def run() -> int:
         who = operator_name(operator)
         key = new_key(request, datetime.now(UTC))
-        with _connect(settings) as conn:
+        with operator_connection(settings.postgres) as conn:
             added = directory.add_key(conn, request.publisher_id, key, who)
         print(_added_line(added), file=out)
         return failures.EXIT_OK
@@ -324,7 +317,7 @@ def rotate_key(
         key = NewKey(signer.key_id, signer.public_key)
         _write_key_file(signer, output)
         try:
-            with _connect(settings) as conn:
+            with operator_connection(settings.postgres) as conn:
                 rotation = directory.rotate(conn, publisher_id, key, who, old_valid_until)
         except BaseException:
             output.unlink(missing_ok=True)
@@ -348,7 +341,7 @@ def revoke_key(
 ) -> int:
     def run() -> int:
         who = operator_name(operator)
-        with _connect(settings) as conn:
+        with operator_connection(settings.postgres) as conn:
             publisher_id = directory.revoke_key(conn, key_id, who)
         print(f"revoked key {key_id} of {publisher_id} from now", file=out)
         return failures.EXIT_OK

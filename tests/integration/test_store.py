@@ -353,7 +353,7 @@ def test_sync_state_rows_of_an_earlier_release_read_back_without_a_fold(
 @pytest.mark.parametrize(
     ("table", "columns"),
     [
-        ("citizens", citizens._CITIZEN_COLUMNS),
+        ("citizens", citizens.CITIZEN_COLUMNS),
         ("citizen_history", citizens._HISTORY_COLUMNS),
         ("citizen_conflicts", citizens._CONFLICT_COLUMNS),
         ("sync_citizen_state", sync_state._SYNC_STATE_COLUMNS),

@@ -23,7 +23,7 @@ from popsync.adapters.postgres.database import Database, copy_rows
 from popsync.contract import models as m
 
 # Staged columns and their types: the binary COPY needs them (see `copy_rows`).
-_CITIZEN_COLUMNS = {
+CITIZEN_COLUMNS = {
     "pin": "text",
     "version": "int8",
     "full_name": "text",
@@ -86,10 +86,10 @@ _STAGE_ROWS = """
         ON COMMIT DELETE ROWS;
 """
 _UPSERT_CITIZENS = f"""
-    INSERT INTO citizens ({", ".join(_CITIZEN_COLUMNS)})
-    SELECT {", ".join(_CITIZEN_COLUMNS)} FROM pg_temp.stage_citizens ORDER BY pin
+    INSERT INTO citizens ({", ".join(CITIZEN_COLUMNS)})
+    SELECT {", ".join(CITIZEN_COLUMNS)} FROM pg_temp.stage_citizens ORDER BY pin
     ON CONFLICT (pin) DO UPDATE SET
-        {", ".join(f"{c} = excluded.{c}" for c in _CITIZEN_COLUMNS if c != "pin")},
+        {", ".join(f"{c} = excluded.{c}" for c in CITIZEN_COLUMNS if c != "pin")},
         updated_at = now()
     WHERE citizens.version < excluded.version
 """  # noqa: S608 - column names are constants above
@@ -304,7 +304,7 @@ class CitizenStore:
         moves: list[str] = []
         for table, columns, staged, move in (
             ("stage_history", _HISTORY_COLUMNS, rows.history, _INSERT_HISTORY),
-            ("stage_citizens", _CITIZEN_COLUMNS, rows.citizens, _UPSERT_CITIZENS),
+            ("stage_citizens", CITIZEN_COLUMNS, rows.citizens, _UPSERT_CITIZENS),
             ("stage_conflicts", _CONFLICT_COLUMNS, rows.conflicts, _UPSERT_CONFLICTS),
         ):
             if staged:

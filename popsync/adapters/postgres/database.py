@@ -63,6 +63,12 @@ def connect(settings: PostgresSettings, **options: Any) -> psycopg.Connection[An
         raise DatabaseUnreachable(dsn_address(dsn), waited, _reason(exc)) from exc
 
 
+def operator_connection(settings: PostgresSettings) -> psycopg.Connection[Any]:
+    """A connection for operators' commands: autocommit, since each change opens its own
+    transaction (with its audit row)."""
+    return connect(settings, autocommit=True)
+
+
 def require_database(settings: PostgresSettings) -> None:
     """Raise DatabaseUnreachable unless a connection can be made now."""
     connect(settings).close()

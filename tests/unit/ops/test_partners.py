@@ -33,15 +33,15 @@ PIN = "079090000123"
 
 
 class Unreachable(Exception):
-    """What the tests' `_connect` raises: nothing may get that far."""
+    """What the tests' `operator_connection` raises: nothing may get that far."""
 
 
 @pytest.fixture
 def no_database(monkeypatch: pytest.MonkeyPatch) -> None:
-    def connect(settings: Settings) -> None:
+    def connect(settings: object) -> None:
         raise Unreachable
 
-    monkeypatch.setattr(ops, "_connect", connect)
+    monkeypatch.setattr(ops, "operator_connection", connect)
 
 
 # ------------------------------------------------------------------------- policies

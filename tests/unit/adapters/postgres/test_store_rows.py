@@ -11,9 +11,9 @@ from psycopg.types.json import Jsonb, JsonbBinaryDumper
 
 from popsync.adapters.postgres import citizens
 from popsync.adapters.postgres.citizens import (
-    _CITIZEN_COLUMNS,
     _CONFLICT_COLUMNS,
     _HISTORY_COLUMNS,
+    CITIZEN_COLUMNS,
     _batch_rows,
 )
 from popsync.contract import models as m
@@ -59,7 +59,7 @@ def conflict(event_id: str, message: str, seconds: int = 0) -> m.MergeConflict:
 
 def test_rows_match_the_staged_columns() -> None:
     rows = _batch_rows([update(1, "An"), conflict("e", "open")])
-    assert [len(r) for r in rows.citizens] == [len(_CITIZEN_COLUMNS)]
+    assert [len(r) for r in rows.citizens] == [len(CITIZEN_COLUMNS)]
     assert [len(r) for r in rows.history] == [len(_HISTORY_COLUMNS)]
     assert [len(r) for r in rows.conflicts] == [len(_CONFLICT_COLUMNS)]
 
@@ -158,7 +158,7 @@ def test_the_jsonb_columns_are_the_json_mode_dump_of_the_snapshot() -> None:
         (citizen,) = rows.citizens
         (history,) = rows.history
         dumped = snapshot.model_dump(mode="json")
-        assert sent(citizen[list(_CITIZEN_COLUMNS).index("snapshot")]) == dumped
+        assert sent(citizen[list(CITIZEN_COLUMNS).index("snapshot")]) == dumped
         assert sent(history[list(_HISTORY_COLUMNS).index("changes")]) == {
             name: dumped[name] for name in changed
         }
