@@ -263,6 +263,16 @@ class ServeSettings(_Section):
     batch_max_items: int = Field(
         1000, ge=1, le=10_000, description="Most items of one POST /v1/verify/batch"
     )
+    max_questions_per_pin: int = Field(
+        20,
+        ge=1,
+        description="Verifications one partner may ask about one PIN a day (per process): "
+        "a PIN holds its birth year, so its birth date could be found by trying 365 days; "
+        "this turns that into weeks, in the audit",
+    )
+    body_timeout_seconds: float = Field(
+        10.0, gt=0, description="Longest time a request's body may take to arrive (then 408)"
+    )
     partner_refresh_seconds: float = Field(
         5.0,
         gt=0,

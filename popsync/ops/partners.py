@@ -257,7 +257,7 @@ def revoke_partner(
 def audit_citizen(settings: Settings, pin: str, since: datetime | None, *, out: TextIO) -> int:
     """Who asked about the citizen with `pin`, when, why and what they got."""
     try:
-        parse_pin(pin)
+        pin = parse_pin(pin).value  # as the service hashed it: no spaces around
     except PinError as exc:
         raise failures.UsageError(f"PIN {mask_pin(pin)}: {exc}") from None
     key = settings.serve.audit_key

@@ -165,6 +165,11 @@ AUDIT_BACKLOG = Gauge(
     "popsync_audit_backlog", "Access-audit rows answered but not yet written to PostgreSQL."
 )
 AUDIT_ROWS_WRITTEN = Counter("popsync_audit_rows_written_total", "Access-audit rows written.")
+AUDIT_ROWS_DROPPED = Counter(
+    "popsync_audit_rows_dropped_total",
+    "Audit rows of refused requests dropped because the backlog was full (PostgreSQL down "
+    "or slow): no answer is given then, but the refusals themselves go unrecorded.",
+)
 AUDIT_WRITE_FAILURES = Counter(
     "popsync_audit_write_failures_total",
     "Failed writes of access-audit rows (they are kept and written again).",

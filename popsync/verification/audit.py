@@ -11,7 +11,8 @@ does not wait for its own INSERT. What that costs, said plainly: a process kille
 SIGKILL loses the rows of its last flush interval (50 ms by default); a graceful stop
 writes them all. While PostgreSQL cannot take them the rows wait in memory, and past
 `audit_max_backlog` the service refuses requests (503): it answers nothing it could not
-audit.
+audit; the rows of those refusals are then dropped and counted
+(`popsync_audit_rows_dropped_total`).
 """
 
 from __future__ import annotations
@@ -64,7 +65,14 @@ class AuditTrail:
         """False while writes fail or the backlog is past half its limit."""
         return self._failures == 0 and len(self._pending) < self._max_backlog // 2
 
-    def record(self, rows: Sequence[AuditRow]) -> None:
+    def record(self, rows: Sequence[AuditRow], *, answered: bool = True) -> None:
+        """Keep `rows` to write. The rows of an answer are always kept (an answer is
+        refused before it is given once the backlog is `full`, so these are bounded by
+        the requests in flight). A refusal's rows are dropped and counted past the limit:
+        a flood of bad credentials while PostgreSQL is down must not fill the memory."""
+        if not answered and len(self._pending) >= self._max_backlog:
+            metrics.AUDIT_ROWS_DROPPED.inc(len(rows))
+            return
         self._pending.extend(rows)
         metrics.AUDIT_BACKLOG.set(len(self._pending))
 

@@ -8,9 +8,10 @@
 
 A partner verifies; it does not look up. So a PIN that does not exist and a PIN whose
 citizen matches neither the name nor the birth date given get the same answer: every
-attribute `no_match`, `alive` null. Only when the name or the birth date matches are the
-other attributes compared (sex is written in the PIN itself, so its match alone would
-tell that the PIN exists), and `alive` is told only when both match.
+attribute `no_match`, `alive` null, after the same work. Sex and residence are compared
+only when the name matches (sex is written in the PIN itself, and a birth date can be
+found by trying the 365 days of the PIN's year), and `alive` is told only when the name
+and the birth date both match.
 """
 
 from __future__ import annotations
@@ -77,28 +78,56 @@ def _given(request: VerifyRequest) -> list[str]:
     return [name for name in names if getattr(request, name) is not None]
 
 
+# What a PIN without a citizen is compared with: the same folds and comparisons as for a
+# citizen who matches nothing, so that an answer's time does not tell whether the PIN
+# exists (its result is thrown away).
+_DECOY = CitizenRecord(
+    pin="",
+    full_name="Nguyễn Thị Thanh Hương",
+    birth_date=None,
+    sex=None,
+    life_status="",
+    death_date=None,
+    nationality=None,
+    ethnicity=None,
+    birthplace_province=None,
+    marital_status="",
+    permanent_province=None,
+    permanent_commune=None,
+    temporary_province=None,
+    temporary_commune=None,
+    id_card_number=None,
+)
+
+
 def compare(
     request: VerifyRequest, record: CitizenRecord | None
 ) -> tuple[VerifyAnswer, ResultClass]:
     """The answer to one verification, and its class for the audit."""
     asked = _given(request)
-    if record is None:
-        return _nothing_matches(asked), ResultClass.NOT_FOUND
+    stored = record if record is not None else _DECOY
     checks: dict[str, bool] = {}
     if request.full_name is not None:
-        checks["full_name"] = _name_matches(request.full_name, record.full_name)
+        checks["full_name"] = _name_matches(request.full_name, stored.full_name)
     if request.birth_date is not None:
-        checks["birth_date"] = request.birth_date == record.birth_date
+        checks["birth_date"] = request.birth_date == stored.birth_date
+    if record is None:
+        return _nothing_matches(asked), ResultClass.NOT_FOUND
     if not (checks.get("full_name") or checks.get("birth_date")):
         return _nothing_matches(asked), ResultClass.NO_MATCH
+    # Sex and residence only for a partner who knows the name: the birth year is in the PIN,
+    # so a birth date can be found by trying 365 days, and must not open the rest.
+    named = checks.get("full_name") is True
     if request.sex is not None:
-        checks["sex"] = request.sex.value == record.sex
+        checks["sex"] = named and request.sex.value == record.sex
     if request.residence is not None:
         residence = request.residence
-        checks["residence"] = residence.province == record.permanent_province and (
-            residence.commune is None or residence.commune == record.permanent_commune
+        checks["residence"] = (
+            named
+            and residence.province == record.permanent_province
+            and (residence.commune is None or residence.commune == record.permanent_commune)
         )
-    identified = checks.get("full_name") is True and checks.get("birth_date") is True
+    identified = named and checks.get("birth_date") is True
     answer = VerifyAnswer(
         attributes={name: Match.MATCH if ok else Match.NO_MATCH for name, ok in checks.items()},
         alive=(record.life_status == _ALIVE) if identified else None,

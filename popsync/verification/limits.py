@@ -15,7 +15,8 @@ import asyncio
 import datetime
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from popsync.verification.partners import Policy
@@ -73,19 +74,28 @@ class RateLimiter:
 Lease = Callable[[str, datetime.date, int, int], Awaitable[int]]
 
 
+# After the quota ran out, how long before this process asks PostgreSQL again: another
+# process may return nothing, but an operator may have raised the quota.
+EXHAUSTED_RECHECK_SECONDS = 60.0
+
+
 @dataclass
 class _Allowance:
     day: datetime.date
+    quota: int
     items: int = 0
-    exhausted: bool = False
+    exhausted_at: float | None = None  # monotonic time the lease came back short
 
 
 class QuotaLedger:
     """What this process may still spend of each partner's daily quota, leased from
     PostgreSQL (`lease(partner, day, want, quota) -> granted`)."""
 
-    def __init__(self, lease: Lease, lease_size: int) -> None:
+    def __init__(
+        self, lease: Lease, lease_size: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._lease = lease
+        self._clock = clock
         self._lease_size = lease_size
         self._allowances: dict[str, _Allowance] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -93,22 +103,55 @@ class QuotaLedger:
     async def spend(self, partner_id: str, items: int, quota: int, day: datetime.date) -> bool:
         """Spend `items` of today's quota; False (nothing spent) if it does not allow them."""
         allowance = self._allowances.get(partner_id)
-        if allowance is None or allowance.day != day:
-            allowance = self._allowances[partner_id] = _Allowance(day)
+        if allowance is None or allowance.day != day or allowance.quota != quota:
+            # A new day, or a changed policy: lease again (what is held stays held).
+            held = 0 if allowance is None or allowance.day != day else allowance.items
+            allowance = self._allowances[partner_id] = _Allowance(day, quota, held)
         if allowance.items >= items:
             allowance.items -= items
             return True
-        if allowance.exhausted:
+        now = self._clock()
+        recently = allowance.exhausted_at is not None and (
+            now - allowance.exhausted_at < EXHAUSTED_RECHECK_SECONDS
+        )
+        if recently:
             return False
         # One lease at a time per partner: concurrent requests wait for it, not lease twice.
         lock = self._locks.setdefault(partner_id, asyncio.Lock())
         async with lock:
-            if allowance.items < items and not allowance.exhausted:
+            if allowance.items < items:
                 want = max(self._lease_size, items - allowance.items)
                 granted = await self._lease(partner_id, day, want, quota)
                 allowance.items += granted
-                allowance.exhausted = granted < want
+                allowance.exhausted_at = self._clock() if granted < want else None
         if allowance.items >= items:
             allowance.items -= items
             return True
         return False
+
+
+class RepeatGuard:
+    """At most `limit` verifications a day of one PIN by one partner, in this process.
+
+    Kept for the `capacity` most recent (partner, PIN) pairs (least recently asked go
+    first): about 40 MB at the default. A batch is allowed whole or not at all.
+    """
+
+    def __init__(self, limit: int, capacity: int = 200_000) -> None:
+        self._limit = limit
+        self._capacity = capacity
+        self._counts: OrderedDict[tuple[str, str], tuple[datetime.date, int]] = OrderedDict()
+
+    def allow(self, partner_id: str, pins: Sequence[str], day: datetime.date) -> bool:
+        counts = self._counts
+        keys = [(partner_id, pin) for pin in pins]
+        current = [counts.get(key) for key in keys]
+        asked = [n if seen == day else 0 for seen, n in (c or (day, 0) for c in current)]
+        if any(n >= self._limit for n in asked):
+            return False
+        for key, n in zip(keys, asked, strict=True):
+            counts[key] = (day, n + 1)
+            counts.move_to_end(key)
+        while len(counts) > self._capacity:
+            counts.popitem(last=False)
+        return True

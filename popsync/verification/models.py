@@ -73,8 +73,24 @@ class VerifyRequest(_Request):
         return self
 
 
+# Parsing stops past this many items, whatever the settings allow (POPSYNC_SERVE__
+# BATCH_MAX_ITEMS is at most this): a large body of small bad items must not cost the
+# process seconds of CPU building errors.
+MAX_BATCH_ITEMS = 10_000
+
+
 class VerifyBatchRequest(_Request):
-    items: Annotated[list[VerifyRequest], Field(min_length=1)]
+    items: Annotated[list[VerifyRequest], Field(min_length=1, max_length=MAX_BATCH_ITEMS)]
+
+    @model_validator(mode="after")
+    def _each_pin_once(self) -> VerifyBatchRequest:
+        # The same PIN many times in one batch would try many birth dates at once.
+        first: dict[str, int] = {}
+        for index, item in enumerate(self.items):
+            seen = first.setdefault(item.pin, index)
+            if seen != index:
+                raise ValueError(f"items {seen} and {index} ask about the same PIN; ask once")
+        return self
 
 
 class Match(StrEnum):

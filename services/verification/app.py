@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import signal
 import socket
 import time
@@ -36,7 +37,7 @@ from popsync.runtime import metrics
 from popsync.settings import ServeSettings, Settings
 from popsync.verification.audit import MIN_KEY_CHARS, AuditTrail
 from popsync.verification.comparison import CitizenRecord
-from popsync.verification.limits import QuotaLedger
+from popsync.verification.limits import QuotaLedger, RepeatGuard
 from popsync.verification.models import (
     CitizenView,
     ErrorBody,
@@ -57,8 +58,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-READY_CHECK_SECONDS = 1.0  # /readyz asks PostgreSQL at most this often
-STALE_DIRECTORY_FACTOR = 3  # a directory older than 3 refresh intervals is not ready
+READY_CHECK_SECONDS = 1.0  # /readyz asks PostgreSQL itself only after this long unanswered
+# A directory not re-read for 3 refresh intervals (+5 s) is stale: /readyz fails and
+# requests are refused (503), since it may still hold a revoked key.
+STALE_DIRECTORY_FACTOR = 3
 
 
 def audit_key(settings: ServeSettings) -> bytes:
@@ -101,6 +104,7 @@ class Front:
         self.service = service
         self.max_in_flight = serve.max_in_flight
         self.max_body_bytes = serve.max_body_bytes
+        self.body_timeout = serve.body_timeout_seconds
         self.in_flight = 0
 
     def openapi(self) -> dict[str, Any]:
@@ -155,7 +159,23 @@ class Front:
             if endpoint == "citizen":
                 pin = scope["path"].removeprefix("/v1/citizens/")
                 return await self.service.look_up(credential, purpose, pin)
-            body = await _body(receive, headers.get(b"content-length"), self.max_body_bytes)
+            body = b""
+            # The body only for a credential in force: anyone else is refused (401) without
+            # holding an admission slot while a body trickles in.
+            if self.service.known(credential):
+                limit = self.max_body_bytes
+                if endpoint == "verify":
+                    limit = min(limit, _ONE_BODY_BYTES)
+                try:
+                    async with asyncio.timeout(self.body_timeout):
+                        body = await _body(receive, headers.get(b"content-length"), limit)
+                except TimeoutError:
+                    raise Refused(
+                        408,
+                        "body_timeout",
+                        f"body not received in {self.body_timeout:g} s",
+                        "invalid",
+                    ) from None
             if endpoint == "verify":
                 return await self.service.verify(credential, purpose, body)
             return await self.service.verify_batch(credential, purpose, body)
@@ -199,6 +219,9 @@ async def _body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
             return b"".join(chunks)
 
 
+# A single verification's body is a few hundred bytes; only batches need more.
+_ONE_BODY_BYTES = 16_384
+
 _INTERNAL = Reply(500, error_body("internal", "internal error; the operators are told"))
 _OVERLOADED = Reply(
     503,
@@ -234,19 +257,24 @@ class Health:
     """What /healthz and /readyz answer from."""
 
     draining: bool = False
-    directory_at: float | None = None
-    database_ok: bool = False
-    database_checked: float = 0.0
+    directory_loaded: bool = False
+    database_answered: float = -math.inf  # monotonic time of PostgreSQL's last answer
 
 
-def _pool_store(pool: AsyncConnectionPool[Any]) -> Store:
+def _pool_store(pool: AsyncConnectionPool[Any], health: Health) -> Store:
+    """Reads on the pool; each that succeeds tells /readyz that PostgreSQL answers."""
+
     async def read(pin: str) -> CitizenRecord | None:
         async with pool.connection() as conn:
-            return await tables.read_citizen(conn, pin)
+            record = await tables.read_citizen(conn, pin)
+        health.database_answered = time.monotonic()
+        return record
 
     async def read_many(pins: Sequence[str]) -> dict[str, CitizenRecord]:
         async with pool.connection() as conn:
-            return await tables.read_citizens(conn, pins)
+            records = await tables.read_citizens(conn, pins)
+        health.database_answered = time.monotonic()
+        return records
 
     return Store(read, read_many)
 
@@ -288,15 +316,17 @@ def create_app(settings: Settings, health: Health | None = None) -> Front:
 
     audit = AuditTrail(append, serve.audit_flush_seconds, serve.audit_max_backlog)
     service = VerificationService(
-        _pool_store(pool),
+        _pool_store(pool, health),
         audit,
         QuotaLedger(lease, serve.quota_lease),
         key,
         serve.batch_max_items,
+        RepeatGuard(serve.max_questions_per_pin),
+        directory_max_age=serve.partner_refresh_seconds * STALE_DIRECTORY_FACTOR + 5,
     )
 
     def directory_loaded() -> None:
-        health.directory_at = time.monotonic()
+        health.directory_loaded = True
         _update_pool_gauges(pool)
 
     @asynccontextmanager
@@ -373,7 +403,7 @@ def create_app(settings: Settings, health: Health | None = None) -> Front:
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> Response:
-        reason = await _not_ready(health, pool, audit, serve)
+        reason = await _not_ready(health, pool, service)
         if reason:
             return Response(f"not ready: {reason}\n".encode(), 503, media_type="text/plain")
         return Response(b"ready\n", media_type="text/plain")
@@ -441,27 +471,25 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
 
 
 async def _not_ready(
-    health: Health, pool: AsyncConnectionPool[Any], audit: AuditTrail, serve: ServeSettings
+    health: Health, pool: AsyncConnectionPool[Any], service: VerificationService
 ) -> str:
     if health.draining:
         return "draining"
-    now = time.monotonic()
-    max_age = serve.partner_refresh_seconds * STALE_DIRECTORY_FACTOR + 5
-    if health.directory_at is None:
+    if not health.directory_loaded:
         return "partner directory not loaded"
-    if now - health.directory_at > max_age:
-        return "partner directory not refreshed lately"
-    if not audit.healthy:
+    if time.monotonic() - service.directory_at > service.directory_max_age:
+        return "partner directory not re-read lately"
+    if not service.audit.healthy:
         return "access audit not being written"
-    if now - health.database_checked > READY_CHECK_SECONDS:
-        health.database_checked = now
-        try:
-            async with pool.connection(timeout=1.0) as conn:
-                await conn.execute("SELECT 1")
-            health.database_ok = True
-        except Exception:  # any failure: not ready; the reason is for people
-            health.database_ok = False
-    return "" if health.database_ok else "PostgreSQL not reachable"
+    if time.monotonic() - health.database_answered <= READY_CHECK_SECONDS:
+        return ""  # reads are being answered: no probe query queued behind them
+    try:
+        async with pool.connection(timeout=1.0) as conn:
+            await conn.execute("SELECT 1")
+    except Exception:  # any failure: not ready; the reason is for people
+        return "PostgreSQL not reachable"
+    health.database_answered = time.monotonic()
+    return ""
 
 
 # ------------------------------------------------------------------------------ running

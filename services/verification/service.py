@@ -2,7 +2,8 @@
 
 Each request goes through the same steps, each of which may refuse it:
 authenticate (401) → rate limit (429) → purpose stated and allowed (422 / 403) → body
-well formed (422) → the audit can take it (503) → daily quota (429) → read the store →
+well formed (422) → the audit can take it (503) → not asked too often about one PIN today
+(429) → daily quota (429) → read the store →
 compare or show by policy → audit row(s) → answer. Every request, refused or answered,
 leaves its audit rows; an answer never carries more than the partner's policy allows.
 """
@@ -31,7 +32,13 @@ from popsync.runtime import metrics
 from popsync.runtime.retry import is_infrastructure_error
 from popsync.verification.audit import AuditTrail, pin_hash
 from popsync.verification.comparison import CitizenRecord, ResultClass, compare, view
-from popsync.verification.limits import QuotaLedger, RateLimiter, quota_day, seconds_to_next_day
+from popsync.verification.limits import (
+    QuotaLedger,
+    RateLimiter,
+    RepeatGuard,
+    quota_day,
+    seconds_to_next_day,
+)
 from popsync.verification.models import (
     VerifyAnswer,
     VerifyBatchRequest,
@@ -101,13 +108,16 @@ def invalid_body(exc: ValidationError) -> Refused:
     return Refused(422, "invalid_request", f"{where}: {first['msg']}", "invalid", detail=detail)
 
 
-UNAUTHENTICATED = Refused(
-    401,
-    "unauthenticated",
-    "missing, malformed, unknown or revoked API key (Authorization: Bearer psk_…)",
-    "unauthenticated",
-    headers={"WWW-Authenticate": 'Bearer realm="popsync"'},
-)
+def unauthenticated() -> Refused:
+    """The one 401, whatever was wrong (a new one each time: a shared exception would
+    keep the last request's frames, credential included, in its traceback)."""
+    return Refused(
+        401,
+        "unauthenticated",
+        "missing, malformed, unknown or revoked API key (Authorization: Bearer psk_…)",
+        "unauthenticated",
+        headers={"WWW-Authenticate": 'Bearer realm="popsync"'},
+    )
 
 
 Read = Callable[[str], Awaitable[CitizenRecord | None]]
@@ -141,28 +151,47 @@ class VerificationService:
         ledger: QuotaLedger,
         audit_key: bytes,
         batch_max_items: int,
+        repeats: RepeatGuard | None = None,
+        directory_max_age: float = math.inf,
     ) -> None:
         self.store = store
         self.audit = audit
         self.ledger = ledger
         self.directory: PartnerDirectory | None = None
+        self.directory_at = time.monotonic()  # when `directory` was last read
+        self.directory_max_age = directory_max_age
         self.limiter = RateLimiter()
+        self.repeats = repeats or RepeatGuard(limit=20)
         self._audit_key = audit_key
         self._batch_max_items = batch_max_items
 
     # ----------------------------------------------------------------------- the steps
 
+    def known(self, credential: str) -> bool:
+        """Whether `credential` is a key in force (the front reads a body only then)."""
+        directory = self.directory
+        return directory is not None and directory.authenticate(credential) is not None
+
     def _authenticate(self, credential: str) -> Partner:
         directory = self.directory
         if directory is None:  # not ready: /readyz says so, the pod gets no traffic
             raise Refused(503, "not_ready", "the partner directory is not loaded yet", "error")
+        if time.monotonic() - self.directory_at > self.directory_max_age:
+            # Fail closed: a directory that cannot be re-read might still hold a revoked key.
+            raise Refused(
+                503,
+                "not_ready",
+                "the partner directory could not be re-read lately; retry shortly",
+                "error",
+                headers={"Retry-After": "5"},
+            )
         partner = directory.authenticate(credential)
         if partner is None:
-            raise UNAUTHENTICATED
+            raise unauthenticated()
         return partner
 
     @staticmethod
-    def _purpose(partner: Partner, purpose: str | None) -> str:
+    def _purpose(partner: Partner, purpose: str | None, audit: _Audit) -> str:
         if not purpose or not PURPOSE.fullmatch(purpose):
             raise Refused(
                 422,
@@ -170,6 +199,7 @@ class VerificationService:
                 "X-Purpose header: a purpose code (A-Z, 0-9, _) is required",
                 "invalid",
             )
+        audit.purpose = purpose  # well formed: kept in the audit, refused or not
         if purpose not in partner.policy.purposes:
             allowed = ", ".join(sorted(partner.policy.purposes))
             raise Refused(
@@ -204,6 +234,19 @@ class VerificationService:
                 headers={"Retry-After": "5"},
             )
 
+    def _repeat(self, partner: Partner, pins: Sequence[str]) -> None:
+        now = datetime.now(UTC)
+        if not self.repeats.allow(partner.partner_id, pins, quota_day(now)):
+            metrics.PARTNER_REJECTIONS.labels(partner.partner_id, "pin_repeats").inc()
+            raise Refused(
+                429,
+                "too_many_questions_about_a_pin",
+                "this PIN was verified too often today by this partner; it renews at "
+                "midnight, Asia/Ho_Chi_Minh time",
+                "repeat_limited",
+                headers={"Retry-After": str(seconds_to_next_day(now))},
+            )
+
     async def _quota(self, partner: Partner, items: int) -> None:
         now = datetime.now(UTC)
         allowed = await self.ledger.spend(
@@ -232,7 +275,8 @@ class VerificationService:
             return refused.reply()
         except Exception as exc:
             if not is_infrastructure_error(exc):
-                raise  # a bug: the app answers 500 and logs it
+                audit.refused(Refused(500, "internal", "internal error", "error"))
+                raise  # a bug: the front answers 500 and logs it
             log.warning("the central store failed a request (%s)", type(exc).__name__)
             audit.refused(_UNAVAILABLE)
             return _UNAVAILABLE.reply()
@@ -243,13 +287,14 @@ class VerificationService:
         async def steps() -> Reply:
             partner = audit.partner = self._authenticate(credential)
             self._rate(partner)
-            audit.purpose = self._purpose(partner, purpose)
+            audit.purpose = self._purpose(partner, purpose, audit)
             try:
                 request = VerifyRequest.model_validate_json(body)
             except ValidationError as exc:
                 raise invalid_body(exc) from None
             audit.pins = [request.pin]
             self._audit_room()
+            self._repeat(partner, audit.pins)
             await self._quota(partner, 1)
             answer, result = compare(request, await self.store.read(request.pin))
             _items("verify", result).inc()
@@ -264,10 +309,11 @@ class VerificationService:
         async def steps() -> Reply:
             partner = audit.partner = self._authenticate(credential)
             self._rate(partner)
-            audit.purpose = self._purpose(partner, purpose)
+            audit.purpose = self._purpose(partner, purpose, audit)
             batch = self._batch(body)
             audit.pins = [item.pin for item in batch.items]
             self._audit_room()
+            self._repeat(partner, audit.pins)
             await self._quota(partner, len(batch.items))
             records = await self.store.read_many(sorted({item.pin for item in batch.items}))
             answers: list[VerifyAnswer] = []
@@ -289,7 +335,7 @@ class VerificationService:
         async def steps() -> Reply:
             partner = audit.partner = self._authenticate(credential)
             self._rate(partner)
-            audit.purpose = self._purpose(partner, purpose)
+            audit.purpose = self._purpose(partner, purpose, audit)
             if not partner.policy.may_look_up:
                 raise Refused(
                     403,
@@ -376,7 +422,8 @@ class _Audit:
         self._service.audit.record(self._rows(status, [r.value for r in results]))
 
     def refused(self, refused: Refused) -> None:
-        self._service.audit.record(self._rows(refused.status, [refused.result]))
+        rows = self._rows(refused.status, [refused.result])
+        self._service.audit.record(rows, answered=False)
 
 
 async def refresh_forever(
@@ -390,6 +437,7 @@ async def refresh_forever(
     while True:
         try:
             service.directory = await load()
+            service.directory_at = time.monotonic()
         except Exception as exc:  # the last directory stays; /readyz reports the age
             log.warning("partner directory not refreshed (%s)", type(exc).__name__)
         else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ from popsync.adapters.postgres.database import DirectoryRefusal
 from popsync.verification.comparison import RECORD_COLUMNS, CitizenRecord
 from popsync.verification.models import LookupField
 from popsync.verification.partners import Partner, PartnerDirectory, PartnerKey, Policy
+
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- directory
 
@@ -66,14 +69,32 @@ def _key(row: Sequence[Any]) -> PartnerKey:
     return PartnerKey(row[0], row[1], bytes(row[2]), row[3])
 
 
+_PARTNERS_IN_FORCE = f"SELECT {_PARTNER_COLUMNS} FROM partners WHERE revoked_at IS NULL"  # noqa: S608
+_KEYS_IN_FORCE = """
+SELECT k.key_id, k.partner_id, k.secret_hash, k.revoked_at
+  FROM partner_keys k JOIN partners p USING (partner_id)
+ WHERE k.revoked_at IS NULL AND p.revoked_at IS NULL
+"""
+
+
 async def load_directory(conn: psycopg.AsyncConnection[Any]) -> PartnerDirectory:
-    """Every partner and key, revoked ones included (they authenticate nobody)."""
+    """The partners and keys in force (a revoked one is then unknown: the same 401). A row
+    this version cannot read (a look-up field it does not know, from a newer release) is
+    left out and logged, so that one row cannot stop every refresh."""
     async with conn.cursor() as cur:
-        await cur.execute(_ALL_PARTNERS)
-        partners = [_partner(row) for row in await cur.fetchall()]
-        await cur.execute(_ALL_KEYS)
+        await cur.execute(_PARTNERS_IN_FORCE)
+        partners = [p for p in map(_readable_partner, await cur.fetchall()) if p is not None]
+        await cur.execute(_KEYS_IN_FORCE)
         keys = [_key(row) for row in await cur.fetchall()]
     return PartnerDirectory(partners, keys)
+
+
+def _readable_partner(row: Sequence[Any]) -> Partner | None:
+    try:
+        return _partner(row)
+    except (ValueError, TypeError) as exc:
+        log.error("partner %s left out of the directory: %s", row[0], exc)
+        return None
 
 
 def list_partners(conn: psycopg.Connection[Any]) -> list[tuple[Partner, list[PartnerKey]]]:

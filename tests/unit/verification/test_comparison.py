@@ -200,29 +200,29 @@ def test_a_residence_given_with_a_current_or_pre_2025_code_matches_the_current_p
 def test_the_commune_must_match_too_when_it_is_given(
     residence: dict[str, str], expected: str
 ) -> None:
-    answer = answer_of(ask(birth_date=BIRTH, residence=residence))
-    assert answer["attributes"] == {"birth_date": "match", "residence": expected}
+    answer = answer_of(ask(full_name=NAME, residence=residence))
+    assert answer["attributes"] == {"full_name": "match", "residence": expected}
 
 
 def test_the_temporary_residence_is_not_the_permanent_one() -> None:
-    answer = answer_of(ask(birth_date=BIRTH, residence={"province": "01"}))
+    answer = answer_of(ask(full_name=NAME, residence={"province": "01"}))
     assert answer["attributes"]["residence"] == "no_match"  # type: ignore[index]
 
 
 def test_a_citizen_without_a_permanent_residence_matches_none() -> None:
     homeless = dataclasses.replace(CITIZEN, permanent_province=None, permanent_commune=None)
-    answer = answer_of(ask(birth_date=BIRTH, residence={"province": "79"}), homeless)
-    assert answer["attributes"] == {"birth_date": "match", "residence": "no_match"}
+    answer = answer_of(ask(full_name=NAME, residence={"province": "79"}), homeless)
+    assert answer["attributes"] == {"full_name": "match", "residence": "no_match"}
 
 
 def test_a_commune_given_for_a_citizen_without_one_does_not_match() -> None:
     no_commune = dataclasses.replace(CITIZEN, permanent_commune=None)
     answer = answer_of(
-        ask(birth_date=BIRTH, residence={"province": "79", "commune": "26734"}), no_commune
+        ask(full_name=NAME, residence={"province": "79", "commune": "26734"}), no_commune
     )
-    assert answer["attributes"] == {"birth_date": "match", "residence": "no_match"}
-    answer = answer_of(ask(birth_date=BIRTH, residence={"province": "79"}), no_commune)
-    assert answer["attributes"] == {"birth_date": "match", "residence": "match"}
+    assert answer["attributes"] == {"full_name": "match", "residence": "no_match"}
+    answer = answer_of(ask(full_name=NAME, residence={"province": "79"}), no_commune)
+    assert answer["attributes"] == {"full_name": "match", "residence": "match"}
 
 
 # ---------------------------------------------------------------------------- alive
@@ -514,3 +514,36 @@ def test_a_field_allowed_but_unknown_is_null_one_not_allowed_is_absent() -> None
 def test_a_view_never_shows_a_field_outside_the_policy(allowed: frozenset[LookupField]) -> None:
     shown = json.loads(view(DECEASED, allowed).model_dump_json())
     assert set(shown) == {"pin"} | {field.value for field in allowed}
+
+
+def test_a_birth_date_alone_does_not_open_sex_or_residence() -> None:
+    """The PIN holds the birth year: a date is found by trying 365 days, so matching it must
+    not tell the residence or the sex; only the name does."""
+    answer = answer_of(ask(birth_date=BIRTH, sex="F", residence={"province": "79"}))
+    assert answer["attributes"] == {
+        "birth_date": "match",
+        "sex": "no_match",
+        "residence": "no_match",
+    }
+    assert answer["alive"] is None
+
+
+def test_an_unknown_pin_is_compared_with_a_decoy_doing_the_same_folds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from popsync.verification import comparison
+
+    folds: list[str] = []
+    real = comparison.fold_for_matching
+
+    def counting(name: str) -> str:
+        folds.append(name)
+        return real(name)
+
+    monkeypatch.setattr(comparison, "fold_for_matching", counting)
+    asked = ask(full_name="Trần Văn Khác", birth_date=datetime.date(1991, 1, 1))
+    compare(asked, None)
+    missing = len(folds)
+    folds.clear()
+    compare(asked, CITIZEN)
+    assert missing == len(folds) == 2

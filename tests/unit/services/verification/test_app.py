@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 from typing import Any
 
@@ -10,6 +11,7 @@ from popsync.services.verification.app import Front, create_app, endpoint_of
 from popsync.services.verification.service import Reply
 
 from popsync.settings import Settings
+from popsync.verification.partners import Partner, PartnerDirectory, Policy, issue_key
 
 
 def _scope(method: str, path: str, headers: list[tuple[bytes, bytes]] | None = None) -> Any:
@@ -46,8 +48,17 @@ def call(front: Front, method: str, path: str, body: bytes = b"", **headers: str
     return start["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
 
+KEY = issue_key("bank-a")
+BEARER = f"Bearer {KEY.credential}"
+
+
 def front() -> Front:
-    return create_app(Settings(serve={"audit_key": "k" * 32, "max_body_bytes": 2048}))
+    """The front of an app whose directory knows partner bank-a (key KEY)."""
+    app = create_app(Settings(serve={"audit_key": "k" * 32, "max_body_bytes": 2048}))
+    policy = Policy(frozenset({"KYC"}), frozenset(), 100.0, 100, 1000)
+    partner = Partner("bank-a", "Bank A", policy, datetime.datetime.now(datetime.UTC))
+    app.service.directory = PartnerDirectory([partner], [KEY.key])
+    return app
 
 
 def test_partner_routes_are_the_services_and_the_rest_the_apis() -> None:
@@ -59,11 +70,12 @@ def test_partner_routes_are_the_services_and_the_rest_the_apis() -> None:
         return Reply(200, b'{"ok":1}')
 
     app.service.verify = verify  # type: ignore[method-assign]
-    status, body = call(
-        app, "POST", "/v1/verify", b"{}", authorization="Bearer psk_x", x_purpose="KYC"
-    )
+    status, body = call(app, "POST", "/v1/verify", b"{}", authorization=BEARER, x_purpose="KYC")
     assert (status, body) == (200, b'{"ok":1}')
-    assert calls == [("psk_x", "KYC", b"{}")]
+    assert calls == [(KEY.credential, "KYC", b"{}")]
+    # Without a key in force, the body is not even read: the service refuses (401).
+    call(app, "POST", "/v1/verify", b"{}", authorization="Bearer psk_x", x_purpose="KYC")
+    assert calls[-1] == ("psk_x", "KYC", b"")
     assert call(app, "GET", "/v1/verify")[0] == 405  # FastAPI's answer
     assert call(app, "POST", "/v1/nothing")[0] == 404
     assert call(app, "GET", "/healthz") == (200, b"ok\n")
@@ -76,7 +88,7 @@ def test_a_bug_in_a_request_is_one_500_without_detail_and_the_front_goes_on() ->
         raise KeyError("079203000123")  # never shown: it could be a PIN
 
     app.service.verify_batch = broken  # type: ignore[method-assign]
-    status, body = call(app, "POST", "/v1/verify/batch", b"{}")
+    status, body = call(app, "POST", "/v1/verify/batch", b"{}", authorization=BEARER)
     assert status == 500
     assert json.loads(body)["error"] == "internal"
     assert b"0792" not in body
@@ -86,7 +98,7 @@ def test_a_bug_in_a_request_is_one_500_without_detail_and_the_front_goes_on() ->
 
 def test_a_body_over_the_limit_is_413_before_the_service_sees_it() -> None:
     app = front()
-    status, body = call(app, "POST", "/v1/verify", b"x" * 4096)
+    status, body = call(app, "POST", "/v1/verify", b"x" * 4096, authorization=BEARER)
     assert status == 413
     assert json.loads(body)["error"] == "body_too_large"
 

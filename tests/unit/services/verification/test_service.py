@@ -31,7 +31,13 @@ from pydantic import ValidationError
 from popsync.adapters.postgres.partners import AuditRow
 from popsync.verification.audit import AuditTrail, pin_hash
 from popsync.verification.comparison import CitizenRecord, ResultClass, compare
-from popsync.verification.limits import QuotaLedger, RateLimiter, quota_day, seconds_to_next_day
+from popsync.verification.limits import (
+    QuotaLedger,
+    RateLimiter,
+    RepeatGuard,
+    quota_day,
+    seconds_to_next_day,
+)
 from popsync.verification.models import LookupField, VerifyRequest
 from popsync.verification.partners import (
     Partner,
@@ -237,6 +243,15 @@ class World:
         return list(self.table.rows)
 
 
+def distinct(count: int) -> list[dict[str, object]]:
+    """`count` verify items, each about another PIN (a batch asks about a PIN once)."""
+    from popsync.domain.pin import make_pin
+
+    return [
+        {"pin": make_pin("079", "F", 1990, 900 + n).value, "full_name": NAME} for n in range(count)
+    ]
+
+
 def error_of(reply: Reply) -> tuple[int, str]:
     return reply.status, json.loads(reply.body)["error"]
 
@@ -390,7 +405,7 @@ def test_a_purpose_not_in_the_policy_is_refused_403_naming_the_allowed_ones() ->
     assert error_of(reply) == (403, "purpose_not_permitted")
     assert "(AML, KYC)" in json.loads(reply.body)["message"]
     [row] = world.rows()
-    assert (row.purpose, row.result, row.status) == (None, "denied", 403)
+    assert (row.purpose, row.result, row.status) == ("SOCIAL_INSURANCE", "denied", 403)
     assert world.citizens.asked == [] and world.leases.calls == []
 
 
@@ -437,6 +452,7 @@ def test_a_malformed_body_is_refused_422_naming_where_never_echoing_the_values(
 
 def test_a_full_audit_refuses_503_and_reads_nothing() -> None:
     world = World(max_backlog=3)
+    dropped = sample("popsync_audit_rows_dropped_total")
     world.trail.record(
         [
             AuditRow(
@@ -449,10 +465,9 @@ def test_a_full_audit_refuses_503_and_reads_nothing() -> None:
     assert error_of(reply) == (503, "audit_unavailable")
     assert reply.headers == {"Retry-After": "5"}
     assert world.citizens.asked == [] and world.leases.calls == []
-    assert world.trail.backlog == 4  # the refusal is audited too
-    asyncio.run(world.trail.close(timeout=1.0))
-    row = world.rows()[-1]
-    assert (row.pin_hash, row.result, row.status) == (hashed(PIN), "error", 503)
+    # With the backlog full, a refusal's row is dropped and counted, not kept.
+    assert world.trail.backlog == 3
+    assert sample("popsync_audit_rows_dropped_total") - dropped == 1
 
 
 def test_a_used_up_daily_quota_is_refused_429_until_midnight_in_viet_nam() -> None:
@@ -541,11 +556,13 @@ def test_the_body_comes_before_the_audit_room_and_the_audit_room_before_the_quot
 
 def test_a_batch_is_answered_item_by_item_in_order_one_audit_row_each() -> None:
     world = World()
+    third = "079090000124"
+    world.citizens.records[third] = dataclasses.replace(CITIZEN, pin=third)
     items = [
         {"pin": PIN, "full_name": "DANG THI ANH", "birth_date": "1990-05-17"},
         {"pin": OTHER, "full_name": NAME},  # exists, matches nothing
         {"pin": ABSENT, "full_name": NAME},  # no citizen
-        {"pin": PIN, "birth_date": "1991-05-17", "full_name": NAME},  # partial
+        {"pin": third, "birth_date": "1991-05-17", "full_name": NAME},  # partial
     ]
     before = {
         result: sample("popsync_verify_items_total", endpoint="verify_batch", result=result)
@@ -564,7 +581,7 @@ def test_a_batch_is_answered_item_by_item_in_order_one_audit_row_each() -> None:
     ]
     assert results == expected
     assert results[1] == results[2] == {"attributes": {"full_name": "no_match"}, "alive": None}
-    assert world.citizens.many == [sorted({PIN, OTHER, ABSENT})]  # one read, each PIN once
+    assert world.citizens.many == [sorted({PIN, OTHER, ABSENT, third})]  # one read
     rows = world.rows()
     assert [row.item for row in rows] == [0, 1, 2, 3]
     assert len({row.request_id for row in rows}) == 1
@@ -572,7 +589,7 @@ def test_a_batch_is_answered_item_by_item_in_order_one_audit_row_each() -> None:
         hashed(PIN),
         hashed(OTHER),
         hashed(ABSENT),
-        hashed(PIN),
+        hashed(third),
     ]
     assert [row.result for row in rows] == ["match", "no_match", "not_found", "partial"]
     assert {(row.endpoint, row.status, row.partner_id, row.purpose) for row in rows} == {
@@ -592,7 +609,7 @@ def test_a_batch_is_answered_item_by_item_in_order_one_audit_row_each() -> None:
 
 def test_a_batch_counts_its_items_against_the_quota_and_one_request_against_the_rate() -> None:
     world = World(lease_size=2)
-    reply = world.verify_batch(batch(*[{"pin": PIN, "full_name": NAME}] * 5))
+    reply = world.verify_batch(batch(*distinct(5)))
     assert reply.status == 200
     assert [want for *_, want, _ in world.leases.calls] == [5]
     for _ in range(4):
@@ -602,7 +619,7 @@ def test_a_batch_counts_its_items_against_the_quota_and_one_request_against_the_
 
 def test_a_batch_past_its_size_is_refused_422() -> None:
     world = World(batch_max_items=2)
-    reply = world.verify_batch(batch(*[{"pin": PIN, "full_name": NAME}] * 3))
+    reply = world.verify_batch(batch(*distinct(3)))
     assert error_of(reply) == (422, "batch_too_large")
     assert "3 given, at most 2" in json.loads(reply.body)["message"]
     [row] = world.rows()
@@ -648,7 +665,7 @@ def test_a_refused_batch_leaves_one_audit_row_per_item() -> None:
     # what is left of the quota is still there for a smaller request
     assert (
         world.verify_batch(
-            batch({"pin": PIN, "full_name": NAME}, {"pin": PIN, "full_name": NAME})
+            batch({"pin": PIN, "full_name": NAME}, {"pin": OTHER, "full_name": NAME})
         ).status
         == 200
     )
@@ -873,3 +890,48 @@ def test_a_store_that_fails_is_a_503_and_is_audited_while_a_bug_still_raises() -
     world.service.store = Store(buggy, world.citizens.read_many)
     with pytest.raises(KeyError):
         world.verify(MATCHING)
+
+
+def test_a_batch_asking_twice_about_one_pin_is_refused_422() -> None:
+    world = World()
+    reply = world.verify_batch(
+        batch({"pin": PIN, "birth_date": "1990-01-01"}, {"pin": PIN, "birth_date": "1990-01-02"})
+    )
+    assert error_of(reply) == (422, "invalid_request")
+    assert "items 0 and 1 ask about the same PIN" in json.loads(reply.body)["message"]
+    assert world.citizens.asked == []
+
+
+def test_one_pin_is_verified_at_most_so_often_a_day_by_one_partner() -> None:
+    world = World()
+    world.service.repeats = RepeatGuard(limit=3)
+    for _ in range(3):
+        assert world.verify(MATCHING).status == 200
+        world.clock.now += 1  # tokens of the rate limit
+    refused = world.verify(MATCHING)
+    assert error_of(refused) == (429, "too_many_questions_about_a_pin")
+    assert 0 < int(refused.headers["Retry-After"]) <= 86_400
+    assert world.rows()[-1].result == "repeat_limited"
+    other = json.dumps({"pin": OTHER, "full_name": NAME}).encode()
+    assert world.verify(other).status == 200  # another PIN is not limited
+    assert world.verify(MATCHING, partner="ministry-b", purpose="SOCIAL_INSURANCE").status == 200
+
+
+def test_a_directory_not_re_read_lately_refuses_requests_503() -> None:
+    world = World()
+    world.service.directory_max_age = 10.0
+    world.service.directory_at -= 11.0
+    assert error_of(world.verify(MATCHING)) == (503, "not_ready")
+
+
+def test_a_bug_is_audited_as_a_500_before_it_is_raised() -> None:
+    world = World()
+
+    async def buggy(_: object) -> CitizenRecord | None:
+        raise KeyError("a bug")
+
+    world.service.store = Store(buggy, world.citizens.read_many)
+    with pytest.raises(KeyError):
+        world.verify(MATCHING)
+    asyncio.run(world.trail.close(timeout=1.0))
+    assert [(row.status, row.result) for row in world.rows()] == [(500, "error")]
