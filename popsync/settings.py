@@ -150,7 +150,8 @@ class ProcessingSettings(_Section):
         ge=0,
         description="Allocations between two collections of Python's youngest generation "
         "(gc.set_threshold; Python's default 700, 0 turns the cyclic collector off). "
-        "Workers allocate many short-lived objects per event, almost none in cycles",
+        "Workers and the verification service allocate many short-lived objects per event "
+        "or request, almost none in cycles",
     )
     citizen_events_per_day: int = Field(
         1_000,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import inspect
 import logging
 import signal
@@ -29,6 +28,7 @@ from faust.types.tuples import Message
 from popsync import topology
 from popsync.runtime import observability
 from popsync.runtime.app import make_app, raw_topic
+from popsync.runtime.collector import tune_garbage_collector
 from popsync.runtime.drain import (
     STOP_MARGIN_SECONDS,
     DrainController,
@@ -210,23 +210,6 @@ class DrainingWorker(faust.Worker):
             super()._on_sigint()
         else:
             super()._on_sigterm()
-
-
-def tune_garbage_collector(first_threshold: int) -> None:
-    """Run the cyclic garbage collector far less often, and never over what start-up built.
-
-    A worker allocates hundreds of short-lived objects per event, which reference counting
-    frees; almost none are in cycles, so Python's default (a collection every 700
-    allocations) mostly rescans the states a worker keeps. A collection walks the young
-    objects still alive, about a batch's worth whatever the threshold, so a rarer one costs
-    little more (bench/README.md has the measurements).
-    """
-    gc.collect()
-    gc.freeze()  # modules, schemas, settings: alive for the whole run
-    if first_threshold == 0:
-        gc.disable()
-        return
-    gc.set_threshold(first_threshold, *gc.get_threshold()[1:])
 
 
 def run_worker(worker: Worker) -> None:

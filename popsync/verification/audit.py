@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,7 +33,8 @@ _RETRY_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
 def pin_hash(key: bytes, pin: str) -> bytes:
-    return hmac.new(key, pin.encode("ascii"), hashlib.sha256).digest()
+    # hmac.digest: OpenSSL's one-shot HMAC, a tenth of hmac.new(...).digest()'s CPU.
+    return hmac.digest(key, pin.encode("ascii"), "sha256")
 
 
 Append = Callable[[Sequence[AuditRow]], Awaitable[None]]

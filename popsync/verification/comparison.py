@@ -74,8 +74,13 @@ def _name_matches(given: str, stored: str | None) -> bool:
 
 
 def _given(request: VerifyRequest) -> list[str]:
-    names = ["full_name", "birth_date", "sex", "residence"]
-    return [name for name in names if getattr(request, name) is not None]
+    given = (
+        ("full_name", request.full_name),
+        ("birth_date", request.birth_date),
+        ("sex", request.sex),
+        ("residence", request.residence),
+    )
+    return [name for name, value in given if value is not None]
 
 
 # What a PIN without a citizen is compared with: the same folds and comparisons as for a
@@ -104,7 +109,6 @@ def compare(
     request: VerifyRequest, record: CitizenRecord | None
 ) -> tuple[VerifyAnswer, ResultClass]:
     """The answer to one verification, and its class for the audit."""
-    asked = _given(request)
     stored = record if record is not None else _DECOY
     checks: dict[str, bool] = {}
     if request.full_name is not None:
@@ -112,9 +116,9 @@ def compare(
     if request.birth_date is not None:
         checks["birth_date"] = request.birth_date == stored.birth_date
     if record is None:
-        return _nothing_matches(asked), ResultClass.NOT_FOUND
+        return _nothing_matches(request), ResultClass.NOT_FOUND
     if not (checks.get("full_name") or checks.get("birth_date")):
-        return _nothing_matches(asked), ResultClass.NO_MATCH
+        return _nothing_matches(request), ResultClass.NO_MATCH
     # Sex and residence only for a partner who knows the name: the birth year is in the PIN,
     # so a birth date can be found by trying 365 days, and must not open the rest.
     named = checks.get("full_name") is True
@@ -135,8 +139,8 @@ def compare(
     return answer, ResultClass.MATCH if all(checks.values()) else ResultClass.PARTIAL
 
 
-def _nothing_matches(asked: list[str]) -> VerifyAnswer:
-    return VerifyAnswer(attributes=dict.fromkeys(asked, Match.NO_MATCH), alive=None)
+def _nothing_matches(request: VerifyRequest) -> VerifyAnswer:
+    return VerifyAnswer(attributes=dict.fromkeys(_given(request), Match.NO_MATCH), alive=None)
 
 
 def _residence(province: str | None, commune: str | None) -> dict[str, str] | None:

@@ -13,10 +13,11 @@ from faust.types.tuples import ConsumerMessage
 
 from popsync import topology
 from popsync.runtime import exits as exits_module
+from popsync.runtime.collector import tune_garbage_collector
 from popsync.runtime.drain import DrainController
 from popsync.runtime.exits import EXIT_UNFINISHED_BATCH, StopWorker
 from popsync.runtime.messages import InboundMessage
-from popsync.runtime.worker import Worker, tune_garbage_collector
+from popsync.runtime.worker import Worker
 from popsync.settings import WORKER_NAMES, Settings
 from tests.fakes import RecordingProducer
 
