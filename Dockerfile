@@ -55,7 +55,8 @@ USER 10001:10001
 # No HEALTHCHECK here: the same image runs one-shot commands (`topics create`,
 # `db migrate`) that serve nothing; docker-compose.yml gives the workers theirs, and
 # Kubernetes probes /healthz and /readyz.
-EXPOSE 9400
+# `popsync serve` (the verification service) answers on POPSYNC_SERVE__PORT (8080).
+EXPOSE 9400 8080
 # Exec form: popsync is PID 1 and gets SIGTERM directly; mode's worker stops faust cleanly.
 ENTRYPOINT ["popsync"]
 CMD ["--help"]

@@ -134,23 +134,32 @@ class RepeatGuard:
     """At most `limit` verifications a day of one PIN by one partner, in this process.
 
     Kept for the `capacity` most recent (partner, PIN) pairs (least recently asked go
-    first): about 40 MB at the default. A batch is allowed whole or not at all.
+    first). Keys are strings and values integers (the day's ordinal and the count), none of
+    which the cyclic garbage collector tracks: with tuples, 100,000 entries cost a request
+    tens of µs of collections. A batch is allowed whole or not at all.
     """
+
+    _PER_DAY = 1 << 20  # count in the low bits, the day's ordinal above
 
     def __init__(self, limit: int, capacity: int = 200_000) -> None:
         self._limit = limit
         self._capacity = capacity
-        self._counts: OrderedDict[tuple[str, str], tuple[datetime.date, int]] = OrderedDict()
+        # Least recently asked first; OrderedDict, since popping a plain dict's first key
+        # skips the holes earlier pops left, which grows until the next resize.
+        self._counts: OrderedDict[str, int] = OrderedDict()
 
     def allow(self, partner_id: str, pins: Sequence[str], day: datetime.date) -> bool:
         counts = self._counts
-        keys = [(partner_id, pin) for pin in pins]
-        current = [counts.get(key) for key in keys]
-        asked = [n if seen == day else 0 for seen, n in (c or (day, 0) for c in current)]
+        today = day.toordinal() * self._PER_DAY
+        keys = [f"{partner_id}\0{pin}" for pin in pins]
+        asked = []
+        for key in keys:
+            value = counts.get(key, 0)
+            asked.append(value - today if value >= today else 0)
         if any(n >= self._limit for n in asked):
             return False
         for key, n in zip(keys, asked, strict=True):
-            counts[key] = (day, n + 1)
+            counts[key] = today + n + 1
             counts.move_to_end(key)
         while len(counts) > self._capacity:
             counts.popitem(last=False)
