@@ -115,11 +115,14 @@ def _open_input(name: str) -> BinaryIO:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from popsync.dev.simulate.generator import simulate, write_jsonl
+    from popsync.dev.simulate.generator import simulate, write_avro_container, write_jsonl
 
     messages = simulate(args.citizens, seed=args.seed, now=datetime.now(UTC))
+    write, suffix = (write_jsonl, "jsonl")
+    if args.format == "avro-container":  # a registry's archive (Avro object container)
+        write, suffix = (write_avro_container, "avro")
     if args.output:
-        count = write_jsonl(messages, Path(args.output))
+        count = write(messages, Path(args.output))
         print(f"wrote {count} events to {args.output}")
     if args.output_dir:
         # One file per registry, as each registry publishes its own (`publish --source`).
@@ -128,8 +131,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         for source in m.SourceRegistry:
             mine = [msg for msg in messages if msg.event.source_registry is source]
             if mine:
-                path = directory / f"{source.value.lower().replace('_', '-')}.jsonl"
-                print(f"wrote {write_jsonl(mine, path)} events to {path}")
+                path = directory / f"{source.value.lower().replace('_', '-')}.{suffix}"
+                print(f"wrote {write(mine, path)} events to {path}")
     if args.publish:
         from popsync.adapters.kafka.producer import BatchProducer
         from popsync.ops.publish import Publisher
@@ -695,6 +698,13 @@ def _add_dev_commands(sub: Subparsers) -> None:
     sim.add_argument("--seed", type=int, default=2025, help="seed of the simulation")
     sim.add_argument("--output", help="write all events as JSON lines here")
     sim.add_argument("--output-dir", help="write DIR/<source>.jsonl, one file per registry")
+    sim.add_argument(
+        "--format",
+        choices=["jsonl", "avro-container"],
+        default="jsonl",
+        help="of --output and --output-dir: JSON lines as `publish` reads them, or an Avro "
+        "object container file of RegistryEvent records (a registry's archive; DIR/<source>.avro)",
+    )
     sim.add_argument("--publish", action="store_true", help="publish to the registry topic")
     sim.set_defaults(func=cmd_simulate)
 

@@ -25,6 +25,7 @@ from popsync.dev.simulate.generator import (
     SimulatedMessage,
     simulate,
     stats,
+    write_avro_container,
     write_jsonl,
 )
 from popsync.dev.simulate.names import (
@@ -252,6 +253,27 @@ def test_write_jsonl_round_trips(stream: list[SimulatedMessage], tmp_path: Path)
         message.event for message in sample
     ]
     assert json.loads(lines[0]) == event_to_json(sample[0].event)
+
+
+def test_write_avro_container_round_trips_as_a_standard_container(
+    stream: list[SimulatedMessage], tmp_path: Path
+) -> None:
+    """What any Avro tool reads: the contract's RegistryEvent schema in the header, each
+    event a record of it, the same events as the JSON-lines form."""
+    import fastavro
+
+    from popsync.contract.codec import from_avro_datum
+    from popsync.contract.schemas import contract_schema
+
+    path = tmp_path / "archive.avro"
+    sample = stream[:400]
+    assert write_avro_container(sample, path) == len(sample)
+    with path.open("rb") as handle:
+        reader = fastavro.reader(handle, return_record_name=True)
+        assert reader.writer_schema["name"] == contract_schema("RegistryEvent").parsed["name"]
+        assert reader.codec == "deflate"
+        events = [from_avro_datum(m.RegistryEvent, record) for record in reader]
+    assert events == [message.event for message in sample]
 
 
 # ---- realism
