@@ -32,6 +32,7 @@ from popsync.verification.models import LookupField
 from popsync.verification.partners import (
     PARTNER_ID,
     PURPOSE,
+    IssuedKey,
     Partner,
     PartnerKey,
     Policy,
@@ -137,6 +138,11 @@ def _judged(action: Callable[[], int], err: TextIO) -> int:
     return failures.judged(action, err, usage=(ReviewError,))
 
 
+def _show_once(issued: IssuedKey, out: TextIO) -> None:
+    print(f"api key: {issued.credential}", file=out)
+    print(_SHOWN_ONCE, file=out)
+
+
 def add_partner(
     settings: Settings,
     partner_id: str,
@@ -156,8 +162,7 @@ def add_partner(
                 conn, partner_id, display_name or partner_id, policy, issued.key, who
             )
         print(f"partner {partner_id} added: {describe_policy(policy)}", file=out)
-        print(f"api key: {issued.credential}", file=out)
-        print(_SHOWN_ONCE, file=out)
+        _show_once(issued, out)
         return failures.EXIT_OK
 
     return _judged(run, err)
@@ -208,8 +213,7 @@ def new_key(
         with operator_connection(settings.postgres) as conn:
             directory.add_key(conn, issued.key, who)
         print(f"partner {partner_id}: new key {issued.key.key_id}", file=out)
-        print(f"api key: {issued.credential}", file=out)
-        print(_SHOWN_ONCE, file=out)
+        _show_once(issued, out)
         return failures.EXIT_OK
 
     return _judged(run, err)

@@ -135,7 +135,7 @@ class Front:
             self.in_flight += 1
             metrics.HTTP_IN_FLIGHT.set(self.in_flight)
             try:
-                reply = await self._partner_call(endpoint, scope, receive)
+                reply = await self.partner_call(endpoint, scope, receive)
                 if reply is None:
                     await self.api(scope, receive, send_status)
                 else:
@@ -146,7 +146,7 @@ class Front:
         self._counted(endpoint, status).inc()
         self._timed(endpoint).observe(time.perf_counter() - started)
 
-    async def _partner_call(self, endpoint: str, scope: Scope, receive: Receive) -> Reply | None:
+    async def partner_call(self, endpoint: str, scope: Scope, receive: Receive) -> Reply | None:
         """The reply of a partner route; None for what the API answers (405, 404)."""
         method = scope["method"]
         if not (method == "POST" and endpoint in ("verify", "verify_batch")) and not (
@@ -160,23 +160,20 @@ class Front:
             if endpoint == "citizen":
                 pin = scope["path"].removeprefix("/v1/citizens/")
                 return await self.service.look_up(credential, purpose, pin)
-            body = b""
-            # The body only for a credential in force: anyone else is refused (401) without
-            # holding an admission slot while a body trickles in.
-            if self.service.known(credential):
-                limit = self.max_body_bytes
-                if endpoint == "verify":
-                    limit = min(limit, _ONE_BODY_BYTES)
+            limit = self.max_body_bytes
+            if endpoint == "verify":
+                limit = min(limit, _ONE_BODY_BYTES)
+
+            async def body() -> bytes:
+                # Read by the service only once the key, the rate and the purpose passed: no
+                # one else holds an admission slot while a body trickles in.
                 try:
                     async with asyncio.timeout(self.body_timeout):
-                        body = await _body(receive, headers.get(b"content-length"), limit)
+                        return await _body(receive, headers.get(b"content-length"), limit)
                 except TimeoutError:
-                    raise Refused(
-                        408,
-                        "body_timeout",
-                        f"body not received in {self.body_timeout:g} s",
-                        "invalid",
-                    ) from None
+                    late = f"body not received in {self.body_timeout:g} s"
+                    raise Refused(408, "body_timeout", late, "invalid") from None
+
             if endpoint == "verify":
                 return await self.service.verify(credential, purpose, body)
             return await self.service.verify_batch(credential, purpose, body)
@@ -240,13 +237,6 @@ async def _send_reply(send: Send, reply: Reply) -> None:
 
 def _response(reply: Reply) -> Response:
     return Response(reply.body, reply.status, reply.headers, media_type=JSON)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body of a request that reached the FastAPI routes (see Front)."""
-    return await _body(
-        request.receive, request.headers.get("content-length", "").encode() or None, limit
-    )
 
 
 def _too_large(limit: int) -> Refused:
@@ -355,11 +345,14 @@ def create_app(settings: Settings, health: Health | None = None) -> Front:
         redoc_url=None,
     )
 
-    async def guarded(step: Callable[[], Awaitable[Reply]]) -> Response:
-        try:
-            return _response(await step())
-        except Refused as refused:
-            return _response(refused.reply())
+    front: Front  # made below, around the app: the partner routes are its
+
+    async def partner_call(request: Request) -> Response:
+        """What the front answers (the routes below declare the API; the front takes these
+        requests before they reach them)."""
+        endpoint = endpoint_of(request.scope["path"])
+        reply = await front.partner_call(endpoint, request.scope, request.receive)
+        return _response(reply or _INTERNAL)
 
     @app.post(
         "/v1/verify",
@@ -369,11 +362,7 @@ def create_app(settings: Settings, health: Health | None = None) -> Front:
         summary="Verify what a partner believes about the citizen with a PIN",
     )
     async def verify(request: Request) -> Response:
-        async def step() -> Reply:
-            body = await read_body(request, serve.max_body_bytes)
-            return await service.verify(*_caller(request), body)
-
-        return await guarded(step)
+        return await partner_call(request)
 
     @app.post(
         "/v1/verify/batch",
@@ -383,11 +372,7 @@ def create_app(settings: Settings, health: Health | None = None) -> Front:
         summary=f"Verify up to {serve.batch_max_items} items; answers in the items' order",
     )
     async def verify_batch(request: Request) -> Response:
-        async def step() -> Reply:
-            body = await read_body(request, serve.max_body_bytes)
-            return await service.verify_batch(*_caller(request), body)
-
-        return await guarded(step)
+        return await partner_call(request)
 
     @app.get(
         "/v1/citizens/{pin}",
@@ -396,7 +381,7 @@ def create_app(settings: Settings, health: Health | None = None) -> Front:
         summary="The citizen, with only the fields the partner's policy allows",
     )
     async def citizen(pin: str, request: Request) -> Response:
-        return await guarded(lambda: service.look_up(*_caller(request), pin))
+        return await partner_call(request)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
@@ -417,7 +402,8 @@ def create_app(settings: Settings, health: Health | None = None) -> Front:
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     app.state.service = service
     app.state.health = health
-    return Front(app, service, serve)
+    front = Front(app, service, serve)
+    return front
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -433,11 +419,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 def _body_schema(model: str) -> dict[str, Any]:
     schema = {"$ref": f"#/components/schemas/{model}"}
     return {"requestBody": {"required": True, "content": {JSON: {"schema": schema}}}}
-
-
-def _caller(request: Request) -> tuple[str, str | None]:
-    headers = request.headers
-    return bearer_credential(headers.get("authorization")), headers.get("x-purpose")
 
 
 def openapi_document(app: FastAPI) -> dict[str, Any]:

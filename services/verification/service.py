@@ -120,6 +120,15 @@ def unauthenticated() -> Refused:
     )
 
 
+# A request's body: its bytes, or how to read them; the service reads it at the body step,
+# after the key, the rate and the purpose (the HTTP front hands a reader, refusing 413/408).
+Body = bytes | Callable[[], Awaitable[bytes]]
+
+
+async def _read(body: Body) -> bytes:
+    return body if isinstance(body, bytes) else await body()
+
+
 Read = Callable[[str], Awaitable[CitizenRecord | None]]
 ReadMany = Callable[[Sequence[str]], Awaitable[dict[str, CitizenRecord]]]
 
@@ -166,11 +175,6 @@ class VerificationService:
         self._batch_max_items = batch_max_items
 
     # ----------------------------------------------------------------------- the steps
-
-    def known(self, credential: str) -> bool:
-        """Whether `credential` is a key in force (the front reads a body only then)."""
-        directory = self.directory
-        return directory is not None and directory.authenticate(credential) is not None
 
     def _authenticate(self, credential: str) -> Partner:
         directory = self.directory
@@ -281,7 +285,7 @@ class VerificationService:
             audit.refused(_UNAVAILABLE)
             return _UNAVAILABLE.reply()
 
-    async def verify(self, credential: str, purpose: str | None, body: bytes) -> Reply:
+    async def verify(self, credential: str, purpose: str | None, body: Body) -> Reply:
         audit = _Audit(self, "verify", time.perf_counter())
 
         async def steps() -> Reply:
@@ -289,7 +293,7 @@ class VerificationService:
             self._rate(partner)
             audit.purpose = self._purpose(partner, purpose, audit)
             try:
-                request = VerifyRequest.model_validate_json(body)
+                request = VerifyRequest.model_validate_json(await _read(body))
             except ValidationError as exc:
                 raise invalid_body(exc) from None
             audit.pins = [request.pin]
@@ -303,14 +307,14 @@ class VerificationService:
 
         return await self._answer(audit, steps)
 
-    async def verify_batch(self, credential: str, purpose: str | None, body: bytes) -> Reply:
+    async def verify_batch(self, credential: str, purpose: str | None, body: Body) -> Reply:
         audit = _Audit(self, "verify_batch", time.perf_counter())
 
         async def steps() -> Reply:
             partner = audit.partner = self._authenticate(credential)
             self._rate(partner)
             audit.purpose = self._purpose(partner, purpose, audit)
-            batch = self._batch(body)
+            batch = self._batch(await _read(body))
             audit.pins = [item.pin for item in batch.items]
             self._audit_room()
             self._repeat(partner, audit.pins)

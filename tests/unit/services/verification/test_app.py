@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from popsync.services.verification.app import Front, create_app, endpoint_of
-from popsync.services.verification.service import Reply
+from popsync.services.verification.service import Body, Reply, _read
 
 from popsync.settings import Settings
 from popsync.verification.partners import Partner, PartnerDirectory, Policy, issue_key
@@ -65,17 +65,14 @@ def test_partner_routes_are_the_services_and_the_rest_the_apis() -> None:
     app = front()
     calls: list[tuple[str, str | None, bytes]] = []
 
-    async def verify(credential: str, purpose: str | None, body: bytes) -> Reply:
-        calls.append((credential, purpose, body))
+    async def verify(credential: str, purpose: str | None, body: Body) -> Reply:
+        calls.append((credential, purpose, await _read(body)))
         return Reply(200, b'{"ok":1}')
 
     app.service.verify = verify  # type: ignore[method-assign]
     status, body = call(app, "POST", "/v1/verify", b"{}", authorization=BEARER, x_purpose="KYC")
     assert (status, body) == (200, b'{"ok":1}')
     assert calls == [(KEY.credential, "KYC", b"{}")]
-    # Without a key in force, the body is not even read: the service refuses (401).
-    call(app, "POST", "/v1/verify", b"{}", authorization="Bearer psk_x", x_purpose="KYC")
-    assert calls[-1] == ("psk_x", "KYC", b"")
     assert call(app, "GET", "/v1/verify")[0] == 405  # FastAPI's answer
     assert call(app, "POST", "/v1/nothing")[0] == 404
     assert call(app, "GET", "/healthz") == (200, b"ok\n")
@@ -84,7 +81,7 @@ def test_partner_routes_are_the_services_and_the_rest_the_apis() -> None:
 def test_a_bug_in_a_request_is_one_500_without_detail_and_the_front_goes_on() -> None:
     app = front()
 
-    async def broken(credential: str, purpose: str | None, body: bytes) -> Reply:
+    async def broken(credential: str, purpose: str | None, body: Body) -> Reply:
         raise KeyError("079203000123")  # never shown: it could be a PIN
 
     app.service.verify_batch = broken  # type: ignore[method-assign]
@@ -98,7 +95,9 @@ def test_a_bug_in_a_request_is_one_500_without_detail_and_the_front_goes_on() ->
 
 def test_a_body_over_the_limit_is_413_before_the_service_sees_it() -> None:
     app = front()
-    status, body = call(app, "POST", "/v1/verify", b"x" * 4096, authorization=BEARER)
+    status, body = call(
+        app, "POST", "/v1/verify", b"x" * 4096, authorization=BEARER, x_purpose="KYC"
+    )
     assert status == 413
     assert json.loads(body)["error"] == "body_too_large"
 
@@ -115,3 +114,23 @@ def test_metric_labels_are_route_names_never_paths() -> None:
     assert endpoint_of("/v1/citizens/079203000123") == "citizen"
     assert endpoint_of("/v1/verify") == "verify"
     assert endpoint_of("/anything/079203000123") == "other"
+
+
+def test_without_a_key_in_force_the_body_is_never_read() -> None:
+    """A 401 comes before the body: no one without a key holds a slot while it trickles."""
+    app = front()
+    received: list[object] = []
+
+    async def receive() -> dict[str, Any]:
+        received.append("read")
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = _scope("POST", "/v1/verify", [(b"authorization", b"Bearer psk_x")])
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 401
+    assert received == []
