@@ -94,6 +94,43 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return failures.EXIT_REFUSED if report.bad_lines else failures.EXIT_OK
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from popsync.trust.archives import ArchiveRefused
+    from services.backfill.app import BackfillOptions, run_backfill
+    from services.backfill.archives import ArchiveUnreadable
+
+    for name in args.files:
+        _open_input(name).close()  # each one readable, before anything starts
+    if args.chunk < 1:
+        raise failures.UsageError(f"--chunk must be at least 1, not {args.chunk}")
+    settings = load_settings() if args.dead_letters else _with_broker()
+    from popsync.adapters.postgres.database import require_database
+
+    require_database(settings.postgres)
+    options = BackfillOptions(
+        files=tuple(Path(name) for name in args.files),
+        dead_letters=args.dead_letters,
+        chunk=args.chunk,
+        restart=args.restart,
+        progress=False if args.no_progress else None,
+        report=args.report,
+    )
+    try:
+        return run_backfill(settings, options)
+    except (ArchiveRefused, ArchiveUnreadable) as exc:
+        raise failures.UsageError(str(exc)) from None
+
+
+def cmd_archive_sign(args: argparse.Namespace) -> int:
+    from popsync.trust.archives import sign_archive
+
+    _open_input(args.file).close()
+    signer = _signer(args.key)
+    path = sign_archive(Path(args.file), signer)
+    print(f"signed {args.file} as {signer.publisher_id} (key {signer.key_id}): {path}")
+    return failures.EXIT_OK
+
+
 def _signer(path: Path) -> Signer:
     try:
         return load_signer(path)
@@ -199,6 +236,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print("popsync bench: needs a source checkout (bench/ beside popsync/)", file=sys.stderr)
         return 2
     sys.path.insert(0, str(checkout))
+    if args.bench_args[:1] == ["backfill"]:  # `popsync bench backfill …`: the bulk load's
+        from bench.backfill.__main__ import main as backfill_main  # type: ignore[import-not-found,unused-ignore]
+
+        code: int = backfill_main(args.bench_args[1:])
+        return code
     if args.bench_args[:1] == ["verify"]:  # `popsync bench verify …`: the read path's
         from bench.verify.__main__ import main as verify_main
 
@@ -741,6 +783,60 @@ def _add_pipeline_commands(sub: Subparsers) -> None:
     )
     publish.add_argument("file", help="JSON lines, UTF-8, one event per line")
     publish.set_defaults(func=cmd_publish)
+
+    backfill = _command(
+        sub,
+        "backfill",
+        "load registry archives into the store by the stream's rules (resumable)",
+        "popsync backfill archives/civil-status.avro archives/residence.avro",
+        "popsync backfill --dead-letters parked.jsonl civil-status-79.jsonl",
+        description="Load registry exports (Avro object container files of RegistryEvent "
+        "records, or JSON lines as `publish` reads them), each signed as a whole (FILE.sig: "
+        "`popsync archive sign`), into the central store through the stream's validation, "
+        "identity, authority and merge rules. Invalid records go to the dead-letter topic "
+        "(or --dead-letters FILE) with the stream's reasons. Killed at any point, the same "
+        "command resumes where it committed. Exit 0 if every record went in, 1 if some "
+        "were parked, 2 if an archive is refused (signature, unreadable).",
+    )
+    backfill.add_argument("files", nargs="+", metavar="FILE", help="the archives, in order")
+    backfill.add_argument(
+        "--dead-letters",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write dead letters as JSON lines to FILE instead of the dead-letter topic",
+    )
+    backfill.add_argument("--chunk", type=int, default=2000, help="records applied per transaction")
+    backfill.add_argument(
+        "--restart",
+        action="store_true",
+        help="forget this set of archives' run and load it from the start (events applied "
+        "already are skipped as duplicates)",
+    )
+    backfill.add_argument("--no-progress", action="store_true", help="no progress bar")
+    backfill.add_argument(
+        "--report", type=Path, default=None, metavar="FILE", help="also write the summary as JSON"
+    )
+    backfill.set_defaults(func=cmd_backfill)
+
+    archive = _command(
+        sub,
+        "archive",
+        "registry side: sign an archive for `popsync backfill`",
+        "popsync archive sign civil-status-79.avro --key civil-status-79.key",
+    )
+    archive_sub = archive.add_subparsers(dest="archive_command", required=True)
+    sign = _command(
+        archive_sub,
+        "sign",
+        "write FILE.sig: the publisher key's signature of the whole file",
+        "popsync archive sign civil-status-79.avro --key civil-status-79.key",
+    )
+    sign.add_argument("file", help="the archive (Avro container or JSON lines)")
+    sign.add_argument(
+        "--key", type=Path, required=True, help="the publisher's key file (`popsync keys generate`)"
+    )
+    sign.set_defaults(func=cmd_archive_sign)
 
     acls = _command(
         sub,

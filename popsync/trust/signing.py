@@ -69,11 +69,15 @@ class Signer:
     def public_key(self) -> bytes:
         return bytes(self._key.verify_key)
 
+    def sign(self, data: bytes) -> bytes:
+        """The Ed25519 signature of `data` (64 bytes)."""
+        return self._key.sign(data).signature
+
     def headers(
         self, key: bytes | None, value: bytes, event: m.RegistryEvent
     ) -> list[tuple[str, bytes]]:
         """The headers that sign this message."""
-        signature = self._key.sign(signed_bytes(key, value, event, self.publisher_id)).signature
+        signature = self.sign(signed_bytes(key, value, event, self.publisher_id))
         return [
             (SIGNATURE_HEADER, signature),
             (KEY_ID_HEADER, self.key_id.encode()),

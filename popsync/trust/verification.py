@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from popsync.contract import models as m
 from popsync.domain.provinces import admin_code
@@ -34,6 +35,18 @@ class TrustViolation(ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class EventVerifier(Protocol):
+    """What the validator asks of a trust check: who may have published a message's event
+    (the stream's `Verifier`: its own signature; a backfill's: the signed archive it is in,
+    `popsync.trust.archives`)."""
+
+    async def refresh(self, *, force: bool = False) -> None: ...
+
+    def verify(
+        self, message: InboundMessage, event: m.RegistryEvent, now: datetime
+    ) -> SigningIdentity: ...
 
 
 class Verifier:
@@ -79,12 +92,12 @@ class Verifier:
         signed = signed_bytes(message.key, message.value or b"", event, publisher.publisher_id)
         if not verifies(key.public_key, signed, signature):
             raise TrustViolation("SIGNATURE_INVALID", f"signature of key {key.key_id} fails")
-        _check_in_force(key, publisher, now, self._expiry_grace)
-        _check_authority(publisher, event)
+        check_in_force(key, publisher, now, self._expiry_grace)
+        check_authority(publisher, event)
         return SigningIdentity(publisher, key)
 
 
-def _check_in_force(
+def check_in_force(
     key: PublisherKey, publisher: Publisher, now: datetime, grace: timedelta
 ) -> None:
     if key.revoked_by(now) or publisher.revoked_by(now):
@@ -93,7 +106,7 @@ def _check_in_force(
         raise TrustViolation("KEY_EXPIRED", f"key {key.key_id} is outside its validity window")
 
 
-def _check_authority(publisher: Publisher, event: m.RegistryEvent) -> None:
+def check_authority(publisher: Publisher, event: m.RegistryEvent) -> None:
     if event.source_registry is not publisher.kind:
         raise TrustViolation(
             "SOURCE_NOT_SIGNER",

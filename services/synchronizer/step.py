@@ -62,10 +62,23 @@ class BatchResult:
     outputs: list[OutboundMessage] = field(default_factory=list)
     rejected: dict[int, Rejected] = field(default_factory=dict)  # by position in the batch
     sources: list[str] = field(default_factory=list)  # of each message, in order
+    records: list[m.CitizenUpdate | m.MergeConflict] = field(default_factory=list)  # in order
     applied: list[m.RegistryEvent] = field(default_factory=list)
     conflict_codes: list[str] = field(default_factory=list)
     duplicates: int = 0
     changed: set[str] = field(default_factory=set)  # PINs whose state this batch advanced
+
+
+@dataclass(frozen=True)
+class Merged:
+    """A batch merged into the citizens' states; nothing of it is saved yet."""
+
+    result: BatchResult
+    states: dict[str, Known]
+
+    def changed_states(self) -> dict[str, StoredState]:
+        """The rows that persist the states this batch advanced."""
+        return {pin: to_store(self.states[pin]) for pin in self.result.changed}
 
 
 class SyncStates(Protocol):
@@ -83,27 +96,41 @@ class SynchronizerStep:
         processing: ProcessingSettings,
         states: SyncStates,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        capped: bool = True,
     ) -> None:
         self._topics = topics
         self._states = states
         self._clock = clock
         self._cache = StateCache(processing.state_cache_citizens)
-        self._daily_cap = processing.citizen_events_per_day
+        # A backfill applies a registry's archive, years of a citizen's events at once: the
+        # daily cap (a defence of the live stream) neither applies to it nor counts them.
+        self._daily_cap = processing.citizen_events_per_day if capped else None
 
     async def __call__(self, batch: Sequence[InboundMessage]) -> StepResult:
         decoded, result = self._decode(batch)
-        states = await self._load({event.subject_pin or "" for _, _, event in decoded})
-        self.merge(decoded, states, result)
+        merged = await self.merge_batch(decoded, result)
+        result.outputs.extend(self._message(record) for record in result.records)
 
         async def save() -> None:  # once the updates are out: see the module doc
-            await self._states.save({pin: to_store(states[pin]) for pin in result.changed})
-            for pin, known in states.items():  # only once saved: the cache mirrors the store
-                self._cache.put(pin, known.compact(EVENT_CODEC.decode))
-            self._count(result)
+            await self._states.save(merged.changed_states())
+            self.remember(merged)  # only once saved: the cache mirrors the store
+            self.count(result)
 
         return StepResult(
             outputs=result.outputs, rejected=result.rejected, sources=result.sources, finish=save
         )
+
+    async def merge_batch(self, decoded: Sequence[Decoded], result: BatchResult) -> Merged:
+        """Load the touched citizens' states and merge the batch's events into them."""
+        states = await self._load({event.subject_pin or "" for _, _, event in decoded})
+        self.merge(decoded, states, result)
+        return Merged(result, states)
+
+    def remember(self, merged: Merged) -> None:
+        """Cache the merged states; only once they are saved (the cache mirrors the store)."""
+        for pin, known in merged.states.items():
+            self._cache.put(pin, known.compact(EVENT_CODEC.decode))
 
     async def _load(self, pins: set[str]) -> dict[str, Known]:
         """Each citizen's current state: from the cache when the store holds that version."""
@@ -164,6 +191,7 @@ class SynchronizerStep:
         """Each citizen's new events that may be applied, in arrival order: re-sends are
         skipped, reused ids surfaced as conflicts, events beyond the cap rejected."""
         admitted: dict[str, list[Decoded]] = {}
+        cap = self._daily_cap
         for item in decoded:
             i, _, event = item
             pin = event.subject_pin or ""
@@ -172,9 +200,9 @@ class SynchronizerStep:
             if isinstance(repeat, Duplicate):
                 result.duplicates += 1
             elif repeat is not None:
-                result.outputs.append(self._conflict(event, repeat.conflict, now))
+                result.records.append(self._conflict(event, repeat.conflict, now))
                 result.conflict_codes.append(repeat.conflict.code)
-            elif known.applied_on(today) + len(pending) >= self._daily_cap:
+            elif cap is not None and known.applied_on(today) + len(pending) >= cap:
                 why = f"the citizen had {self._daily_cap} events applied today (UTC)"
                 result.rejected[i] = Rejected(DAILY_LIMIT, why, event)
             else:
@@ -196,15 +224,16 @@ class SynchronizerStep:
         for (_, message, event), outcome in zip(admitted, outcomes, strict=True):
             raw[event.event_id] = message.value or b""
             result.applied.append(event)
-            result.outputs.append(self._update(event, outcome, now, signer_of(message)))
+            result.records.append(self._update(event, outcome, now, signer_of(message)))
             for event_id, conflict in outcome.new_conflicts.items():
                 conflicting = outcome.state.events[event_id]
-                result.outputs.append(self._conflict(conflicting, conflict, now))
+                result.records.append(self._conflict(conflicting, conflict, now))
                 result.conflict_codes.append(conflict.code)
             for event_id, conflict in outcome.resolved_conflicts.items():
                 resolved = outcome.state.events[event_id]
-                result.outputs.append(self._conflict(resolved, conflict, now, resolved=True))
-        count = known.applied_on(today) + len(admitted)
+                result.records.append(self._conflict(resolved, conflict, now, resolved=True))
+        counted = len(admitted) if self._daily_cap is not None else 0
+        count = known.applied_on(today) + counted
         states[pin] = Known(outcomes[-1].state, raw, today, count)
         result.changed.add(pin)
 
@@ -214,8 +243,8 @@ class SynchronizerStep:
         outcome: Applied,
         now: datetime,
         signer: tuple[str | None, str | None] = (None, None),
-    ) -> OutboundMessage:
-        update = m.CitizenUpdate(
+    ) -> m.CitizenUpdate:
+        return m.CitizenUpdate(
             pin=outcome.snapshot.pin,
             version=outcome.version,
             snapshot=outcome.snapshot,
@@ -229,13 +258,11 @@ class SynchronizerStep:
             publisher_id=signer[0],
             key_id=signer[1],
         )
-        key = update.pin.encode()
-        return OutboundMessage(self._topics.citizen_updates, key, UPDATE_CODEC.encode(update))
 
     def _conflict(
         self, event: m.RegistryEvent, conflict: Conflict, now: datetime, resolved: bool = False
-    ) -> OutboundMessage:
-        record = m.MergeConflict(
+    ) -> m.MergeConflict:
+        return m.MergeConflict(
             pin=event.subject_pin or "",
             event_id=event.event_id,
             event_type=event.event_type,
@@ -246,10 +273,17 @@ class SynchronizerStep:
             occurred_at=event.occurred_at,
             detected_at=now,
         )
-        key = record.pin.encode()
-        return OutboundMessage(self._topics.conflicts, key, CONFLICT_CODEC.encode(record))
 
-    def _count(self, result: BatchResult) -> None:
+    def _message(self, record: m.CitizenUpdate | m.MergeConflict) -> OutboundMessage:
+        """An update or conflict as the stream carries it, keyed by the citizen's PIN."""
+        if isinstance(record, m.CitizenUpdate):
+            value = UPDATE_CODEC.encode(record)
+            return OutboundMessage(self._topics.citizen_updates, record.pin.encode(), value)
+        value = CONFLICT_CODEC.encode(record)
+        return OutboundMessage(self._topics.conflicts, record.pin.encode(), value)
+
+    def count(self, result: BatchResult) -> None:
+        """Count a durable batch in the metrics."""
         for event in result.applied:
             metrics.UPDATES_APPLIED.labels(
                 event.event_type.value, event.source_registry.value

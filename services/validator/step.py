@@ -46,7 +46,7 @@ from popsync.settings import Settings
 from popsync.topology import MAX_EVENT_BYTES
 from popsync.trust.identity import SigningIdentity
 from popsync.trust.signing import identity_headers
-from popsync.trust.verification import SIGNER_UNKNOWN, TrustViolation, Verifier
+from popsync.trust.verification import SIGNER_UNKNOWN, EventVerifier, TrustViolation
 
 log = logging.getLogger(__name__)
 STAGE = "validator"
@@ -79,7 +79,7 @@ class ValidatorStep:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         guard: SourceGuard | None = None,
         *,
-        verifier: Verifier,
+        verifier: EventVerifier,
     ) -> None:
         self._topics = settings.topics
         self._guard = guard

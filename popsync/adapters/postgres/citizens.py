@@ -274,7 +274,7 @@ class CitizenStore:
                 of_topic = [c for c in batch if c.topic == topic]
                 fresh += await self._claim(cur, topic, of_topic)
             records = tuple(c.record for c in fresh if c.record is not None)
-            await self._write_rows(cur, records)
+            await write_rows(cur, records)
         return WriteResult(written=len(fresh), skipped=len(batch) - len(fresh), records=records)
 
     async def _claim(
@@ -294,21 +294,24 @@ class CitizenStore:
         )
         return [c for c in batch if c.offset >= next_offsets[c.partition]]
 
-    async def _write_rows(
-        self, cur: psycopg.AsyncCursor[Any], records: Sequence[m.CitizenUpdate | m.MergeConflict]
-    ) -> None:
-        if not records:
-            return
-        rows = _batch_rows(records)
-        await cur.execute(_STAGE_ROWS)
-        moves: list[str] = []
-        for table, columns, staged, move in (
-            ("stage_history", _HISTORY_COLUMNS, rows.history, _INSERT_HISTORY),
-            ("stage_citizens", CITIZEN_COLUMNS, rows.citizens, _UPSERT_CITIZENS),
-            ("stage_conflicts", _CONFLICT_COLUMNS, rows.conflicts, _UPSERT_CONFLICTS),
-        ):
-            if staged:
-                await copy_rows(cur, table, columns, staged)
-                moves.append(move)
-        # No parameters: one round trip for all of them (simple query protocol).
-        await cur.execute(";".join(moves))
+
+async def write_rows(
+    cur: psycopg.AsyncCursor[Any], records: Sequence[m.CitizenUpdate | m.MergeConflict]
+) -> None:
+    """Write the rows of `records` (history, current rows, conflicts) in the caller's
+    transaction: the store writer's batches, and a backfill's (`services.backfill`)."""
+    if not records:
+        return
+    rows = _batch_rows(records)
+    await cur.execute(_STAGE_ROWS)
+    moves: list[str] = []
+    for table, columns, staged, move in (
+        ("stage_history", _HISTORY_COLUMNS, rows.history, _INSERT_HISTORY),
+        ("stage_citizens", CITIZEN_COLUMNS, rows.citizens, _UPSERT_CITIZENS),
+        ("stage_conflicts", _CONFLICT_COLUMNS, rows.conflicts, _UPSERT_CONFLICTS),
+    ):
+        if staged:
+            await copy_rows(cur, table, columns, staged)
+            moves.append(move)
+    # No parameters: one round trip for all of them (simple query protocol).
+    await cur.execute(";".join(moves))

@@ -314,3 +314,35 @@ BEGIN
     END IF;
 END
 $$;
+
+-- Bulk load (`popsync backfill`): one run per set of archives (their SHA-256s, in order).
+-- Each run stages its records in a table of its own, UNLOGGED (nothing of it is
+-- WAL-logged; PostgreSQL empties it after a crash of the server, and the run then stages
+-- its files again: the archives are the durable copy), dropped when the run finishes.
+-- The run's cursor (the last staged record applied, in apply order), its counts and the
+-- length of its dead-letter file move in the same transaction as the rows they account
+-- for, so a run killed at any point resumes exactly where it committed.
+CREATE TABLE IF NOT EXISTS backfill_runs (
+    run_id            text PRIMARY KEY,
+    files             jsonb NOT NULL,              -- [{name, sha256, size, publisher, key_id}]
+    started_at        timestamptz NOT NULL DEFAULT now(),
+    staged_records    bigint,                      -- NULL: not staged yet
+    citizens          bigint,                      -- distinct subject keys staged
+    finished_at       timestamptz
+);
+-- A run's records are applied in `parts` disjoint shares of the citizens (by a hash of
+-- the key), each with its own cursor, so parts run side by side.
+CREATE TABLE IF NOT EXISTS backfill_parts (
+    run_id            text NOT NULL REFERENCES backfill_runs ON DELETE CASCADE,
+    part              integer NOT NULL,
+    parts             integer NOT NULL,
+    cursor_key        text,                        -- NULL: nothing applied yet
+    cursor_occurred   timestamptz,
+    cursor_recorded   timestamptz,
+    cursor_file       integer,
+    cursor_position   bigint,
+    counts            jsonb NOT NULL DEFAULT '{}', -- applied, duplicates, parked, ...
+    dead_letter_bytes bigint NOT NULL DEFAULT 0,   -- of its --dead-letters file
+    finished_at       timestamptz,
+    PRIMARY KEY (run_id, part)
+);

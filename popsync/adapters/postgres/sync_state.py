@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
+
+import psycopg
 
 from popsync.adapters.postgres.database import Database, copy_rows
 
@@ -65,17 +68,25 @@ class SyncStateStore:
         if not states:
             return
         async with self._db.transaction() as cur:
-            await cur.execute(_STAGE_SYNC_STATE)
-            await copy_rows(
-                cur,
-                "stage_sync_state",
-                _SYNC_STATE_COLUMNS,
-                [
-                    (pin, s.version, s.events, s.event_ids, s.fold, s.day, s.applied_today)
-                    for pin, s in states.items()
-                ],
-            )
-            await cur.execute(_UPSERT_SYNC_STATE)
+            await save_states(cur, states)
+
+
+async def save_states(cur: psycopg.AsyncCursor[Any], states: Mapping[str, StoredState]) -> None:
+    """`SyncStateStore.save` in the caller's transaction (a backfill writes the states with
+    the store's rows and its cursor, in one)."""
+    if not states:
+        return
+    await cur.execute(_STAGE_SYNC_STATE)
+    await copy_rows(
+        cur,
+        "stage_sync_state",
+        _SYNC_STATE_COLUMNS,
+        [
+            (pin, s.version, s.events, s.event_ids, s.fold, s.day, s.applied_today)
+            for pin, s in states.items()
+        ],
+    )
+    await cur.execute(_UPSERT_SYNC_STATE)
 
 
 # Staged columns and their types: the binary COPY needs them (see `_copy`).

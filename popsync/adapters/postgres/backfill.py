@@ -1,0 +1,269 @@
+"""PostgreSQL: a backfill run's staging table, its parts' cursors and counts.
+
+A run stages every record of its archives into an UNLOGGED table of its own with COPY,
+then applies them in one ordered pass per citizen (`APPLY_ORDER`), read back in chunks by
+keyset. Each part's cursor, counts and dead-letter file length are written by
+`commit_part` in the caller's transaction, the one that writes the rows they account for.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from popsync.adapters.postgres.database import Database
+
+# Before any real record in apply order (every cursor starts here).
+_FIRST = datetime(1, 1, 1, tzinfo=UTC)
+APPLY_ORDER = ("key", "occurred_at", "recorded_at", "file_no", "position")
+_STAGED_TYPES = {
+    "file_no": "int4",
+    "position": "int8",
+    "key": "text",
+    "occurred_at": "timestamptz",
+    "recorded_at": "timestamptz",
+    "value": "bytea",
+    "refused": "text",
+    "why": "text",
+}
+
+
+@dataclass(frozen=True)
+class StagedRecord:
+    """One record of an archive as staged: its subject key ('' when none), its times (the
+    apply order), its bytes; `refused`/`why` for a line that is no event at all."""
+
+    position: int  # its place in the file: record index (container), line number (JSONL)
+    key: str
+    occurred_at: datetime
+    recorded_at: datetime
+    value: bytes | None
+    refused: str | None = None
+    why: str | None = None
+
+
+@dataclass(frozen=True)
+class StagedRow:
+    file_no: int
+    record: StagedRecord
+
+    @property
+    def order(self) -> Cursor:
+        r = self.record
+        return Cursor(r.key, r.occurred_at, r.recorded_at, self.file_no, r.position)
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A place in apply order: the last record a part applied."""
+
+    key: str = ""
+    occurred_at: datetime = _FIRST
+    recorded_at: datetime = _FIRST
+    file_no: int = -1
+    position: int = -1
+
+    def as_tuple(self) -> tuple[str, datetime, datetime, int, int]:
+        return (self.key, self.occurred_at, self.recorded_at, self.file_no, self.position)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    staged_records: int | None
+    citizens: int | None
+    finished: bool
+
+
+@dataclass(frozen=True)
+class PartRecord:
+    part: int
+    parts: int
+    cursor: Cursor
+    counts: dict[str, int]
+    dead_letter_bytes: int
+    finished: bool
+
+
+def staging_name(run_id: str) -> str:
+    """The run's own staging table (the run id is hex: a plain identifier)."""
+    return f"backfill_stage_{run_id[:24]}"
+
+
+def staging_table(run_id: str) -> sql.Identifier:
+    return sql.Identifier(staging_name(run_id))
+
+
+class BackfillStore:
+    """A run's rows in PostgreSQL; each method is its own transaction unless it takes a
+    cursor."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def open_run(self, run_id: str, files: Sequence[Mapping[str, Any]]) -> RunRecord:
+        """The run of these archives, recorded now if it is new."""
+        async with self._db.transaction() as cur:
+            await cur.execute(
+                "INSERT INTO backfill_runs (run_id, files) VALUES (%s, %s::jsonb) "
+                "ON CONFLICT DO NOTHING",
+                (run_id, json.dumps(list(files))),
+            )
+            await cur.execute(
+                "SELECT staged_records, citizens, finished_at IS NOT NULL "
+                "FROM backfill_runs WHERE run_id = %s",
+                (run_id,),
+            )
+            row = await cur.fetchone()
+        if row is None:  # inserted just above, in the same transaction
+            raise RuntimeError("backfill run row missing")
+        return RunRecord(run_id, row[0], row[1], bool(row[2]))
+
+    async def restart_run(self, run_id: str) -> None:
+        """Forget a run (its staging, parts and counts), so the archives load anew."""
+        async with self._db.transaction() as cur:
+            await cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging_table(run_id)))
+            await cur.execute("DELETE FROM backfill_runs WHERE run_id = %s", (run_id,))
+
+    async def staging_intact(self, run: RunRecord) -> bool:
+        """Whether the run's staging still holds what it staged (an UNLOGGED table is
+        emptied by a crash of the server)."""
+        if run.staged_records is None:
+            return False
+        async with self._db.transaction() as cur:
+            await cur.execute("SELECT to_regclass(%s)", (staging_name(run.run_id),))
+            found = await cur.fetchone()
+            if found is None or found[0] is None:
+                return False
+            query = sql.SQL("SELECT count(*) FROM {}").format(staging_table(run.run_id))
+            await cur.execute(query)
+            counted = await cur.fetchone()
+        return counted is not None and counted[0] == run.staged_records
+
+    async def begin_staging(self, run_id: str) -> None:
+        """An empty staging table for the run (any earlier attempt's rows dropped)."""
+        table = staging_table(run_id)
+        async with self._db.transaction() as cur:
+            await cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
+            await cur.execute(
+                sql.SQL(
+                    "CREATE UNLOGGED TABLE {} (file_no int NOT NULL, position bigint NOT NULL, "
+                    "key text NOT NULL, occurred_at timestamptz NOT NULL, "
+                    "recorded_at timestamptz NOT NULL, value bytea, refused text, why text)"
+                ).format(table)
+            )
+            await cur.execute("DELETE FROM backfill_parts WHERE run_id = %s", (run_id,))
+
+    async def stage(self, run_id: str, file_no: int, records: Iterable[StagedRecord]) -> int:
+        """COPY one archive's records into the run's staging, in one transaction; the count."""
+        count = 0
+        query = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+            staging_table(run_id), sql.SQL(", ").join(map(sql.Identifier, _STAGED_TYPES))
+        )
+        async with self._db.transaction() as cur, cur.copy(query) as copy:
+            copy.set_types(list(_STAGED_TYPES.values()))
+            for r in records:
+                row = (file_no, r.position, r.key, r.occurred_at, r.recorded_at, r.value)
+                await copy.write_row((*row, r.refused, r.why))
+                count += 1
+        return count
+
+    async def finish_staging(self, run_id: str) -> RunRecord:
+        """Index the staging in apply order and record what it holds."""
+        table = staging_table(run_id)
+        order = sql.SQL(", ").join(map(sql.Identifier, APPLY_ORDER))
+        index = sql.Identifier(f"{staging_name(run_id)}_order")
+        async with self._db.transaction() as cur:
+            await cur.execute(
+                sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(index, table, order)
+            )
+            await cur.execute(sql.SQL("ANALYZE {}").format(table))
+            await cur.execute(sql.SQL("SELECT count(*), count(DISTINCT key) FROM {}").format(table))
+            counted = await cur.fetchone()
+            if counted is None:  # an aggregate always has its row
+                raise RuntimeError("count returned no row")
+            await cur.execute(
+                "UPDATE backfill_runs SET staged_records = %s, citizens = %s WHERE run_id = %s",
+                (counted[0], counted[1], run_id),
+            )
+        return RunRecord(run_id, counted[0], counted[1], False)
+
+    async def parts(self, run_id: str, parts: int) -> list[PartRecord]:
+        """The run's parts, made now if the run has none (a run keeps its number of parts)."""
+        async with self._db.transaction() as cur:
+            await cur.execute(
+                "INSERT INTO backfill_parts (run_id, part, parts) "
+                "SELECT %s, p, %s FROM generate_series(0, %s - 1) AS p "
+                "WHERE NOT EXISTS (SELECT 1 FROM backfill_parts WHERE run_id = %s)",
+                (run_id, parts, parts, run_id),
+            )
+            await cur.execute(
+                "SELECT part, parts, cursor_key, cursor_occurred, cursor_recorded, cursor_file, "
+                "cursor_position, counts, dead_letter_bytes, finished_at IS NOT NULL "
+                "FROM backfill_parts WHERE run_id = %s ORDER BY part",
+                (run_id,),
+            )
+            rows = await cur.fetchall()
+        return [_part(row) for row in rows]
+
+    async def next_rows(
+        self, run_id: str, part: PartRecord, after: Cursor, limit: int
+    ) -> list[StagedRow]:
+        """The part's next `limit` records in apply order after `after`."""
+        columns = sql.SQL(", ").join(map(sql.Identifier, _STAGED_TYPES))
+        order = sql.SQL(", ").join(map(sql.Identifier, APPLY_ORDER))
+        share: sql.Composable = sql.SQL("")
+        if part.parts > 1:
+            share = sql.SQL(" AND (hashtext(key) & 2147483647) %% {} = {}").format(
+                sql.Literal(part.parts), sql.Literal(part.part)
+            )
+        query = sql.SQL(
+            "SELECT {columns} FROM {table} WHERE ({order}) > (%s, %s, %s, %s, %s){share} "
+            "ORDER BY {order} LIMIT %s"
+        ).format(columns=columns, table=staging_table(run_id), order=order, share=share)
+        async with self._db.transaction() as cur:
+            await cur.execute(query, (*after.as_tuple(), limit))
+            rows = await cur.fetchall()
+        return [
+            StagedRow(r[0], StagedRecord(r[1], r[2], r[3], r[4], r[5], r[6], r[7])) for r in rows
+        ]
+
+    async def finish_run(self, run_id: str) -> None:
+        """Mark the run done and drop its staging."""
+        async with self._db.transaction() as cur:
+            await cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging_table(run_id)))
+            await cur.execute(
+                "UPDATE backfill_runs SET finished_at = now() WHERE run_id = %s", (run_id,)
+            )
+
+
+async def commit_part(
+    cur: psycopg.AsyncCursor[Any],
+    run_id: str,
+    part: int,
+    cursor: Cursor,
+    counts: Mapping[str, int],
+    dead_letter_bytes: int,
+    *,
+    finished: bool = False,
+) -> None:
+    """Move a part's cursor, counts and dead-letter length, in the caller's transaction."""
+    await cur.execute(
+        "UPDATE backfill_parts SET cursor_key = %s, cursor_occurred = %s, "
+        "cursor_recorded = %s, cursor_file = %s, cursor_position = %s, counts = %s::jsonb, "
+        "dead_letter_bytes = %s, finished_at = CASE WHEN %s THEN now() END "
+        "WHERE run_id = %s AND part = %s",
+        (*cursor.as_tuple(), json.dumps(dict(counts)), dead_letter_bytes, finished, run_id, part),
+    )
+
+
+def _part(row: Sequence[Any]) -> PartRecord:
+    cursor = Cursor() if row[2] is None else Cursor(row[2], row[3], row[4], row[5], row[6])
+    counts = {str(k): int(v) for k, v in (row[7] or {}).items()}
+    return PartRecord(row[0], row[1], cursor, counts, row[8], bool(row[9]))

@@ -1,0 +1,271 @@
+"""The backfill's wiring: its resources from settings, the run's phases, its report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from popsync.adapters.kafka.producer import BatchProducer
+from popsync.adapters.postgres.backfill import BackfillStore, RunRecord, StagedRecord
+from popsync.adapters.postgres.database import Database
+from popsync.adapters.postgres.matching import PostgresMatchingStore
+from popsync.adapters.postgres.pins import PostgresAliasDirectory, PostgresPinAllocator
+from popsync.adapters.postgres.publishers import PostgresPublisherDirectory
+from popsync.adapters.postgres.sync_state import SyncStateStore
+from popsync.ops.failures import EXIT_OK, EXIT_REFUSED
+from popsync.runtime.messages import OutboundMessage
+from popsync.settings import Settings
+from popsync.trust.archives import ArchiveVerifier, digest_of, verify_archive
+from services.synchronizer.step import SynchronizerStep
+from services.validator.step import ValidatorStep
+
+from .archives import read_archive
+from .job import (
+    Applier,
+    Archive,
+    DeadLetterSink,
+    FileSink,
+    Progress,
+    TopicSink,
+    run_id_of,
+)
+
+CHUNK = 2_000
+
+
+@dataclass(frozen=True)
+class BackfillOptions:
+    files: tuple[Path, ...]
+    dead_letters: Path | None = None
+    chunk: int = CHUNK
+    restart: bool = False
+    progress: bool | None = None  # None: only on a terminal
+    report: Path | None = None
+
+
+def run_backfill(settings: Settings, options: BackfillOptions, out: TextIO = sys.stdout) -> int:
+    return asyncio.run(backfill(settings, options, out))
+
+
+class _LazyProducer:
+    """The broker is only needed once something is to be sent to it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._producer: BatchProducer | None = None
+
+    async def send_all(self, messages: Sequence[OutboundMessage]) -> None:
+        if self._producer is None:
+            self._producer = BatchProducer(self._settings.kafka)
+        await self._producer.send_all(messages)
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close()
+
+
+async def backfill(settings: Settings, options: BackfillOptions, out: TextIO) -> int:
+    started = time.monotonic()
+    db = Database(settings.postgres, application_name="popsync-backfill")
+    producer = _LazyProducer(settings)
+    sink: DeadLetterSink = (
+        FileSink(options.dead_letters) if options.dead_letters else TopicSink(producer)
+    )
+    try:
+        archives = await _verified(db, settings, options.files)
+        store = BackfillStore(db)
+        run_id = run_id_of(archives)
+        if options.restart:
+            await store.restart_run(run_id)
+        run = await store.open_run(run_id, [a.describe() for a in archives])
+        if run.finished:
+            print(
+                f"backfill: these {len(archives)} archive(s) were loaded already (run "
+                f"{run_id[:12]}); --restart loads them again (applied events are skipped)",
+                file=out,
+            )
+            return EXIT_OK
+        staged_at = time.monotonic()
+        resumed = run.staged_records is not None
+        if not await store.staging_intact(run):
+            run = await _stage(store, run, archives, options.progress)
+        applying_at = time.monotonic()
+        applier = Applier(
+            settings,
+            db,
+            store,
+            _validator(settings, db, archives),
+            _synchronizer(settings, db),
+            producer,
+            sink,
+            archives,
+            chunk=options.chunk,
+        )
+        counts: Counter[str] = Counter()
+        parts = await store.parts(run_id, 1)
+        for part in parts:
+            done = part.counts.get("records", 0)
+            with _bar(options.progress, "applying", (run.staged_records or 0) - done) as bar:
+                progress = Progress(advance=_advancing(bar))
+                if part.finished:
+                    counts.update(part.counts)
+                    continue
+                outcome = await applier.apply(run, part, progress)
+                counts.update(outcome.counts)
+        await store.finish_run(run_id)
+    finally:
+        if isinstance(sink, FileSink):
+            sink.close()
+        producer.close()
+        await db.close()
+    finished = time.monotonic()
+    report = _report(
+        run,
+        archives,
+        counts,
+        options,
+        stage=applying_at - staged_at,
+        apply=finished - applying_at,
+        total=finished - started,
+        resumed=resumed,
+    )
+    _print_summary(report, options, out)
+    if options.report is not None:
+        options.report.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    return EXIT_REFUSED if counts["parked"] else EXIT_OK
+
+
+async def _verified(db: Database, settings: Settings, files: Sequence[Path]) -> list[Archive]:
+    """Each archive with its verified signer, in the order given (`ArchiveRefused` if any
+    fails: nothing is staged)."""
+    keys = await PostgresPublisherDirectory(db).keys()
+    now = datetime.now(UTC)
+    grace = timedelta(seconds=settings.trust.expiry_grace_seconds)
+    archives = []
+    for file_no, path in enumerate(files):
+        signer = verify_archive(path, keys, now, grace)
+        digest = digest_of(path)
+        archives.append(Archive(path, file_no, digest.sha256.hex(), digest.size, signer))
+    return archives
+
+
+def _validator(settings: Settings, db: Database, archives: Sequence[Archive]) -> ValidatorStep:
+    """The validator's step, each record's publisher being its archive's signer."""
+    return ValidatorStep(
+        settings,
+        PostgresPinAllocator(db),
+        PostgresAliasDirectory(db),
+        PostgresMatchingStore(db),
+        verifier=ArchiveVerifier({a.topic: a.signer for a in archives}),
+    )
+
+
+def _synchronizer(settings: Settings, db: Database) -> SynchronizerStep:
+    """The synchronizer's merge, without the live stream's daily cap."""
+    return SynchronizerStep(settings.topics, settings.processing, SyncStateStore(db), capped=False)
+
+
+async def _stage(
+    store: BackfillStore, run: RunRecord, archives: Sequence[Archive], progress: bool | None
+) -> RunRecord:
+    await store.begin_staging(run.run_id)
+    with _bar(progress, "staging", None) as bar:
+        for archive in archives:
+            records = read_archive(archive.path, archive.signer.publisher.kind)
+            await store.stage(run.run_id, archive.file_no, _counted(records, bar))
+    return await store.finish_staging(run.run_id)
+
+
+def _counted(records: Iterable[StagedRecord], bar: tqdm[Any]) -> Iterator[StagedRecord]:
+    """The records, counted on the bar as they are read (a thousand at a time)."""
+    count = 0
+    for record in records:
+        count += 1
+        if count % 1000 == 0:
+            bar.update(1000)
+        yield record
+    bar.update(count % 1000)
+
+
+def _bar(progress: bool | None, what: str, total: int | None) -> tqdm[Any]:
+    return tqdm(
+        total=total,
+        desc=what,
+        unit=" records",
+        unit_scale=True,
+        disable=None if progress is None else not progress,  # None: only on a terminal
+        file=sys.stderr,
+        smoothing=0.1,
+    )
+
+
+def _advancing(bar: tqdm[Any]) -> Callable[[int, Counter[str]], None]:
+    """What moves the apply bar: records done, with what was applied and parked so far."""
+    seen: Counter[str] = Counter()
+
+    def advance(records: int, delta: Counter[str]) -> None:
+        seen.update(delta)
+        bar.set_postfix(applied=f"{seen['applied']:,}", parked=f"{seen['parked']:,}", refresh=False)
+        bar.update(records)
+
+    return advance
+
+
+def _report(
+    run: RunRecord,
+    archives: Sequence[Archive],
+    counts: Counter[str],
+    options: BackfillOptions,
+    *,
+    stage: float,
+    apply: float,
+    total: float,
+    resumed: bool,
+) -> dict[str, Any]:
+    records = counts["records"]
+    return {
+        "run_id": run.run_id,
+        "archives": [a.describe() for a in archives],
+        "records": records,
+        "staged": run.staged_records,
+        "applied": counts["applied"],
+        "duplicates": counts["duplicates"],
+        "conflicts": counts["conflicts"],
+        "parked": counts["parked"],
+        "notices": counts["notices"],
+        "citizens": run.citizens,
+        "parked_by_reason": {
+            k.removeprefix("reason:"): v
+            for k, v in sorted(counts.items())
+            if k.startswith("reason:")
+        },
+        "dead_letters": str(options.dead_letters) if options.dead_letters else "topic",
+        "resumed": resumed,
+        "seconds": round(total, 2),
+        "phases": {"stage": round(stage, 2), "apply": round(apply, 2)},
+        "records_per_second": round(records / apply, 1) if apply > 0 else None,
+    }
+
+
+def _print_summary(report: dict[str, Any], options: BackfillOptions, out: TextIO) -> None:
+    where = f"to {options.dead_letters}" if options.dead_letters else "on the dead-letter topic"
+    print(
+        f"backfill: {len(report['archives'])} archive(s), {report['records']:,} records: "
+        f"{report['applied']:,} applied, {report['duplicates']:,} duplicates, "
+        f"{report['conflicts']:,} conflicts, {report['parked']:,} parked {where}; "
+        f"{report['citizens'] or 0:,} citizens; {report['seconds']:.1f} s "
+        f"(staging {report['phases']['stage']:.1f} s, applying {report['phases']['apply']:.1f} s)",
+        file=out,
+    )
+    for reason, count in report["parked_by_reason"].items():
+        print(f"  parked  {reason:<28} {count:>10,}", file=out)
