@@ -253,11 +253,9 @@ def test_killed_at_any_point_a_rerun_finishes_with_the_same_state(
             stderr=subprocess.DEVNULL,
         )
 
-        def applied(target: int = kill_after) -> bool:
-            rows = _sql(
-                settings, "SELECT coalesce(sum((counts->>'records')::int), 0) FROM backfill_parts"
-            )
-            return bool(rows[0][0] >= target) or process.poll() is not None
+        def applied(target: int = kill_after, process: subprocess.Popen[bytes] = process) -> bool:
+            done = "SELECT coalesce(sum((counts->>'records')::int), 0) FROM backfill_parts"
+            return bool(_sql(settings, done)[0][0] >= target) or process.poll() is not None
 
         assert eventually(applied, timeout=120)
         process.send_signal(signal.SIGKILL)
