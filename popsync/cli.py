@@ -95,14 +95,15 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
+    from popsync.adapters.postgres.backfill import BackfillBusy
     from popsync.trust.archives import ArchiveRefused
     from services.backfill.app import BackfillOptions, run_backfill
     from services.backfill.archives import ArchiveUnreadable
 
     for name in args.files:
         _open_input(name).close()  # each one readable, before anything starts
-    if args.chunk < 1:
-        raise failures.UsageError(f"--chunk must be at least 1, not {args.chunk}")
+    if args.chunk < 1 or args.jobs < 1:
+        raise failures.UsageError("--chunk and --jobs must be at least 1")
     settings = load_settings() if args.dead_letters else _with_broker()
     from popsync.adapters.postgres.database import require_database
 
@@ -112,12 +113,13 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         dead_letters=args.dead_letters,
         chunk=args.chunk,
         restart=args.restart,
+        jobs=args.jobs,
         progress=False if args.no_progress else None,
         report=args.report,
     )
     try:
         return run_backfill(settings, options)
-    except (ArchiveRefused, ArchiveUnreadable) as exc:
+    except (ArchiveRefused, ArchiveUnreadable, BackfillBusy) as exc:
         raise failures.UsageError(str(exc)) from None
 
 
@@ -812,6 +814,13 @@ def _add_pipeline_commands(sub: Subparsers) -> None:
         action="store_true",
         help="forget this set of archives' run and load it from the start (events applied "
         "already are skipped as duplicates)",
+    )
+    backfill.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes applying side by side, each a share of the citizens (a run "
+        "keeps the number it started with)",
     )
     backfill.add_argument("--no-progress", action="store_true", help="no progress bar")
     backfill.add_argument(

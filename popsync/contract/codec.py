@@ -85,6 +85,10 @@ class Codec:
         schemaless_writer(buffer, self.schema.parsed, to_avro_datum(record))
         return buffer.getvalue()
 
+    def knows_writer(self, fingerprint: bytes) -> bool:
+        """True if values written with the schema of this fingerprint can be decoded."""
+        return fingerprint in self._writers
+
     def written_with_current_schema(self, value: bytes | None) -> bool:
         """True if `value` names this codec's own (current) schema as its writer."""
         return value is not None and value[2:HEADER_SIZE] == self.schema.fingerprint

@@ -9,6 +9,7 @@ surnames and middle names carry little identifying weight.
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 
 __all__ = [
@@ -99,6 +100,7 @@ def _case_token(token: str) -> str:
     )
 
 
+@functools.lru_cache(maxsize=65_536)  # names repeat (a citizen's events, common names)
 def normalize_name(raw: str) -> str:
     """Canonical stored form: "nGUYỄN  thị   ÁNH" -> "Nguyễn Thị Ánh".
 

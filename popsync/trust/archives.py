@@ -123,9 +123,9 @@ def verify_archive(
     keys: Mapping[str, tuple[PublisherKey, Publisher]],
     now: datetime,
     expiry_grace: timedelta = timedelta(hours=1),
-) -> SigningIdentity:
-    """Who signed the archive at `path`, by the directory's `keys`; else `ArchiveRefused`
-    naming the file and the reason. Reads the whole file once (its SHA-256)."""
+) -> tuple[SigningIdentity, ArchiveDigest]:
+    """Who signed the archive at `path`, by the directory's `keys`, and its digest; else
+    `ArchiveRefused` naming the file and the reason. Reads the whole file once."""
     claim = _read_claim(path)
     found = keys.get(claim.key_id)
     if found is None:
@@ -146,7 +146,7 @@ def verify_archive(
         check_in_force(key, publisher, now, expiry_grace)
     except TrustViolation as exc:
         raise ArchiveRefused(f"{path}: {exc}") from None
-    return SigningIdentity(publisher, key)
+    return SigningIdentity(publisher, key), digest
 
 
 class ArchiveVerifier:

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import json
+import logging
+import multiprocessing
+import os
+import queue as queue_module
+import shutil
+import signal
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +25,12 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from popsync.adapters.kafka.producer import BatchProducer
-from popsync.adapters.postgres.backfill import BackfillStore, RunRecord, StagedRecord
+from popsync.adapters.postgres.backfill import (
+    BackfillStore,
+    PartRecord,
+    RunRecord,
+    StagedRecord,
+)
 from popsync.adapters.postgres.database import Database
 from popsync.adapters.postgres.matching import PostgresMatchingStore
 from popsync.adapters.postgres.pins import PostgresAliasDirectory, PostgresPinAllocator
@@ -25,7 +39,7 @@ from popsync.adapters.postgres.sync_state import SyncStateStore
 from popsync.ops.failures import EXIT_OK, EXIT_REFUSED
 from popsync.runtime.messages import OutboundMessage
 from popsync.settings import Settings
-from popsync.trust.archives import ArchiveVerifier, digest_of, verify_archive
+from popsync.trust.archives import ArchiveVerifier, verify_archive
 from services.synchronizer.step import SynchronizerStep
 from services.validator.step import ValidatorStep
 
@@ -35,12 +49,14 @@ from .job import (
     Archive,
     DeadLetterSink,
     FileSink,
+    PartOutcome,
     Progress,
     TopicSink,
     run_id_of,
 )
 
 CHUNK = 2_000
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,6 +65,7 @@ class BackfillOptions:
     dead_letters: Path | None = None
     chunk: int = CHUNK
     restart: bool = False
+    jobs: int = 1  # parts applied side by side, each in a process of its own
     progress: bool | None = None  # None: only on a terminal
     report: Path | None = None
 
@@ -77,14 +94,11 @@ class _LazyProducer:
 async def backfill(settings: Settings, options: BackfillOptions, out: TextIO) -> int:
     started = time.monotonic()
     db = Database(settings.postgres, application_name="popsync-backfill")
-    producer = _LazyProducer(settings)
-    sink: DeadLetterSink = (
-        FileSink(options.dead_letters) if options.dead_letters else TopicSink(producer)
-    )
     try:
         archives = await _verified(db, settings, options.files)
         store = BackfillStore(db)
         run_id = run_id_of(archives)
+        await store.lock_run(run_id)
         if options.restart:
             await store.restart_run(run_id)
         run = await store.open_run(run_id, [a.describe() for a in archives])
@@ -98,35 +112,14 @@ async def backfill(settings: Settings, options: BackfillOptions, out: TextIO) ->
         staged_at = time.monotonic()
         resumed = run.staged_records is not None
         if not await store.staging_intact(run):
-            run = await _stage(store, run, archives, options.progress)
+            run = await _stage(settings, store, run, archives, options)
         applying_at = time.monotonic()
-        applier = Applier(
-            settings,
-            db,
-            store,
-            _validator(settings, db, archives),
-            _synchronizer(settings, db),
-            producer,
-            sink,
-            archives,
-            chunk=options.chunk,
-        )
-        counts: Counter[str] = Counter()
-        parts = await store.parts(run_id, 1)
-        for part in parts:
-            done = part.counts.get("records", 0)
-            with _bar(options.progress, "applying", (run.staged_records or 0) - done) as bar:
-                progress = Progress(advance=_advancing(bar))
-                if part.finished:
-                    counts.update(part.counts)
-                    continue
-                outcome = await applier.apply(run, part, progress)
-                counts.update(outcome.counts)
+        parts = await store.parts(run_id, options.jobs)
+        counts = await _apply_parts(settings, run, archives, parts, options)
+        _gather_dead_letters(options.dead_letters, parts)
         await store.finish_run(run_id)
+        _remove_part_files(options.dead_letters, parts)
     finally:
-        if isinstance(sink, FileSink):
-            sink.close()
-        producer.close()
         await db.close()
     finished = time.monotonic()
     report = _report(
@@ -153,10 +146,177 @@ async def _verified(db: Database, settings: Settings, files: Sequence[Path]) -> 
     grace = timedelta(seconds=settings.trust.expiry_grace_seconds)
     archives = []
     for file_no, path in enumerate(files):
-        signer = verify_archive(path, keys, now, grace)
-        digest = digest_of(path)
+        signer, digest = verify_archive(path, keys, now, grace)
         archives.append(Archive(path, file_no, digest.sha256.hex(), digest.size, signer))
     return archives
+
+
+# --- the apply pass: parts side by side, each in a process of its own -----------------------
+
+
+async def _apply_parts(
+    settings: Settings,
+    run: RunRecord,
+    archives: Sequence[Archive],
+    parts: Sequence[PartRecord],
+    options: BackfillOptions,
+) -> Counter[str]:
+    """Apply every unfinished part (its share of the citizens), then the last pass over the
+    records the parts deferred; the run's counts."""
+    counts: Counter[str] = Counter()
+    shares = [p for p in parts if not p.last_pass]
+    done = sum(p.counts.get("records", 0) for p in shares)
+    todo = [p for p in shares if not p.finished]
+    with _bar(options.progress, "applying", (run.staged_records or 0) - done) as bar:
+        advance = _advancing(bar)
+        if len(todo) > 1:
+            finished = _in_processes(settings, run, archives, todo, options, advance)
+        else:
+            finished = [
+                await apply_part(settings, run, archives, p, options, advance) for p in todo
+            ]
+    for part in parts:
+        if part.finished:
+            counts.update(part.counts)
+    for outcome in finished:
+        counts.update(outcome.counts)
+    for last in (p for p in parts if p.last_pass and not p.finished):
+        final = await apply_part(settings, run, archives, last, options, lambda *_: None)
+        counts.update(final.counts)
+    # A deferred record is counted by the part that deferred it and by the last pass.
+    counts["records"] -= counts.pop("deferred", 0)
+    return counts
+
+
+async def apply_part(
+    settings: Settings,
+    run: RunRecord,
+    archives: Sequence[Archive],
+    part: PartRecord,
+    options: BackfillOptions,
+    advance: Callable[[int, Counter[str]], None],
+) -> PartOutcome:
+    """One part, on connections of its own: its cumulative counts."""
+    db = Database(settings.postgres, application_name=f"popsync-backfill-{part.part}")
+    producer = _LazyProducer(settings)
+    letters = part_file(options.dead_letters, part)
+    sink: DeadLetterSink = FileSink(letters) if letters else TopicSink(producer)
+    try:
+        store = BackfillStore(db)
+        part = await store.lock_part(run.run_id, part.part)
+        applier = Applier(
+            settings,
+            db,
+            store,
+            _validator(settings, db, archives),
+            _synchronizer(settings, db),
+            producer,
+            sink,
+            archives,
+            chunk=options.chunk,
+        )
+        outcome = await applier.apply(run, part, Progress(advance))
+    finally:
+        if isinstance(sink, FileSink):
+            sink.close()
+        producer.close()
+        await db.close()
+    log.info(
+        "backfill: part %d of %d: %d records in %.1f s",
+        part.part,
+        part.parts,
+        outcome.counts["records"] - part.counts.get("records", 0),
+        outcome.seconds,
+    )
+    return outcome
+
+
+_progress: Any = None  # a child's queue to the parent's progress bar
+
+
+def _child_starts(progress: Any) -> None:
+    """A part's process: it dies with the backfill that started it (a kill -9 of the
+    backfill must not leave a part applying behind the rerun), and reports progress."""
+    global _progress
+    _progress = progress
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before the line above
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_applies(
+    settings: Settings,
+    run: RunRecord,
+    archives: Sequence[Archive],
+    part: PartRecord,
+    options: BackfillOptions,
+) -> PartOutcome:
+    def advance(records: int, delta: Counter[str]) -> None:
+        _progress.put((records, dict(delta)))
+
+    return asyncio.run(apply_part(settings, run, archives, part, options, advance))
+
+
+def _in_processes(
+    settings: Settings,
+    run: RunRecord,
+    archives: Sequence[Archive],
+    parts: Sequence[PartRecord],
+    options: BackfillOptions,
+    advance: Callable[[int, Counter[str]], None],
+) -> list[PartOutcome]:
+    context = multiprocessing.get_context("spawn")  # no inherited event loop or connections
+    queue = context.Queue()
+    with ProcessPoolExecutor(
+        max_workers=len(parts),
+        mp_context=context,
+        initializer=_child_starts,
+        initargs=(queue,),
+    ) as pool:
+        futures = [
+            pool.submit(_child_applies, settings, run, archives, part, options) for part in parts
+        ]
+        while not all(f.done() for f in futures):
+            with contextlib.suppress(queue_module.Empty):
+                records, delta = queue.get(timeout=0.5)
+                advance(records, Counter(delta))
+        outcomes = [f.result() for f in futures]  # a part's failure is raised here
+    for part, outcome in zip(parts, outcomes, strict=True):
+        log.info("backfill: part %d: %.1f s", part.part, outcome.seconds)
+    return outcomes
+
+
+# --- dead-letter files: one per part while applying, gathered into one at the end ---------
+
+
+def part_file(path: Path | None, part: PartRecord) -> Path | None:
+    return None if path is None else path.with_name(f"{path.name}.part-{part.part}")
+
+
+def _gather_dead_letters(path: Path | None, parts: Sequence[PartRecord]) -> None:
+    """The dead-letter file: the parts' files, in order (each exact: cut at its commit)."""
+    if path is None:
+        return
+    with path.open("wb") as whole:
+        for part in parts:
+            piece = part_file(path, part)
+            if piece is not None and piece.exists():
+                with piece.open("rb") as handle:
+                    shutil.copyfileobj(handle, whole)
+        whole.flush()
+        os.fsync(whole.fileno())
+
+
+def _remove_part_files(path: Path | None, parts: Sequence[PartRecord]) -> None:
+    for part in parts:
+        piece = part_file(path, part)
+        if piece is not None:
+            piece.unlink(missing_ok=True)
 
 
 def _validator(settings: Settings, db: Database, archives: Sequence[Archive]) -> ValidatorStep:
@@ -176,10 +336,15 @@ def _synchronizer(settings: Settings, db: Database) -> SynchronizerStep:
 
 
 async def _stage(
-    store: BackfillStore, run: RunRecord, archives: Sequence[Archive], progress: bool | None
+    settings: Settings,
+    store: BackfillStore,
+    run: RunRecord,
+    archives: Sequence[Archive],
+    options: BackfillOptions,
 ) -> RunRecord:
+    """Stage every archive (a transaction each), then index the staging in apply order."""
     await store.begin_staging(run.run_id)
-    with _bar(progress, "staging", None) as bar:
+    with _bar(options.progress, "staging", None) as bar:
         for archive in archives:
             records = read_archive(archive.path, archive.signer.publisher.kind)
             await store.stage(run.run_id, archive.file_no, _counted(records, bar))

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import fastavro
-from fastavro import schemaless_writer
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from popsync.adapters.postgres.backfill import StagedRecord
 from popsync.contract import models as m
@@ -56,35 +57,71 @@ def read_archive(path: Path, kind: m.SourceRegistry) -> Iterator[StagedRecord]:
 
 
 def _container_records(path: Path, handle: BinaryIO) -> Iterator[StagedRecord]:
-    schema = EVENT_CODEC.schema.parsed
-    header = MAGIC + EVENT_CODEC.schema.fingerprint
-    position = 0
+    count = 0
     try:
-        reader = fastavro.reader(handle, reader_schema=schema, return_record_name=True)
-        for position, datum in enumerate(reader):
-            if not isinstance(datum, dict):  # the reader schema is a record: never
-                raise ArchiveUnreadable(f"{path}: record {position} is not a record")
-            yield _staged(position, datum, header, schema)
-    except ArchiveUnreadable:
-        raise
+        writer = fastavro.reader(handle).writer_schema
+        handle.seek(0)
+        known = _fingerprint(writer)
+        if EVENT_CODEC.knows_writer(known):
+            records = _as_written(handle, parse_schema(writer), MAGIC + known)
+        else:  # another version: resolved to the current schema, and encoded with it
+            records = _resolved(handle)
+        for record in records:
+            yield record
+            count += 1
     except Exception as exc:  # fastavro raises many kinds for a broken header or block
-        where = "its header" if position == 0 else f"the block after record {position}"
+        where = "its header" if count == 0 else f"the block after record {count}"
         raise ArchiveUnreadable(
             f"{path}: {where} cannot be read as RegistryEvent records "
             f"({type(exc).__name__}: {_first_line(exc)})"
         ) from None
 
 
-def _staged(position: int, datum: dict[str, Any], header: bytes, schema: Any) -> StagedRecord:
-    buffer = io.BytesIO()
-    buffer.write(header)
-    schemaless_writer(buffer, schema, datum)
+def _fingerprint(schema: Any) -> bytes:
+    canonical = to_parsing_canonical_form(parse_schema(schema))
+    return bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
+
+
+def _as_written(handle: BinaryIO, writer: Any, header: bytes) -> Iterator[StagedRecord]:
+    """Records written with a schema version the contract knows: each record's own bytes
+    behind that version's header (what a registry would have put on the stream), read
+    once for its key and times; nothing is encoded again."""
+    position = 0
+    for block in fastavro.block_reader(handle):
+        buffer: io.BytesIO = block.bytes_  # type: ignore[attr-defined]  # the block's bytes
+        data = buffer.getbuffer()
+        try:
+            for _ in range(block.num_records):
+                start = buffer.tell()
+                datum = schemaless_reader(buffer, writer, None)
+                if not isinstance(datum, dict):
+                    raise TypeError("not a record")
+                yield _staged(position, datum, header + data[start : buffer.tell()])
+                position += 1
+        finally:
+            data.release()
+
+
+def _resolved(handle: BinaryIO) -> Iterator[StagedRecord]:
+    schema = EVENT_CODEC.schema.parsed
+    header = MAGIC + EVENT_CODEC.schema.fingerprint
+    reader = fastavro.reader(handle, reader_schema=schema, return_record_name=True)
+    for position, datum in enumerate(reader):
+        if not isinstance(datum, dict):
+            raise TypeError("not a record")
+        buffer = io.BytesIO()
+        buffer.write(header)
+        schemaless_writer(buffer, schema, datum)
+        yield _staged(position, datum, buffer.getvalue())
+
+
+def _staged(position: int, datum: dict[str, Any], value: bytes) -> StagedRecord:
     return StagedRecord(
         position,
         datum.get("subject_pin") or "",
         _aware(datum["occurred_at"]),
         _aware(datum["recorded_at"]),
-        buffer.getvalue(),
+        value,
     )
 
 

@@ -54,12 +54,12 @@ from popsync.adapters.postgres.backfill import (
     RunRecord,
     StagedRow,
     commit_part,
+    defer,
 )
 from popsync.adapters.postgres.citizens import write_rows
 from popsync.adapters.postgres.database import Database
 from popsync.adapters.postgres.sync_state import save_states
 from popsync.contract import models as m
-from popsync.contract.codec import Codec
 from popsync.runtime.deadletter import DEAD_LETTER_CODEC, dead_letter
 from popsync.runtime.messages import InboundMessage, OutboundMessage
 from popsync.runtime.processing import INTERNAL_ERROR, Rejected
@@ -72,7 +72,6 @@ from services.validator.step import ValidatorStep
 
 log = logging.getLogger(__name__)
 STAGE = "backfill"
-EVENT_CODEC = Codec(m.RegistryEvent)
 
 
 @dataclass(frozen=True)
@@ -255,10 +254,10 @@ class Applier:
             if not rows:
                 break
             before = counts.copy()
-            await self._apply_rows(run.run_id, part.part, rows, counts)
+            await self._apply_rows(run.run_id, part, rows, counts)
             cursor = rows[-1].order
             progress.advance(len(rows), counts - before)
-        await self._commit(run.run_id, part.part, cursor, counts, finished=True)
+        await self._commit(run.run_id, part, cursor, counts, finished=True)
         return PartOutcome(counts, time.monotonic() - started)
 
     async def _next_rows(self, run_id: str, part: PartRecord, after: Cursor) -> list[StagedRow]:
@@ -267,7 +266,7 @@ class Applier:
         )
 
     async def _apply_rows(
-        self, run_id: str, part: int, rows: Sequence[StagedRow], counts: Counter[str]
+        self, run_id: str, part: PartRecord, rows: Sequence[StagedRow], counts: Counter[str]
     ) -> None:
         """Apply `rows` and commit past them, splitting them to park a record at fault."""
         try:
@@ -291,7 +290,7 @@ class Applier:
         return InboundMessage(self._topics[row.file_no], 0, r.position, key, r.value)
 
     async def _attempt(
-        self, run_id: str, part: int, rows: Sequence[StagedRow], counts: Counter[str]
+        self, run_id: str, part: PartRecord, rows: Sequence[StagedRow], counts: Counter[str]
     ) -> None:
         self._sink.committed_to(self._committed)  # a retried attempt sends its letters again
         now = self._clock()
@@ -305,16 +304,21 @@ class Applier:
                 why = Rejected(r.refused, r.why or r.refused)
                 letters.append(self._letter(message, why, "validator", now))
                 delta[f"reason:{r.refused}"] += 1
-        validated = await self._validator([messages[i] for i in events])
+        judged = await self._validator.judge([messages[i] for i in events])
+        validated = judged.result
         for i, why in sorted(validated.rejected.items()):
             letters.append(self._letter(messages[events[i]], why, "validator", now))
             delta[f"reason:{why.reason}"] += 1
         passed = self._settings.topics.validated_events
         outputs = [o for o in validated.outputs if o.topic != passed]
-        decoded: list[Decoded] = [
-            (k, _as_inbound(o), EVENT_CODEC.decode(o.value))
-            for k, o in enumerate(o for o in validated.outputs if o.topic == passed)
-        ]
+        decoded: list[Decoded] = []
+        deferred: list[tuple[str, StagedRow]] = []
+        for i, output, event in judged.validated:
+            pin = event.subject_pin or ""
+            if part.takes(pin):
+                decoded.append((len(decoded), _as_inbound(output), event))
+            else:  # named by another identifier: its citizen is another part's
+                deferred.append((pin, rows[events[i]]))
         result = BatchResult()
         merged = await self._synchronizer.merge_batch(decoded, result)
         for k, why in sorted(result.rejected.items()):
@@ -326,6 +330,7 @@ class Applier:
             conflicts=len(result.conflict_codes),
             parked=len(letters),
             notices=len(outputs),
+            deferred=len(deferred),
         )
         await self._sink.send(letters)
         if outputs:
@@ -334,7 +339,8 @@ class Applier:
         async with self._db.transaction() as cur:
             await write_rows(cur, result.records)
             await save_states(cur, merged.changed_states())
-            await commit_part(cur, run_id, part, rows[-1].order, after, self._sink.length)
+            await defer(cur, run_id, deferred)
+            await commit_part(cur, run_id, part.part, rows[-1].order, after, self._sink.length)
         self._committed = self._sink.length
         self._synchronizer.remember(merged)
         counts.update(delta)
@@ -343,7 +349,7 @@ class Applier:
         self._synchronizer.count(result)
 
     async def _park(
-        self, run_id: str, part: int, row: StagedRow, exc: Exception, counts: Counter[str]
+        self, run_id: str, part: PartRecord, row: StagedRow, exc: Exception, counts: Counter[str]
     ) -> None:
         """Dead-letter the one record a bug failed on; its exception type says which bug."""
         message = self._message(row)
@@ -370,7 +376,7 @@ class Applier:
     async def _commit(
         self,
         run_id: str,
-        part: int,
+        part: PartRecord,
         cursor: Cursor,
         counts: Counter[str],
         *,
@@ -378,7 +384,7 @@ class Applier:
     ) -> None:
         async with self._db.transaction() as cur:
             await commit_part(
-                cur, run_id, part, cursor, counts, self._sink.length, finished=finished
+                cur, run_id, part.part, cursor, counts, self._sink.length, finished=finished
             )
         self._committed = self._sink.length
 

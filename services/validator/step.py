@@ -69,6 +69,14 @@ class Routed:
         return self.rejected.reason if self.rejected else None
 
 
+@dataclass(frozen=True)
+class Judged:
+    """A batch's `StepResult`, and its validated events with their messages, in order."""
+
+    result: StepResult
+    validated: list[tuple[int, OutboundMessage, m.RegistryEvent]]  # (position in the batch, …)
+
+
 class ValidatorStep:
     def __init__(
         self,
@@ -258,6 +266,11 @@ class ValidatorStep:
         return routed, trust, sources
 
     async def __call__(self, batch: Sequence[InboundMessage]) -> StepResult:
+        return (await self.judge(batch)).result
+
+    async def judge(self, batch: Sequence[InboundMessage]) -> Judged:
+        """The step's result, with each validated event beside its message (a backfill
+        merges them at once, without reading the message back)."""
         now = self._clock()
         routed, trust, sources = await self._route_all(batch, now)
         notices = await self._allocate_pins(routed, now)
@@ -275,12 +288,19 @@ class ValidatorStep:
         async def count() -> None:  # once delivered, so a retried batch counts once
             self._count(routed)
 
-        return StepResult(
+        result = StepResult(
             outputs=outputs + notices,
             rejected={i: r.rejected for i, r in enumerate(routed) if r.rejected is not None},
             sources=sources,
             finish=count,
         )
+        passed = self._topics.validated_events
+        validated = [
+            (i, r.output, r.event)
+            for i, r in enumerate(routed)
+            if r.output is not None and r.event is not None and r.output.topic == passed
+        ]
+        return Judged(result, validated)
 
     def _count(self, routed: Sequence[Routed]) -> None:
         for r in routed:

@@ -9,6 +9,7 @@ keyset. Each part's cursor, counts and dead-letter file length are written by
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,10 +23,12 @@ from popsync.adapters.postgres.database import Database
 # Before any real record in apply order (every cursor starts here).
 _FIRST = datetime(1, 1, 1, tzinfo=UTC)
 APPLY_ORDER = ("key", "occurred_at", "recorded_at", "file_no", "position")
+BUCKETS = 4096
 _STAGED_TYPES = {
     "file_no": "int4",
     "position": "int8",
     "key": "text",
+    "bucket": "int2",
     "occurred_at": "timestamptz",
     "recorded_at": "timestamptz",
     "value": "bytea",
@@ -83,6 +86,9 @@ class RunRecord:
 
 @dataclass(frozen=True)
 class PartRecord:
+    """One part of a run: parts 0..parts-1 share the staged citizens by bucket; part
+    `parts` is the last pass, over the records deferred to it."""
+
     part: int
     parts: int
     cursor: Cursor
@@ -90,14 +96,55 @@ class PartRecord:
     dead_letter_bytes: int
     finished: bool
 
+    @property
+    def last_pass(self) -> bool:
+        return self.part == self.parts
 
-def staging_name(run_id: str) -> str:
-    """The run's own staging table (the run id is hex: a plain identifier)."""
-    return f"backfill_stage_{run_id[:24]}"
+    def takes(self, key: str) -> bool:
+        """Whether this part applies the citizen of `key` (the last pass: every one)."""
+        return self.last_pass or bucket_of(key) % self.parts == self.part
 
 
-def staging_table(run_id: str) -> sql.Identifier:
-    return sql.Identifier(staging_name(run_id))
+def bucket_of(key: str) -> int:
+    """The share of the citizens a subject key falls in: a part applies the keys whose
+    bucket is its number modulo the run's parts (the same function for a staged key and
+    for the PIN the validator resolves it to)."""
+    return zlib.crc32(key.encode()) % BUCKETS
+
+
+def staging_name(run_id: str, deferred: bool = False) -> str:
+    """The run's own staging table (the run id is hex: a plain identifier); `deferred`:
+    its records left to the last pass (`defer`)."""
+    return f"backfill_{'defer' if deferred else 'stage'}_{run_id[:24]}"
+
+
+def staging_table(run_id: str, deferred: bool = False) -> sql.Identifier:
+    return sql.Identifier(staging_name(run_id, deferred))
+
+
+def _create(table: sql.Identifier) -> sql.Composed:
+    return sql.SQL(
+        "CREATE UNLOGGED TABLE {} (file_no int NOT NULL, position bigint NOT NULL, "
+        "key text NOT NULL, bucket smallint NOT NULL, occurred_at timestamptz NOT NULL, "
+        "recorded_at timestamptz NOT NULL, value bytea, refused text, why text)"
+    ).format(table)
+
+
+def _index(run_id: str, deferred: bool) -> sql.Composed:
+    order = sql.SQL(", ").join(map(sql.Identifier, APPLY_ORDER))
+    index = sql.Identifier(f"{staging_name(run_id, deferred)}_order")
+    return sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
+        index, staging_table(run_id, deferred), order
+    )
+
+
+def _drop_staging(run_id: str) -> list[sql.Composed]:
+    drop = sql.SQL("DROP TABLE IF EXISTS {}")
+    return [drop.format(staging_table(run_id, deferred)) for deferred in (False, True)]
+
+
+class BackfillBusy(RuntimeError):
+    """Another backfill of the same archives holds the run."""
 
 
 class BackfillStore:
@@ -125,10 +172,41 @@ class BackfillStore:
             raise RuntimeError("backfill run row missing")
         return RunRecord(run_id, row[0], row[1], bool(row[2]))
 
+    async def lock_run(self, run_id: str) -> None:
+        """Hold the run for this process (a session lock, released when its connection
+        ends); `BackfillBusy` if another process holds it."""
+        async with self._db.transaction() as cur:
+            await cur.execute(
+                "SELECT pg_try_advisory_lock(hashtext('popsync-backfill'), hashtext(%s))",
+                (run_id,),
+            )
+            held = await cur.fetchone()
+        if not (held and held[0]):
+            raise BackfillBusy(
+                f"another `popsync backfill` of these archives is running (run {run_id[:12]}): "
+                "wait for it to finish, or stop it and run this again to resume"
+            )
+
+    async def lock_part(self, run_id: str, part: int) -> PartRecord:
+        """Hold one part for this process (a session lock, waited for: a process of an
+        earlier attempt still applying it, orphaned, finishes first); the part as stored
+        once held."""
+        async with self._db.transaction() as cur:
+            await cur.execute(
+                "SELECT pg_advisory_lock(hashtext('popsync-backfill-part'), hashtext(%s))",
+                (f"{run_id}/{part}",),
+            )
+            await cur.execute(_PART_COLUMNS + " AND part = %s", (run_id, part))
+            row = await cur.fetchone()
+        if row is None:
+            raise RuntimeError(f"backfill part {part} missing")
+        return _part(row)
+
     async def restart_run(self, run_id: str) -> None:
         """Forget a run (its staging, parts and counts), so the archives load anew."""
         async with self._db.transaction() as cur:
-            await cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging_table(run_id)))
+            for drop in _drop_staging(run_id):
+                await cur.execute(drop)
             await cur.execute("DELETE FROM backfill_runs WHERE run_id = %s", (run_id,))
 
     async def staging_intact(self, run: RunRecord) -> bool:
@@ -148,16 +226,12 @@ class BackfillStore:
 
     async def begin_staging(self, run_id: str) -> None:
         """An empty staging table for the run (any earlier attempt's rows dropped)."""
-        table = staging_table(run_id)
         async with self._db.transaction() as cur:
-            await cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
-            await cur.execute(
-                sql.SQL(
-                    "CREATE UNLOGGED TABLE {} (file_no int NOT NULL, position bigint NOT NULL, "
-                    "key text NOT NULL, occurred_at timestamptz NOT NULL, "
-                    "recorded_at timestamptz NOT NULL, value bytea, refused text, why text)"
-                ).format(table)
-            )
+            for drop in _drop_staging(run_id):
+                await cur.execute(drop)
+            for deferred in (False, True):
+                await cur.execute(_create(staging_table(run_id, deferred)))
+            await cur.execute(_index(run_id, deferred=True))
             await cur.execute("DELETE FROM backfill_parts WHERE run_id = %s", (run_id,))
 
     async def stage(self, run_id: str, file_no: int, records: Iterable[StagedRecord]) -> int:
@@ -169,20 +243,16 @@ class BackfillStore:
         async with self._db.transaction() as cur, cur.copy(query) as copy:
             copy.set_types(list(_STAGED_TYPES.values()))
             for r in records:
-                row = (file_no, r.position, r.key, r.occurred_at, r.recorded_at, r.value)
-                await copy.write_row((*row, r.refused, r.why))
+                row = (file_no, r.position, r.key, bucket_of(r.key), r.occurred_at)
+                await copy.write_row((*row, r.recorded_at, r.value, r.refused, r.why))
                 count += 1
         return count
 
     async def finish_staging(self, run_id: str) -> RunRecord:
         """Index the staging in apply order and record what it holds."""
         table = staging_table(run_id)
-        order = sql.SQL(", ").join(map(sql.Identifier, APPLY_ORDER))
-        index = sql.Identifier(f"{staging_name(run_id)}_order")
         async with self._db.transaction() as cur:
-            await cur.execute(
-                sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(index, table, order)
-            )
+            await cur.execute(_index(run_id, deferred=False))
             await cur.execute(sql.SQL("ANALYZE {}").format(table))
             await cur.execute(sql.SQL("SELECT count(*), count(DISTINCT key) FROM {}").format(table))
             counted = await cur.fetchone()
@@ -199,16 +269,11 @@ class BackfillStore:
         async with self._db.transaction() as cur:
             await cur.execute(
                 "INSERT INTO backfill_parts (run_id, part, parts) "
-                "SELECT %s, p, %s FROM generate_series(0, %s - 1) AS p "
+                "SELECT %s, p, %s FROM generate_series(0, %s) AS p "
                 "WHERE NOT EXISTS (SELECT 1 FROM backfill_parts WHERE run_id = %s)",
                 (run_id, parts, parts, run_id),
             )
-            await cur.execute(
-                "SELECT part, parts, cursor_key, cursor_occurred, cursor_recorded, cursor_file, "
-                "cursor_position, counts, dead_letter_bytes, finished_at IS NOT NULL "
-                "FROM backfill_parts WHERE run_id = %s ORDER BY part",
-                (run_id,),
-            )
+            await cur.execute(_PART_COLUMNS + " ORDER BY part", (run_id,))
             rows = await cur.fetchall()
         return [_part(row) for row in rows]
 
@@ -219,28 +284,53 @@ class BackfillStore:
         columns = sql.SQL(", ").join(map(sql.Identifier, _STAGED_TYPES))
         order = sql.SQL(", ").join(map(sql.Identifier, APPLY_ORDER))
         share: sql.Composable = sql.SQL("")
-        if part.parts > 1:
-            share = sql.SQL(" AND (hashtext(key) & 2147483647) %% {} = {}").format(
+        if part.parts > 1 and not part.last_pass:
+            share = sql.SQL(" AND bucket %% {} = {}").format(
                 sql.Literal(part.parts), sql.Literal(part.part)
             )
         query = sql.SQL(
             "SELECT {columns} FROM {table} WHERE ({order}) > (%s, %s, %s, %s, %s){share} "
             "ORDER BY {order} LIMIT %s"
-        ).format(columns=columns, table=staging_table(run_id), order=order, share=share)
+        ).format(
+            columns=columns,
+            table=staging_table(run_id, deferred=part.last_pass),
+            order=order,
+            share=share,
+        )
         async with self._db.transaction() as cur:
             await cur.execute(query, (*after.as_tuple(), limit))
             rows = await cur.fetchall()
         return [
-            StagedRow(r[0], StagedRecord(r[1], r[2], r[3], r[4], r[5], r[6], r[7])) for r in rows
+            StagedRow(r[0], StagedRecord(r[1], r[2], r[4], r[5], r[6], r[7], r[8])) for r in rows
         ]
 
     async def finish_run(self, run_id: str) -> None:
         """Mark the run done and drop its staging."""
         async with self._db.transaction() as cur:
-            await cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging_table(run_id)))
+            for drop in _drop_staging(run_id):
+                await cur.execute(drop)
             await cur.execute(
                 "UPDATE backfill_runs SET finished_at = now() WHERE run_id = %s", (run_id,)
             )
+
+
+async def defer(
+    cur: psycopg.AsyncCursor[Any], run_id: str, rows: Sequence[tuple[str, StagedRow]]
+) -> None:
+    """Leave records to the run's last pass, each under the PIN it was resolved to (a part
+    merges only its own citizens), in the caller's transaction."""
+    if not rows:
+        return
+    query = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        staging_table(run_id, deferred=True),
+        sql.SQL(", ").join(map(sql.Identifier, _STAGED_TYPES)),
+    )
+    async with cur.copy(query) as copy:
+        copy.set_types(list(_STAGED_TYPES.values()))
+        for pin, row in rows:
+            r = row.record
+            staged = (row.file_no, r.position, pin, bucket_of(pin), r.occurred_at)
+            await copy.write_row((*staged, r.recorded_at, r.value, r.refused, r.why))
 
 
 async def commit_part(
@@ -261,6 +351,13 @@ async def commit_part(
         "WHERE run_id = %s AND part = %s",
         (*cursor.as_tuple(), json.dumps(dict(counts)), dead_letter_bytes, finished, run_id, part),
     )
+
+
+_PART_COLUMNS = (
+    "SELECT part, parts, cursor_key, cursor_occurred, cursor_recorded, cursor_file, "
+    "cursor_position, counts, dead_letter_bytes, finished_at IS NOT NULL "
+    "FROM backfill_parts WHERE run_id = %s"
+)
 
 
 def _part(row: Sequence[Any]) -> PartRecord:
