@@ -13,8 +13,8 @@ generate:        ## regenerate pydantic models from schemas/avro
 	python -m popsync.contract.codegen
 docs:            ## regenerate docs/configuration.md and the topology blocks of README.md, docs/architecture.md
 	python -m popsync.dev.docs
-.PHONY: bench bench-matching bench-pipeline bench-refold bench-trust bench-verify
-bench: bench-matching bench-pipeline bench-refold bench-trust bench-verify  ## run every benchmark; figures in bench/results/ (see bench/README.md)
+.PHONY: bench bench-backfill bench-matching bench-pipeline bench-refold bench-trust bench-verify
+bench: bench-backfill bench-matching bench-pipeline bench-refold bench-trust bench-verify  ## run every benchmark; figures in bench/results/ (see bench/README.md)
 bench-matching:  ## record matching: precision, recall, review band -> bench/results/matching.json
 	python -m bench.matching
 bench-refold:  ## 6,000 reversed events of one citizen, and a bystander's latency -> bench/results/refold.json
@@ -25,3 +25,5 @@ bench-verify:  ## the verification service on 1,000,000 citizens: floor, baselin
 	python -m bench.verify
 bench-pipeline:  ## floor, naive and popsync on 1,000,000 events (~30 min) -> bench/results/pipeline.json, .png
 	popsync bench
+bench-backfill:  ## floor and popsync backfill on 10,000,000 archived events (the archive is made once, ~6 min) -> bench/results/backfill.json
+	python -m bench.backfill
