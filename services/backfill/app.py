@@ -175,14 +175,13 @@ async def _apply_parts(
             finished = [
                 await apply_part(settings, run, archives, p, options, advance) for p in todo
             ]
+        for last in (p for p in parts if p.last_pass and not p.finished):
+            finished.append(await apply_part(settings, run, archives, last, options, advance))
     for part in parts:
         if part.finished:
             counts.update(part.counts)
     for outcome in finished:
         counts.update(outcome.counts)
-    for last in (p for p in parts if p.last_pass and not p.finished):
-        final = await apply_part(settings, run, archives, last, options, lambda *_: None)
-        counts.update(final.counts)
     # A deferred record is counted by the part that deferred it and by the last pass.
     counts["records"] -= counts.pop("deferred", 0)
     return counts

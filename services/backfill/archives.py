@@ -122,6 +122,7 @@ def _staged(position: int, datum: dict[str, Any], value: bytes) -> StagedRecord:
         _aware(datum["occurred_at"]),
         _aware(datum["recorded_at"]),
         value,
+        reference=datum.get("subject_legacy_id"),
     )
 
 
@@ -144,6 +145,7 @@ def _line_records(handle: BinaryIO, kind: m.SourceRegistry) -> Iterator[StagedRe
             event.occurred_at,
             event.recorded_at,
             judged.value,
+            reference=event.subject_legacy_id,
         )
 
 

@@ -286,8 +286,7 @@ class Applier:
 
     def _message(self, row: StagedRow) -> InboundMessage:
         r = row.record
-        key = r.key.encode() if r.key else None
-        return InboundMessage(self._topics[row.file_no], 0, r.position, key, r.value)
+        return InboundMessage(self._topics[row.file_no], 0, r.position, r.message_key, r.value)
 
     async def _attempt(
         self, run_id: str, part: PartRecord, rows: Sequence[StagedRow], counts: Counter[str]

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from popsync.dev.stack import EmbeddedStack, WorkerProcess, settings_env
 from popsync.ops.publish import Publisher
 from popsync.settings import WORKER_NAMES, Settings
 from popsync.trust.archives import sign_archive, signature_path
+from tests.builders import move
 from tests.polling import eventually
 from tests.signing import DEV_SIGNERS
 
@@ -363,3 +364,123 @@ def test_backfill_then_stream_equals_the_stream_of_both(
     dsn = handed.postgres.dsn.get_secret_value()
     assert store_matches(dsn, expected.snapshots) == len(expected.snapshots)
     assert len(_sql(handed, _HISTORY)) == expected.history_rows
+
+
+_serials = itertools.count(500)
+
+
+def _event(
+    pin: str | None, payload: Any, kind: m.EventType, source: m.SourceRegistry, at: datetime
+) -> m.RegistryEvent:
+    n = next(_serials)
+    return m.RegistryEvent(
+        event_id=f"backfill-identity-{n}-{time.time_ns()}",
+        event_type=kind,
+        source_registry=source,
+        source_province="79",
+        subject_pin=pin,
+        occurred_at=at,
+        recorded_at=at,
+        source_sequence=n,
+        payload=payload,
+    )
+
+
+def _signed(path: Path, events: Sequence[m.RegistryEvent], kind: m.SourceRegistry) -> Path:
+    write_avro_container((SimulatedMessage(None, e, None) for e in events), path)
+    sign_archive(path, dev_signer(kind))
+    return path
+
+
+def test_records_without_a_pin_are_resolved_after_the_citizens_they_name(
+    stack: EmbeddedStack, tmp_path: Path
+) -> None:
+    """Births registered without a PIN get one (and the registry its notice); a record naming
+    a citizen by an old identifier lands on that citizen, whichever part holds it: records
+    without a PIN go last, once the events declaring their aliases have been applied."""
+    from popsync.contract.codec import Codec
+    from popsync.domain.pin import make_pin
+    from tests.polling import read_until
+
+    settings = _settings(stack, "identity")
+    at = datetime(2021, 6, 1, 9, tzinfo=UTC)
+    pins = [make_pin("079", "F", 1990, 900 + i).value for i in range(8)]
+    cmnds = [f"0{90000000 + i}" for i in range(8)]
+    born = [
+        _event(
+            pin,
+            m.BirthRegistered(
+                full_name="Trần Thị Bình",
+                birth_date=date(1990, 4, 5),
+                sex=m.Sex.F,
+                birthplace_province="79",
+                registration_number=f"KS-{pin}",
+            ),
+            m.EventType.BIRTH_REGISTERED,
+            m.SourceRegistry.CIVIL_STATUS,
+            datetime(1990, 4, 6, tzinfo=UTC),
+        )
+        for pin in pins
+    ]
+    newborns = [
+        _event(
+            None,
+            m.BirthRegistered(
+                full_name="Đặng Thị Mai",
+                birth_date=date(2024, 3, 4),
+                sex=m.Sex.F,
+                birthplace_province="79",
+                registration_number=f"KS-new-{i}-{time.time_ns()}",
+            ),
+            m.EventType.BIRTH_REGISTERED,
+            m.SourceRegistry.CIVIL_STATUS,
+            datetime(2024, 3, 4, 9, tzinfo=UTC),
+        )
+        for i in range(5)
+    ]
+    cards = [
+        _event(
+            pin,
+            m.IdCardIssued(
+                card=m.IdCard(
+                    card_number=pin, issue_date=date(2021, 6, 1), issuing_authority="BCA"
+                ),
+                previous_id_number=cmnd,
+            ),
+            m.EventType.ID_CARD_ISSUED,
+            m.SourceRegistry.ID_CARD,
+            at,
+        )
+        for pin, cmnd in zip(pins, cmnds, strict=True)
+    ]
+    moves = [  # each names its citizen by the old CMND only
+        move(pin, date(2022, 2, 2), commune="26737").model_copy(
+            update={"subject_pin": None, "subject_legacy_id": cmnd}
+        )
+        for pin, cmnd in zip(pins, cmnds, strict=True)
+    ]
+    files = [
+        _signed(tmp_path / "civil.avro", [*born, *newborns], m.SourceRegistry.CIVIL_STATUS),
+        _signed(tmp_path / "cards.avro", cards, m.SourceRegistry.ID_CARD),
+        _signed(tmp_path / "moves.avro", moves, m.SourceRegistry.RESIDENCE),
+    ]
+    report = tmp_path / "report.json"
+
+    done = _backfill(settings, *files, "--jobs", "2", "--report", report)
+
+    assert done.returncode == 0, json.loads(report.read_text())["parked_by_reason"]
+    assert json.loads(report.read_text())["applied"] == len(born + newborns + cards + moves)
+    rows = _sql(
+        settings,
+        "SELECT pin, version, snapshot->'permanent_residence'->>'commune_code' FROM citizens "
+        "WHERE pin = ANY(%s) ORDER BY pin",
+        pins,
+    )
+    assert rows == [(pin, 3, "26737") for pin in sorted(pins)]
+    new = _sql(settings, "SELECT count(*) FROM citizens WHERE NOT (pin = ANY(%s))", pins)
+    assert new[0][0] == len(newborns)
+    notices = read_until(
+        settings, settings.topics.identity_assigned, lambda v: len(v) >= len(newborns)
+    )
+    decoded = [Codec(m.IdentityAssigned).decode(v) for v in notices]
+    assert {n.event_id for n in decoded} == {e.event_id for e in newborns}

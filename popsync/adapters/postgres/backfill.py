@@ -34,6 +34,7 @@ _STAGED_TYPES = {
     "value": "bytea",
     "refused": "text",
     "why": "text",
+    "reference": "text",
 }
 
 
@@ -49,6 +50,13 @@ class StagedRecord:
     value: bytes | None
     refused: str | None = None
     why: str | None = None
+    reference: str | None = None  # without a PIN: the old identifier naming the subject
+
+    @property
+    def message_key(self) -> bytes | None:
+        """The key a registry gives the record's message: how it names the subject."""
+        named = self.key or self.reference
+        return named.encode() if named else None
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,7 @@ class RunRecord:
     staged_records: int | None
     citizens: int | None
     finished: bool
+    pinless: int = 0  # staged records without a subject PIN: left to the last pass
 
 
 @dataclass(frozen=True)
@@ -126,7 +135,7 @@ def _create(table: sql.Identifier) -> sql.Composed:
     return sql.SQL(
         "CREATE UNLOGGED TABLE {} (file_no int NOT NULL, position bigint NOT NULL, "
         "key text NOT NULL, bucket smallint NOT NULL, occurred_at timestamptz NOT NULL, "
-        "recorded_at timestamptz NOT NULL, value bytea, refused text, why text)"
+        "recorded_at timestamptz NOT NULL, value bytea, refused text, why text, reference text)"
     ).format(table)
 
 
@@ -163,14 +172,14 @@ class BackfillStore:
                 (run_id, json.dumps(list(files))),
             )
             await cur.execute(
-                "SELECT staged_records, citizens, finished_at IS NOT NULL "
+                "SELECT staged_records, citizens, finished_at IS NOT NULL, coalesce(pinless, 0) "
                 "FROM backfill_runs WHERE run_id = %s",
                 (run_id,),
             )
             row = await cur.fetchone()
         if row is None:  # inserted just above, in the same transaction
             raise RuntimeError("backfill run row missing")
-        return RunRecord(run_id, row[0], row[1], bool(row[2]))
+        return RunRecord(run_id, row[0], row[1], bool(row[2]), row[3])
 
     async def lock_run(self, run_id: str) -> None:
         """Hold the run for this process (a session lock, released when its connection
@@ -222,7 +231,8 @@ class BackfillStore:
             query = sql.SQL("SELECT count(*) FROM {}").format(staging_table(run.run_id))
             await cur.execute(query)
             counted = await cur.fetchone()
-        return counted is not None and counted[0] == run.staged_records
+        # The staging table is never changed once staged; a crash of the server empties it.
+        return counted is not None and counted[0] == run.staged_records - run.pinless
 
     async def begin_staging(self, run_id: str) -> None:
         """An empty staging table for the run (any earlier attempt's rows dropped)."""
@@ -244,25 +254,37 @@ class BackfillStore:
             copy.set_types(list(_STAGED_TYPES.values()))
             for r in records:
                 row = (file_no, r.position, r.key, bucket_of(r.key), r.occurred_at)
-                await copy.write_row((*row, r.recorded_at, r.value, r.refused, r.why))
+                await copy.write_row((*row, r.recorded_at, r.value, r.refused, r.why, r.reference))
                 count += 1
         return count
 
     async def finish_staging(self, run_id: str) -> RunRecord:
-        """Index the staging in apply order and record what it holds."""
+        """Move the records without a subject PIN to the last pass (a part cannot tell whose
+        they are before the validator resolves them, and the aliases they may name are
+        declared by events keyed by PIN: those come first), index the staging in apply
+        order and record what it holds."""
         table = staging_table(run_id)
         async with self._db.transaction() as cur:
+            await cur.execute(
+                sql.SQL(
+                    "WITH moved AS (DELETE FROM {} WHERE key = '' RETURNING *) "
+                    "INSERT INTO {} SELECT * FROM moved"
+                ).format(table, staging_table(run_id, deferred=True))
+            )
+            pinless = cur.rowcount
             await cur.execute(_index(run_id, deferred=False))
             await cur.execute(sql.SQL("ANALYZE {}").format(table))
             await cur.execute(sql.SQL("SELECT count(*), count(DISTINCT key) FROM {}").format(table))
             counted = await cur.fetchone()
             if counted is None:  # an aggregate always has its row
                 raise RuntimeError("count returned no row")
+            staged = counted[0] + pinless
             await cur.execute(
-                "UPDATE backfill_runs SET staged_records = %s, citizens = %s WHERE run_id = %s",
-                (counted[0], counted[1], run_id),
+                "UPDATE backfill_runs SET staged_records = %s, pinless = %s, citizens = %s "
+                "WHERE run_id = %s",
+                (staged, pinless, counted[1], run_id),
             )
-        return RunRecord(run_id, counted[0], counted[1], False)
+        return RunRecord(run_id, staged, counted[1], False, pinless)
 
     async def parts(self, run_id: str, parts: int) -> list[PartRecord]:
         """The run's parts, made now if the run has none (a run keeps its number of parts)."""
@@ -301,7 +323,8 @@ class BackfillStore:
             await cur.execute(query, (*after.as_tuple(), limit))
             rows = await cur.fetchall()
         return [
-            StagedRow(r[0], StagedRecord(r[1], r[2], r[4], r[5], r[6], r[7], r[8])) for r in rows
+            StagedRow(r[0], StagedRecord(r[1], r[2], r[4], r[5], r[6], r[7], r[8], r[9]))
+            for r in rows
         ]
 
     async def finish_run(self, run_id: str) -> None:
@@ -330,7 +353,7 @@ async def defer(
         for pin, row in rows:
             r = row.record
             staged = (row.file_no, r.position, pin, bucket_of(pin), r.occurred_at)
-            await copy.write_row((*staged, r.recorded_at, r.value, r.refused, r.why))
+            await copy.write_row((*staged, r.recorded_at, r.value, r.refused, r.why, r.reference))
 
 
 async def commit_part(

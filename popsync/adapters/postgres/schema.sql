@@ -327,6 +327,7 @@ CREATE TABLE IF NOT EXISTS backfill_runs (
     files             jsonb NOT NULL,              -- [{name, sha256, size, publisher, key_id}]
     started_at        timestamptz NOT NULL DEFAULT now(),
     staged_records    bigint,                      -- NULL: not staged yet
+    pinless           bigint,                      -- of them, left to the last pass
     citizens          bigint,                      -- distinct subject keys staged
     finished_at       timestamptz
 );
