@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # One image for every popsync job: `popsync worker validator|synchronizer|store-writer`,
-# `popsync topics create`, `popsync db migrate`. All configuration comes from
-# POPSYNC_* environment variables at run time; nothing secret is baked in.
+# `popsync serve`, `popsync topics create`, `popsync db migrate`, `popsync backfill`. All
+# configuration comes from POPSYNC_* environment variables at run time; nothing secret is
+# baked in.
 #
 # Build: docker build -t popsync:local .
 # Pin PYTHON_IMAGE to a digest (python:3.11-slim@sha256:...) in the release pipeline so

@@ -5,14 +5,17 @@ sends it to `validated_events`; the synchronizer merges it into the citizen and 
 snapshot to `citizen_updates`; the store writer puts that into the `citizens` and
 `citizen_history` tables. Anything a worker cannot process goes to `dead_letters`. The
 verification service (`popsync serve`) answers partners from those tables over HTTP, with
-no Kafka, and audits every answer.
+no Kafka, and audits every answer. The backfill (`popsync backfill`), a job an operator
+runs, loads registry archives into the same tables by the validator's and the
+synchronizer's rules, beside the stream.
 
 Everything else is derived from, or tested against, this declaration: topic
 provisioning (`topic_specs`), each worker's subscriptions (`consumed_topics`), the
 producer's size cap, `popsync topology` and the architecture doc's table
 (`describe`, `mermaid`), the Kafka ACLs (`popsync acls`: each worker's `principal`, the
 `EXTERNAL_PRINCIPALS`, the publisher directory), the PostgreSQL roles
-(`database_grants`, deploy/postgres/roles.sql) and the deployment files (tests/unit/deploy).
+(`database_grants`, `scratch_schemas`, deploy/postgres/roles.sql) and the deployment files
+(tests/unit/deploy).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from popsync.adapters.kafka.admin import TopicSpec
 from popsync.settings import Settings, WorkerName
 
 ServiceName = Literal["verification"]
+JobName = Literal["backfill"]
 
 DAY_MS = 24 * 3600 * 1000
 # Largest event a registry may publish. A dead letter carries the original key and
@@ -150,6 +154,46 @@ class HttpService:
     @property
     def database_role(self) -> str:
         return self.deployment.replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A process an operator runs to its end, instead of a worker that consumes for ever: it
+    reads its input from files, so it has a Kafka user that produces and never consumes (no
+    topic read, no group), and one PostgreSQL role. What that role may do is split by kind
+    of write, so that no row of the pipeline's tables can be deleted by a job.
+    """
+
+    name: JobName  # its app.kubernetes.io/component
+    command: str  # the `popsync` subcommand that runs it
+    produces: tuple[TopicRole, ...]
+    reads: tuple[str, ...]  # SELECT
+    writes: tuple[str, ...]  # SELECT, INSERT, UPDATE: the pipeline's tables; never DELETE
+    owns: tuple[str, ...]  # every DML privilege: its own bookkeeping
+    # Whether it creates tables of its own while it runs (and drops them): it gets a schema
+    # of its own for them (`scratch_schemas`), never CREATE on the pipeline's.
+    creates_tables: bool
+    does: str
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """Every table it writes."""
+        return self.writes + self.owns
+
+    @property
+    def sasl_username(self) -> str:
+        """Its Kafka user (POPSYNC_KAFKA__SASL_USERNAME where it runs) and, with
+        underscores, its PostgreSQL role (`database_role`)."""
+        return f"popsync-{self.name}"
+
+    @property
+    def principal(self) -> str:
+        """The Kafka principal the broker sees for it (SASL/SCRAM): what its ACLs name."""
+        return f"User:{self.sasl_username}"
+
+    @property
+    def database_role(self) -> str:
+        return self.sasl_username.replace("-", "_")
 
 
 TOPICS: tuple[Topic, ...] = (
@@ -304,6 +348,34 @@ HTTP_SERVICES: tuple[HttpService, ...] = (
     ),
 )
 
+JOBS: tuple[Job, ...] = (
+    Job(
+        "backfill",
+        command="backfill",
+        # The validator's outputs but validated events (the archive is merged in the job
+        # itself, not through the stream), and its dead letters: never citizen updates.
+        produces=("dead_letters", "identity_assigned", "match_reviews", "unmatched_records"),
+        reads=("publishers", "publisher_keys"),  # the archives' signatures
+        # The validator's identity tables, the synchronizer's states, the store writer's
+        # rows: what the three would have written for the same events.
+        writes=(
+            "pin_serials",
+            "pin_allocations",
+            "citizen_aliases",
+            "match_decisions",
+            "match_reviews",
+            "sync_citizen_state",
+            "citizens",
+            "citizen_history",
+            "citizen_conflicts",
+        ),
+        owns=("backfill_runs", "backfill_parts"),  # `--restart` deletes a run
+        creates_tables=True,  # each run's UNLOGGED staging, dropped when it finishes
+        does="load signed registry archives into the central store by the validator's and "
+        "the synchronizer's rules, resumably (an operator runs it)",
+    ),
+)
+
 # Tables whose rows are never changed or removed: no role is granted UPDATE or DELETE on
 # them (`database_grants`), and a trigger refuses both and TRUNCATE, even to the owner
 # (schema.sql).
@@ -328,8 +400,9 @@ Grants = dict[str, tuple[str, ...]]  # privileges -> tables
 
 def database_grants() -> dict[str, Grants]:
     """Each PostgreSQL role's table privileges, by role: a worker gets all of them on what
-    it writes and SELECT on what it reads (`DATABASE_READS`); a service exactly what its
-    declaration says. deploy/postgres/roles.sql grants this (tests/unit/deploy check it)."""
+    it writes and SELECT on what it reads (`DATABASE_READS`); a service and a job exactly
+    what their declarations say. deploy/postgres/roles.sql grants this (tests/unit/deploy
+    check it)."""
     grants: dict[str, Grants] = {}
     for w in WORKERS:
         grants[w.database_role] = {ALL_DML: w.writes}
@@ -342,12 +415,26 @@ def database_grants() -> dict[str, Grants]:
             "SELECT, INSERT, UPDATE": s.updates,
         }
         grants[s.database_role] = {p: tables for p, tables in by_privileges.items() if tables}
+    for j in JOBS:
+        by_privileges = {"SELECT": j.reads, "SELECT, INSERT, UPDATE": j.writes, ALL_DML: j.owns}
+        grants[j.database_role] = {p: tables for p, tables in by_privileges.items() if tables}
     return grants
+
+
+def scratch_schemas() -> dict[str, str]:
+    """The schema each role that creates tables creates them in, by role: one of its own,
+    named as the role, which PostgreSQL's default search_path ("$user", public) puts first,
+    so its unqualified CREATE TABLE lands there while every other name resolves to the
+    pipeline's tables in public. No role may create anything in public: a table or function
+    planted there could be picked up by another role's queries. deploy/postgres/roles.sql
+    makes these schemas (tests/unit/deploy check it)."""
+    return {j.database_role: j.database_role for j in JOBS if j.creates_tables}
 
 
 _TOPICS_BY_ROLE = {topic.role: topic for topic in TOPICS}
 _WORKERS_BY_NAME = {worker.name: worker for worker in WORKERS}
 _SERVICES_BY_NAME = {service.name: service for service in HTTP_SERVICES}
+_JOBS_BY_NAME = {job.name: job for job in JOBS}
 
 
 def topic(role: TopicRole) -> Topic:
@@ -360,6 +447,10 @@ def worker(name: WorkerName) -> Worker:
 
 def http_service(name: ServiceName) -> HttpService:
     return _SERVICES_BY_NAME[name]
+
+
+def job(name: JobName) -> Job:
+    return _JOBS_BY_NAME[name]
 
 
 def _names(settings: Settings, roles: tuple[TopicRole, ...]) -> list[str]:
@@ -435,6 +526,15 @@ def describe(settings: Settings) -> str:
             f"    updates     {', '.join(s.updates)}",
             f"    does        {s.does}",
         ]
+    lines += ["", "Jobs"]
+    for j in JOBS:
+        lines += [
+            f"  popsync {j.command}  ({j.name}, run by an operator)",
+            f"    produces    {', '.join(_names(settings, j.produces))}",
+            f"    reads       {', '.join(j.reads)}",
+            f"    writes      {', '.join(j.tables)}",
+            f"    does        {j.does}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -447,8 +547,8 @@ def _codes(items: list[str] | tuple[str, ...]) -> str:
 
 
 def markdown(settings: Settings, schemas: str = "schemas/avro") -> str:
-    """Three markdown tables, topics, workers and services; `schemas` is the Avro folder as the
-    document's reader reaches it (relative to the repository root by default)."""
+    """Four markdown tables, topics, workers, services and jobs; `schemas` is the Avro folder
+    as the document's reader reaches it (relative to the repository root by default)."""
     lines = [
         "| Topic | Key | Value | Retention | Carries |",
         "|---|---|---|---|---|",
@@ -480,6 +580,16 @@ def markdown(settings: Settings, schemas: str = "schemas/avro") -> str:
             f"| `popsync {s.command}` | `{s.public_prefix}` | {_codes(s.reads)} "
             f"| {_codes(s.writes)} | {_cell(s.does)} |"
         )
+    lines += [
+        "",
+        "| Job | Produces | Reads | Writes (PostgreSQL) | Does |",
+        "|---|---|---|---|---|",
+    ]
+    for j in JOBS:
+        lines.append(
+            f"| `popsync {j.command}` | {_codes(_names(settings, j.produces))} "
+            f"| {_codes(j.reads)} | {_codes(j.tables)} | {_cell(j.does)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -491,7 +601,9 @@ def _id(kind: str, name: str) -> str:
 
 def mermaid(settings: Settings) -> str:
     """A mermaid flowchart (no fences): registries -> topics -> workers -> topics,
-    workers -> PostgreSQL tables, partners -> services -> tables. One line per edge."""
+    workers -> PostgreSQL tables, partners -> services -> tables. One line per edge. The
+    jobs are left out: they write what the workers write, and the README that shows this
+    picture is a front page (`describe` and `markdown` list them)."""
     lines = ["flowchart LR", f'  {REGISTRIES}(["registries"])']
     lines += [f'  {_id("t", d.role)}[["{d.name(settings)}"]]' for d in TOPICS]
     lines += [f'  {_id("w", w.name)}("popsync worker {w.name}")' for w in WORKERS]

@@ -3,7 +3,7 @@
 # created through the broker as its super user popsync-admin (SASL/PLAIN on the internal
 # listener, the only mechanism that needs no user created first). Passwords come from the
 # environment, never from this file. The popsync principals are those of popsync.topology
-# (tests/unit/deploy/test_security.py checks the list); their ACLs are `popsync acls
+# (tests/unit/deploy/test_deploy_config.py checks the list); their ACLs are `popsync acls
 # --apply` (popsync-init). The Schema Registry's own ACLs are granted here: it is no part of
 # popsync's topology.
 set -eu
@@ -24,6 +24,7 @@ scram_user() {
 scram_user popsync-validator "$VALIDATOR_PASSWORD"
 scram_user popsync-synchronizer "$SYNCHRONIZER_PASSWORD"
 scram_user popsync-store-writer "$STORE_WRITER_PASSWORD"
+scram_user popsync-backfill "$BACKFILL_PASSWORD"
 scram_user popsync-operator "$OPERATOR_PASSWORD"
 scram_user schema-registry "$SCHEMA_REGISTRY_PASSWORD"
 

@@ -1,6 +1,6 @@
 #!/bin/sh
 # docker-compose one-shot (service postgres-roles), after `popsync db migrate`: one role
-# per worker and HTTP service with only its grants (deploy/postgres/roles.sql), as the
+# per worker, HTTP service and job with only its grants (deploy/postgres/roles.sql), as the
 # migration role.
 # Passwords come from the environment; psql reads the owner's from PGPASSWORD.
 set -eu
@@ -9,4 +9,5 @@ psql --no-psqlrc -h postgres -U popsync -d popsync \
   -v synchronizer_password="$SYNCHRONIZER_PASSWORD" \
   -v store_writer_password="$STORE_WRITER_PASSWORD" \
   -v verification_password="$VERIFICATION_PASSWORD" \
+  -v backfill_password="$BACKFILL_PASSWORD" \
   -f /popsync/roles.sql

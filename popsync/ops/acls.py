@@ -1,10 +1,11 @@
 """`popsync acls`: every Kafka ACL popsync needs, derived, printed or applied.
 
 The bindings come from two places only: `popsync.topology` (each worker reads what it
-consumes with its own group and writes what it produces; the named external principals)
-and the publisher directory (each registry, as `User:<publisher_id>`, may write the
-registry-events topic and nothing else). With `allow.everyone.if.no.acl.found=false` the
-broker refuses everything else, so only the validator can write validated events.
+consumes with its own group and writes what it produces; each job writes what it produces
+and reads nothing; the named external principals) and the publisher directory (each
+registry, as `User:<publisher_id>`, may write the registry-events topic and nothing
+else). With `allow.everyone.if.no.acl.found=false` the broker refuses everything else, so
+only the validator can write validated events.
 
 The embedded broker (Tansu) enforces no ACLs at all: there, and everywhere, the boundary
 that holds is the events' signatures, which the validator checks (docs/deployment-security.md).
@@ -34,6 +35,7 @@ from popsync.settings import Settings
 from popsync.topology import (
     ADMIN_USERNAME,
     EXTERNAL_PRINCIPALS,
+    JOBS,
     WORKERS,
     TopicRole,
     consumed_topics,
@@ -93,6 +95,8 @@ def derive_acls(settings: Settings, publisher_ids: Iterable[str]) -> list[Acl]:
         acls |= _reads(settings, worker.principal, worker.consumes)
         acls.add(Acl(worker.principal, "GROUP", settings.groups.for_worker(worker.name), "READ"))
         acls |= _writes(settings, worker.principal, worker.produces)
+    for job in JOBS:  # input from files: no topic read, no group
+        acls |= _writes(settings, job.principal, job.produces)
     for external in EXTERNAL_PRINCIPALS:
         acls |= _reads(settings, external.principal, external.reads)
         acls |= _writes(settings, external.principal, external.writes)

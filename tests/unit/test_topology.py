@@ -1,5 +1,5 @@
 """The topology declaration agrees with the settings, the contract and the schema, and
-everything rendered from it shows every topic, worker and HTTP service."""
+everything rendered from it shows every topic, worker, HTTP service and job."""
 
 from __future__ import annotations
 
@@ -17,11 +17,14 @@ from popsync.topology import (
     DATABASE_READS,
     DAY_MS,
     HTTP_SERVICES,
+    JOBS,
     TOPICS,
     WORKERS,
+    JobName,
     ServiceName,
     TopicRole,
     database_grants,
+    scratch_schemas,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,6 +80,7 @@ def test_written_tables_are_the_schema_tables() -> None:
     tables = schema_tables()
     written = {table for w in WORKERS for table in w.writes} | set(topology.OPERATOR_TABLES)
     written |= {table for s in HTTP_SERVICES for table in s.writes}
+    written |= {table for j in JOBS for table in j.tables}
     assert written <= tables, f"not in schema.sql: {sorted(written - tables)}"
     assert tables <= written, f"no worker or operator declares writing: {sorted(tables - written)}"
 
@@ -90,15 +94,50 @@ def test_read_tables_are_schema_tables_and_not_also_written() -> None:
     for s in HTTP_SERVICES:
         assert set(s.reads) | set(s.writes) <= tables, s.name
         assert len(s.reads + s.appends + s.updates) == len(set(s.reads + s.writes)), s.name
+    for j in JOBS:
+        assert set(j.reads) | set(j.tables) <= tables, j.name
+        assert len(j.reads + j.tables) == len(set(j.reads + j.tables)), j.name
 
 
-def test_http_services_are_their_names_and_own_one_role_each() -> None:
+def test_http_services_and_jobs_are_their_names_and_own_one_role_each() -> None:
     assert tuple(s.name for s in HTTP_SERVICES) == get_args(ServiceName)
+    assert tuple(j.name for j in JOBS) == get_args(JobName)
     roles = [w.database_role for w in WORKERS] + [s.database_role for s in HTTP_SERVICES]
+    roles += [j.database_role for j in JOBS]
     assert len(roles) == len(set(roles))
     assert set(database_grants()) == set(roles)
+    users = [w.sasl_username for w in WORKERS] + [j.sasl_username for j in JOBS]
+    assert len(users) == len(set(users))
     for s in HTTP_SERVICES:
         assert s.public_prefix.startswith("/") and s.public_prefix.endswith("/"), s.name
+
+
+def test_the_backfill_writes_what_the_stream_writes_for_the_same_events() -> None:
+    """The backfill runs the validator's step and the synchronizer's merge and writes the
+    store writer's rows: the same tables (but the workers' own bookkeeping and the
+    quarantine, which defends the live stream), and the validator's outputs but the
+    validated events, which it merges itself."""
+    backfill = topology.job("backfill")
+    stream = {t for w in WORKERS for t in w.writes}
+    bookkeeping = {"store_writer_offsets", "source_quarantine"}
+    assert set(backfill.writes) == stream - bookkeeping
+    assert set(backfill.reads) == {"publishers", "publisher_keys"}
+    assert set(backfill.owns) == {"backfill_runs", "backfill_parts"}
+    validator = topology.worker("validator")
+    assert set(backfill.produces) == set(validator.produces) - {"validated_events"}
+
+
+def test_jobs_may_delete_only_their_own_rows_and_create_only_in_their_own_schema() -> None:
+    grants = database_grants()
+    for j in JOBS:
+        for privileges, tables in grants[j.database_role].items():
+            if "DELETE" in privileges:
+                assert set(tables) == set(j.owns), j.name
+        assert not set(j.owns) & {t for w in WORKERS for t in w.writes}, j.name
+        if j.creates_tables:
+            assert scratch_schemas()[j.database_role] == j.database_role
+    assert set(scratch_schemas()) == {j.database_role for j in JOBS if j.creates_tables}
+    assert "public" not in scratch_schemas().values()
 
 
 def test_append_only_tables_are_never_changed() -> None:
@@ -108,6 +147,7 @@ def test_append_only_tables_are_never_changed() -> None:
     for table in APPEND_ONLY_TABLES:
         assert table in schema_tables(), table
         assert not [w.name for w in WORKERS if table in w.writes], table
+        assert not [j.name for j in JOBS if table in j.tables], table
         for role, grants in database_grants().items():
             for privileges, tables in grants.items():
                 if table in tables:
@@ -165,6 +205,9 @@ def test_cli_prints_every_topic_and_worker(
         assert f"popsync worker {w.name}" in out, (fmt, w.name)
     for s in HTTP_SERVICES:
         assert f"popsync {s.command}" in out, (fmt, s.name)
+    for j in JOBS:
+        if fmt != "mermaid":  # a front page's picture (`topology.mermaid`)
+            assert f"popsync {j.command}" in out, (fmt, j.name)
 
 
 def test_cli_defaults_to_text(capsys: pytest.CaptureFixture[str]) -> None:
@@ -199,7 +242,7 @@ def test_mermaid_has_one_line_per_edge() -> None:
     for service in HTTP_SERVICES:
         expected.append(("partners", f"s_{service.name}"))
         expected += [(f"s_{service.name}", f"db_{table}") for table in service.writes]
-    assert sorted(edges) == sorted(expected)
+    assert sorted(edges) == sorted(expected)  # the jobs: in the tables, not the picture
     # Every node is declared with its label.
     declared = {m.group(1) for m in re.finditer(r"^\s*(\w+)[\[(]", text, re.MULTILINE)}
     assert {node for edge in expected for node in edge} <= declared
@@ -208,7 +251,7 @@ def test_mermaid_has_one_line_per_edge() -> None:
 def test_markdown_has_a_row_per_topic_and_worker() -> None:
     settings = Settings()
     rows = [line for line in topology.markdown(settings).splitlines() if line.startswith("| `")]
-    assert len(rows) == len(TOPICS) + len(WORKERS) + len(HTTP_SERVICES)
+    assert len(rows) == len(TOPICS) + len(WORKERS) + len(HTTP_SERVICES) + len(JOBS)
     for decl in TOPICS:
         link = f"(schemas/avro/vn.gov.popsync.{decl.record}.avsc)"
         assert any(row.startswith(f"| `{decl.name(settings)}` |") and link in row for row in rows)

@@ -7,7 +7,9 @@ consumer groups are those of popsync.topology as each container's settings name 
 Deployment and one compose service per worker, the init step creating the topics the
 workers read, KEDA scaling each worker on exactly its own topics and group. Each HTTP
 service (HTTP_SERVICES) has one Deployment with its Service, autoscaler, disruption budget,
-NetworkPolicy and ServiceMonitor, one compose service, and its PostgreSQL role.
+NetworkPolicy and ServiceMonitor, one compose service, and its PostgreSQL role. Each job
+(JOBS, run by an operator) has one suspended CronJob to make its Jobs from, one compose
+service in a profile of its own, its Kafka user and its PostgreSQL role (and schema).
 
 docker-compose.yml is validated against the compose specification (check-jsonschema's
 vendored schema), the Dockerfile is linted (hadolint), and every overlay is rendered
@@ -27,6 +29,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,9 +38,11 @@ from urllib.parse import urlsplit
 import pytest
 from pydantic import BaseModel
 
+from popsync import cli
 from popsync.contract.schemas import SCHEMA_DIR_ENV
 from popsync.dev.embedded.postgres import SERVER_OPTIONS
 from popsync.ops.acls import derive_acls
+from popsync.ops.failures import EXIT_REFUSED, EXIT_USAGE
 from popsync.runtime.drain import STOP_MARGIN_SECONDS
 from popsync.settings import Settings, WorkerName
 from popsync.topology import (
@@ -45,10 +50,13 @@ from popsync.topology import (
     APPEND_ONLY_TABLES,
     EXTERNAL_PRINCIPALS,
     HTTP_SERVICES,
+    JOBS,
     WORKERS,
     HttpService,
+    Job,
     consumed_topics,
     database_grants,
+    scratch_schemas,
 )
 
 yaml = pytest.importorskip("yaml")
@@ -71,6 +79,11 @@ CUSTOM_KINDS = {
 COMPONENT = "app.kubernetes.io/component"
 WORKER_NAMES: tuple[WorkerName, ...] = tuple(worker.name for worker in WORKERS)
 SERVICE_NAMES = tuple(service.name for service in HTTP_SERVICES)
+JOB_NAMES = tuple(job.name for job in JOBS)
+# The backfill's goal: its resident set, with its parts', under 1 GB for 10 M events
+# (bench/README.md#backfill, judged by bench.backfill as `rss_below_1gb`).
+BACKFILL_RSS_GOAL_MIB = 1024
+ARCHIVES_CLAIM = "popsync-archives"
 
 
 def require_tool(name: str) -> str:
@@ -221,8 +234,18 @@ def matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
     return True
 
 
+def job_spec(doc: dict[str, Any]) -> dict[str, Any]:
+    """A Job's spec, or a CronJob's template of one."""
+    spec: dict[str, Any] = (
+        doc["spec"]["jobTemplate"]["spec"] if doc["kind"] == "CronJob" else doc["spec"]
+    )
+    return spec
+
+
 def pod_templates(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [d["spec"]["template"] for d in docs if d["kind"] in ("Deployment", "Job")]
+    """Every pod template: Deployments', Jobs' and CronJobs'."""
+    templates = [d["spec"]["template"] for d in docs if d["kind"] in ("Deployment", "Job")]
+    return templates + [job_spec(d)["template"] for d in of_kind(docs, "CronJob")]
 
 
 def worker_deployments(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -242,12 +265,21 @@ def overlay_settings(docs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 
 
 def containers(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(kind, container) of every Deployment's and Job's containers, init ones included."""
+    """(kind, container) of every Deployment's, Job's and CronJob's containers, init ones
+    included."""
     for doc in docs:
-        if doc["kind"] in ("Deployment", "Job"):
-            pod = doc["spec"]["template"]["spec"]
+        if doc["kind"] in ("Deployment", "Job", "CronJob"):
+            spec = job_spec(doc) if doc["kind"] == "CronJob" else doc["spec"]
+            pod = spec["template"]["spec"]
             for container in pod.get("initContainers", []) + pod["containers"]:
                 yield doc["kind"], container
+
+
+def job_templates(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each job's CronJob (its Jobs' template), by job name."""
+    cron_jobs = by_component(docs, "CronJob")
+    assert sorted(cron_jobs) == sorted(JOB_NAMES)
+    return cron_jobs
 
 
 def container_settings(
@@ -357,6 +389,19 @@ def test_image_runs_popsync() -> None:
     assert entrypoint == 'ENTRYPOINT ["popsync"]'
 
 
+def test_the_image_ships_every_service() -> None:
+    """The image installs the wheel, which holds the packages pyproject.toml lists and no
+    others: each folder of services/ must be one of them, as popsync.services.<folder>, or
+    its command fails in the container and only there (the checkout imports it anyway)."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    setuptools = pyproject["tool"]["setuptools"]
+    assert setuptools["package-dir"]["popsync.services"] == "services"
+    packages = set(setuptools["packages"])
+    folders = {init.parent.name for init in (REPO / "services").glob("*/__init__.py")}
+    assert {"validator", "backfill"} <= folders
+    assert {f"popsync.services.{folder}" for folder in folders} <= packages
+
+
 def test_compose_validates_against_the_compose_spec() -> None:
     result = run_tool("check-jsonschema", "--builtin-schema", "vendor.compose-spec", str(COMPOSE))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -448,6 +493,40 @@ def test_compose_runs_each_http_service_on_postgres_alone(monkeypatch: pytest.Mo
         assert spec["security_opt"] == worker["security_opt"], name
         assert spec["cap_drop"] == worker["cap_drop"], name
         assert spec["restart"] == worker["restart"], name
+
+
+def test_compose_runs_each_job_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job's service is in a profile of its own, so `docker compose up` never starts it
+    (`docker compose run --rm popsync-<job> …` does), runs once, as its own Kafka user and
+    PostgreSQL role, once the schema, topics, ACLs and roles exist."""
+    services = compose()["services"]
+    popsync = compose()["x-popsync"]
+    workers = compose_worker_settings(monkeypatch)
+    names = {f"popsync-{job.name}" for job in JOBS}
+    # Everything else starts with `docker compose up`.
+    assert {name for name, spec in services.items() if "profiles" in spec} == names
+    for job in JOBS:
+        name = f"popsync-{job.name}"
+        spec = services[name]
+        assert spec["profiles"] == [job.name]
+        # The image's entrypoint is `popsync` (test_image_runs_popsync).
+        assert "entrypoint" not in spec, name
+        assert spec["command"][0] == job.command
+        assert spec["restart"] == "no", name
+        for step in ("popsync-init", "postgres-roles"):
+            assert spec["depends_on"][step] == {"condition": "service_completed_successfully"}
+        env = env_mapping(spec["environment"])
+        assert env["POPSYNC_KAFKA__SECURITY_PROTOCOL"].startswith("SASL_"), name
+        assert env["POPSYNC_KAFKA__SASL_USERNAME"] == job.sasl_username, name
+        assert env["POPSYNC_KAFKA__SASL_PASSWORD"].startswith("${"), f"{name}: a literal secret"
+        assert urlsplit(env["POPSYNC_POSTGRES__DSN"]).username == job.database_role, name
+        assert spec["security_opt"] == popsync["security_opt"], name
+        assert spec["cap_drop"] == popsync["cap_drop"], name
+        # What it produces goes to the topics the workers use.
+        topics = compose_settings(spec, monkeypatch).topics
+        assert all(settings.topics == topics for settings in workers.values()), name
+    # The backfill reads the archives from ./archives, and may not change them.
+    assert services["popsync-backfill"]["volumes"] == ["./archives:/archives:ro"]
 
 
 def test_prometheus_scrapes_each_http_service_as_its_own_job() -> None:
@@ -568,6 +647,7 @@ def test_overlay_validates_against_kubernetes_schemas(overlay: str) -> None:
         ("v1", "ConfigMap"),
         ("monitoring.coreos.com/v1", "ServiceMonitor"),
         ("autoscaling/v2", "HorizontalPodAutoscaler"),
+        ("batch/v1", "CronJob"),
     } <= kinds
 
 
@@ -898,6 +978,103 @@ def test_service_monitor_scrapes_each_http_service_as_its_own_job(overlay: str) 
         assert (endpoint["port"], endpoint["path"]) == ("http", "/metrics")
 
 
+def _cpus(quantity: str) -> float:
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def _mebibytes(quantity: str) -> float:
+    units = {"Mi": 1, "Gi": 1024, "M": 1e6 / 2**20, "G": 1e9 / 2**20}
+    for unit, factor in units.items():
+        if quantity.endswith(unit):
+            return float(quantity.removesuffix(unit)) * factor
+    return float(quantity) / 2**20
+
+
+@pytest.mark.parametrize("target", ("base", *OVERLAYS))
+def test_k8s_makes_each_job_from_a_suspended_template(target: str) -> None:
+    """A CronJob that never runs by itself: `kubectl apply` keeps the template current (a
+    Job's pod template cannot change), an operator makes each run a Job of it. A failed pod
+    is retried (the run resumes), but not on an exit code a retry cannot change."""
+    declared: dict[str, Job] = {job.name: job for job in JOBS}
+    for name, cron in job_templates(kustomize(target)).items():
+        assert cron["metadata"]["name"] == f"popsync-{name}"
+        assert cron["spec"]["suspend"] is True, name
+        assert cron["spec"]["concurrencyPolicy"] == "Forbid", name
+        assert cron["spec"]["jobTemplate"]["metadata"]["labels"][COMPONENT] == name
+        spec = job_spec(cron)
+        pod = spec["template"]
+        assert pod["metadata"]["labels"][COMPONENT] == name
+        (container,) = pod["spec"]["containers"]
+        # The image's entrypoint is `popsync`; the arguments are the command's own.
+        assert "command" not in container, name
+        assert container["args"][0] == declared[name].command
+        parsed = cli.build_parser().parse_args(container["args"])
+        assert parsed.command == declared[name].command
+        assert pod["spec"]["restartPolicy"] == "Never", name
+        assert spec["backoffLimit"] >= 1, name
+        assert spec["activeDeadlineSeconds"] > 0, name
+        assert spec["ttlSecondsAfterFinished"] > 0, name
+        rules = spec["podFailurePolicy"]["rules"]
+        assert {
+            "action": "FailJob",
+            "onExitCodes": {
+                "containerName": container["name"],
+                "operator": "In",
+                "values": [EXIT_REFUSED, EXIT_USAGE],
+            },
+        } in rules, name
+        assert {
+            "action": "Ignore",
+            "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+        } in rules
+        # Restricted like the workers.
+        assert pod["spec"]["automountServiceAccountToken"] is False
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        assert pod["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
+        assert container["envFrom"][0]["configMapRef"]["name"].startswith("popsync-config")
+        assert "secretKeyRef" in _env(container)["POPSYNC_POSTGRES__DSN"]["valueFrom"], name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_backfill_reads_archives_read_only_on_its_cpus_and_parks_on_the_topic(
+    overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = kustomize(overlay)
+    pod = job_spec(job_templates(docs)["backfill"])["template"]["spec"]
+    (container,) = pod["containers"]
+    args = cli.build_parser().parse_args(container["args"])
+    # Dead letters to the topic (`popsync dlq`), never to a file of the pod; no progress
+    # bar in a log.
+    assert args.dead_letters is None
+    assert args.no_progress is True
+    # One part per CPU it is given, and given them for sure (requests equal to limits).
+    resources = container["resources"]
+    assert resources["requests"] == resources["limits"]
+    assert _cpus(resources["limits"]["cpu"]) == args.jobs == 2
+    assert _mebibytes(resources["limits"]["memory"]) > BACKFILL_RSS_GOAL_MIB
+    # The archives: the claim, mounted read-only (and attached so); every FILE is on it.
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    (mount,) = [
+        m for m in container["volumeMounts"] if "persistentVolumeClaim" in volumes[m["name"]]
+    ]
+    claim = volumes[mount["name"]]["persistentVolumeClaim"]
+    assert claim == {"claimName": ARCHIVES_CLAIM, "readOnly": True}
+    assert mount["readOnly"] is True
+    assert args.files
+    assert all(name.startswith(mount["mountPath"] + "/") for name in args.files)
+    # Every other volume is scratch space.
+    assert all("emptyDir" in v for name, v in volumes.items() if name != mount["name"])
+    # Its dead letters and notices go to the topics the workers use.
+    topics = container_settings(docs, container, monkeypatch).topics
+    for name, settings in k8s_worker_settings(docs, monkeypatch).items():
+        assert settings.topics == topics, f"{overlay}: {name} and the backfill part"
+
+
 def test_k8s_audit_key_is_never_a_literal() -> None:
     for path in k8s_files():
         docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
@@ -917,6 +1094,7 @@ WORKER_USERS = {w.name: w.sasl_username for w in WORKERS}
 def test_every_acl_principal_is_in_the_topology_or_the_directory() -> None:
     publishers = ("civil-status-79",)
     declared = {w.principal for w in WORKERS} | {e.principal for e in EXTERNAL_PRINCIPALS}
+    declared |= {j.principal for j in JOBS}
     declared |= {f"User:{p}" for p in publishers}
     assert {acl.principal for acl in derive_acls(Settings(), publishers)} <= declared
 
@@ -940,6 +1118,7 @@ def test_compose_creates_exactly_the_topology_users() -> None:
     popsync_users = set(WORKER_USERS.values()) | {
         e.sasl_username for e in EXTERNAL_PRINCIPALS if e.sasl_username != "popsync-autoscaler"
     }
+    popsync_users |= {j.sasl_username for j in JOBS}
     assert created - {"schema-registry"} == popsync_users  # no KEDA in compose
     init = env_mapping(compose()["services"]["popsync-init"]["environment"])
     assert init["POPSYNC_KAFKA__SASL_USERNAME"] == ADMIN_USERNAME
@@ -988,9 +1167,37 @@ def test_postgres_roles_grant_what_the_topology_says() -> None:
     }
     assert set(grants) == {w.database_role for w in WORKERS} | {
         s.database_role for s in HTTP_SERVICES
-    }
+    } | {j.database_role for j in JOBS}
     assert grants == expected
     assert "CREATE" not in {p for g in grants.values() for p in g}
+
+
+def _tables_with_sequences() -> set[str]:
+    sql = (REPO / "popsync" / "adapters" / "postgres" / "schema.sql").read_text(encoding="utf-8")
+    tables = re.findall(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*?)\n\);", sql, re.DOTALL)
+    return {name for name, body in tables if re.search(r"serial|GENERATED", body, re.I)}
+
+
+def test_postgres_roles_create_only_in_a_schema_of_their_own() -> None:
+    """No role may create in public (an object planted there could be picked up by another
+    role's queries); a job that makes tables makes them in the schema named for its role,
+    which "$user" puts first on its search_path."""
+    sql = ROLES_SQL.read_text(encoding="utf-8")
+    schema_grants = re.findall(r"^GRANT ([A-Z, ]+) ON SCHEMA (\w+) TO (\w+);$", sql, re.M)
+    assert {p for p, schema, _ in schema_grants if schema == "public"} == {"USAGE"}
+    creators = {(schema, role) for p, schema, role in schema_grants if "CREATE" in p}
+    assert creators == {(schema, role) for role, schema in scratch_schemas().items()}
+    for role, schema in scratch_schemas().items():
+        assert f"CREATE SCHEMA IF NOT EXISTS {schema};" in sql, role
+        assert f"REVOKE ALL ON SCHEMA {schema} FROM PUBLIC;" in sql, role
+        assert f"GRANT USAGE, CREATE ON SCHEMA {schema} TO {role};" in sql, role
+        assert schema == role
+        assert f'ALTER ROLE {role} SET search_path = "$user", public;' in sql, role
+    # A job's tables have no sequence: it is granted none.
+    for job in JOBS:
+        assert not set(job.tables) & _tables_with_sequences(), job.name
+        assert f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {job.database_role};" in sql
+        assert not re.search(rf"ON ALL SEQUENCES IN SCHEMA public TO {job.database_role}", sql)
 
 
 def test_postgres_roles_log_in_with_their_own_password_and_nothing_else() -> None:
@@ -1086,6 +1293,24 @@ def test_production_http_services_use_their_own_role_and_secrets(
             == (deployment["metadata"]["name"])
         )
         assert not [k for k in env if k.startswith("POPSYNC_KAFKA__")], f"{name}: no Kafka"
+
+
+def test_production_jobs_use_their_own_principal_role_and_secrets(
+    production: list[dict[str, Any]],
+) -> None:
+    for name, cron in job_templates(production).items():
+        (container,) = job_spec(cron)["template"]["spec"]["containers"]
+        env = _env(container)
+        job = next(j for j in JOBS if j.name == name)
+        assert env["POPSYNC_KAFKA__SASL_USERNAME"]["value"] == job.sasl_username
+        assert env["POPSYNC_KAFKA__SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": f"popsync-kafka-{name}",
+            "key": "password",
+        }
+        assert env["POPSYNC_POSTGRES__DSN"]["valueFrom"]["secretKeyRef"] == {
+            "name": "popsync-postgres",
+            "key": f"dsn-{name}",
+        }
 
 
 def test_production_renders_no_plaintext_and_no_literal_secret(

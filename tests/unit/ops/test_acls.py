@@ -9,13 +9,14 @@ import pytest
 from popsync.ops import acls as acls_module
 from popsync.ops.acls import Acl, derive_acls, kafka_acls
 from popsync.settings import Settings
-from popsync.topology import EXTERNAL_PRINCIPALS, WORKERS, topic
+from popsync.topology import EXTERNAL_PRINCIPALS, JOBS, WORKERS, topic
 
 PUBLISHERS = ("civil-status-79", "residence-01")
 
 
 def _principals_in_topology() -> set[str]:
-    return {w.principal for w in WORKERS} | {e.principal for e in EXTERNAL_PRINCIPALS}
+    declared = {w.principal for w in WORKERS} | {e.principal for e in EXTERNAL_PRINCIPALS}
+    return declared | {j.principal for j in JOBS}
 
 
 def _writers(acls: list[Acl], name: str) -> set[str]:
@@ -48,6 +49,22 @@ def test_each_worker_reads_its_topics_with_its_group_and_writes_what_it_produces
             if a.principal == worker.principal and a.operation == "WRITE"
         }
         assert mine == {topic(role).name(settings) for role in worker.produces}, worker.name
+
+
+def test_each_job_writes_what_it_produces_and_reads_nothing() -> None:
+    """A job reads its input from files: no topic to read, no group to join."""
+    settings = Settings()
+    acls = derive_acls(settings, ())
+    for job in JOBS:
+        mine = {
+            (a.resource_type, a.resource_name, a.operation)
+            for a in acls
+            if a.principal == job.principal
+        }
+        produced = {topic(role).name(settings) for role in job.produces}
+        assert mine == {("TOPIC", n, op) for n in produced for op in ("WRITE", "DESCRIBE")}, (
+            job.name
+        )
 
 
 def test_only_the_validator_writes_validated_events() -> None:
