@@ -97,8 +97,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_backfill(args: argparse.Namespace) -> int:
     from popsync.adapters.postgres.backfill import BackfillBusy
     from popsync.trust.archives import ArchiveRefused
-    from services.backfill.app import BackfillOptions, run_backfill
-    from services.backfill.archives import ArchiveUnreadable
+
+    # `services/` is installed as popsync.services (package-dir): imported by name, as
+    # the workers are (see cmd_serve).
+    app = importlib.import_module("popsync.services.backfill.app")
+    unreadable = importlib.import_module("popsync.services.backfill.archives").ArchiveUnreadable
 
     for name in args.files:
         _open_input(name).close()  # each one readable, before anything starts
@@ -108,7 +111,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from popsync.adapters.postgres.database import require_database
 
     require_database(settings.postgres)
-    options = BackfillOptions(
+    options = app.BackfillOptions(
         files=tuple(Path(name) for name in args.files),
         dead_letters=args.dead_letters,
         chunk=args.chunk,
@@ -118,9 +121,10 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         report=args.report,
     )
     try:
-        return run_backfill(settings, options)
-    except (ArchiveRefused, ArchiveUnreadable, BackfillBusy) as exc:
+        code: int = app.run_backfill(settings, options)
+    except (ArchiveRefused, unreadable, BackfillBusy) as exc:
         raise failures.UsageError(str(exc)) from None
+    return code
 
 
 def cmd_archive_sign(args: argparse.Namespace) -> int:

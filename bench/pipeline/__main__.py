@@ -30,6 +30,12 @@ def parser(prog: str = "popsync bench") -> argparse.ArgumentParser:
     )
     p.add_argument("--latency-seconds", type=float, default=60, help="%(default)s")
     p.add_argument(
+        "--latency-repeats",
+        type=int,
+        default=5,
+        help="latency runs at the headline rate, each on a fresh pipeline, %(default)s",
+    )
+    p.add_argument(
         "--instances",
         default="1,2",
         help="instances of each worker, one run per value, %(default)s",
@@ -71,6 +77,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "popsync bench") -> int:
         seed=args.seed,
         rates=tuple(float(r) for r in args.rates.split(",")),
         latency_seconds=args.latency_seconds,
+        latency_repeats=args.latency_repeats,
         instances=tuple(int(n) for n in args.instances.split(",")),
         naive_events=args.naive_events,
         ceiling_events=args.ceiling_events,

@@ -82,10 +82,16 @@ def throughput(
 
 
 def latency(
-    stack: EmbeddedStack, dataset: Dataset, rate: float, seconds: float, timeout: float
+    stack: EmbeddedStack,
+    dataset: Dataset,
+    rate: float,
+    seconds: float,
+    timeout: float,
+    repeat: int = 0,
 ) -> dict[str, Any]:
-    """Publish `rate` events/s for `seconds` to idle workers; publication-to-store latency."""
-    name = f"bench-latency-{rate:.0f}"
+    """Publish `rate` events/s for `seconds` to idle workers; publication-to-store latency.
+    Each `repeat` on a pipeline of its own."""
+    name = f"bench-latency-{rate:.0f}" + (f"-{repeat}" if repeat else "")
     settings = stack.isolated_settings(name)
     prepare_fresh(stack, settings)
     # The registry's producer is long-lived, as in production: an idempotent producer

@@ -26,6 +26,7 @@ class Options:
     seed: int
     rates: tuple[float, ...]  # latency runs; the first is the headline
     latency_seconds: float
+    latency_repeats: int  # runs at the headline rate, each on a fresh pipeline
     instances: tuple[int, ...]
     naive_events: int | None  # None: the whole stream
     ceiling_events: int  # faust's consumption alone on this many events; 0: not measured
@@ -77,13 +78,16 @@ def run(options: Options) -> dict[str, Any]:
 
         for rate in options.rates:
             key = "latency" if rate == options.rates[0] else f"latency_at_{rate:.0f}"
-            results[key] = pipeline.latency(
-                stack, stream, rate, options.latency_seconds, options.timeout
-            )
-            print(
-                f"latency at {rate:,.0f}/s: p50 {results[key]['p50_ms']} ms, "
-                f"p99 {results[key]['p99_ms']} ms"
-            )
+            repeats = options.latency_repeats if key == "latency" else 1
+            runs = [
+                pipeline.latency(stack, stream, rate, options.latency_seconds, options.timeout, n)
+                for n in range(repeats)
+            ]
+            results[key] = runs[0]
+            if key == "latency":
+                results["latency_repeats"] = runs
+            for run_ in runs:
+                print(f"latency at {rate:,.0f}/s: p50 {run_['p50_ms']} ms, p99 {run_['p99_ms']} ms")
     return _summary(results, stream, published, options, time.monotonic() - started)
 
 
@@ -224,6 +228,8 @@ def _summary(
         "ratio_popsync_to_naive": round(popsync["events_per_second"] / naive_rate, 2),
         "naive_events": results["naive"]["events"],
         "latency_ms": {k: results["latency"][k] for k in (*latency_keys, "max_ms")},
+        # The headline rate again and again, each on a fresh pipeline: the p99 of every run.
+        "latency_p99_repeats_ms": [r["p99_ms"] for r in results["latency_repeats"]],
         "latency_ms_other_rates": [
             {k: results[key][k] for k in latency_keys}
             for key in results
@@ -244,7 +250,25 @@ def _summary(
         }
         if "faust_ceiling" in results
         else None,
+        # Workers, broker and PostgreSQL together, per event (the issue's ≤ 200 µs).
+        "total_cpu_us_per_event": round(
+            (sum(popsync["cpu_seconds"].values()) + sum(popsync["service_cpu_seconds"].values()))
+            / popsync["events"]
+            * 1e6,
+            1,
+        ),
         "targets": {
+            "popsync_at_least_20pct_of_floor": popsync["events_per_second"] >= 0.2 * floor_rate,
+            "popsync_at_least_6x_naive": popsync["events_per_second"] >= 6 * naive_rate,
+            "total_cpu_at_most_200us_per_event": (
+                sum(popsync["cpu_seconds"].values()) + sum(popsync["service_cpu_seconds"].values())
+            )
+            / popsync["events"]
+            * 1e6
+            <= 200,
+            "p99_below_500ms_in_every_repeat": all(
+                r["p99_ms"] < 500 for r in results["latency_repeats"]
+            ),
             "popsync_at_least_half_of_floor": popsync["events_per_second"] >= 0.5 * floor_rate,
             "popsync_at_least_5x_naive": popsync["events_per_second"] >= 5 * naive_rate,
             "p99_below_500ms": results["latency"]["p99_ms"] < 500,

@@ -85,9 +85,9 @@ class Codec:
         schemaless_writer(buffer, self.schema.parsed, to_avro_datum(record))
         return buffer.getvalue()
 
-    def knows_writer(self, fingerprint: bytes) -> bool:
-        """True if values written with the schema of this fingerprint can be decoded."""
-        return fingerprint in self._writers
+    def writer(self, fingerprint: bytes) -> ContractSchema | None:
+        """The contract's schema version of this fingerprint, if it is one this codec reads."""
+        return self._writers.get(fingerprint)
 
     def written_with_current_schema(self, value: bytes | None) -> bool:
         """True if `value` names this codec's own (current) schema as its writer."""

@@ -93,10 +93,17 @@ class _Claim:
     signature: bytes
 
 
+_MAX_SIGNATURE_BYTES = 64 * 1024  # a signature file is a few hundred bytes
+
+
 def _read_claim(path: Path) -> _Claim:
     sig = signature_path(path)
     try:
-        form = json.loads(sig.read_bytes()[:65536])
+        with sig.open("rb") as handle:
+            text = handle.read(_MAX_SIGNATURE_BYTES + 1)
+        if len(text) > _MAX_SIGNATURE_BYTES:
+            raise ValueError("too large")
+        form = json.loads(text)
         return _Claim(
             str(form["publisher"]),
             str(form["key_id"]),
@@ -111,7 +118,7 @@ def _read_claim(path: Path) -> _Claim:
         ) from None
     except OSError as exc:
         raise ArchiveRefused(f"{sig}: cannot read it: {exc.strerror}") from None
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
         raise ArchiveRefused(
             f"{sig}: not an archive signature (JSON with publisher, key_id, sha256, size, "
             "signature: `popsync archive sign`)"
@@ -170,6 +177,8 @@ class ArchiveVerifier:
         return identity
 
 
-def archive_topic(name: str) -> str:
-    """What a record of archive `name` gives as its topic (dead letters name it)."""
-    return f"archive:{name}"
+def archive_topic(file_no: int, name: str) -> str:
+    """What a record of a run's archive `file_no` (file `name`) gives as its topic: unique in
+    the run (two archives of one name in two folders have two signers), naming the file
+    in its dead letters."""
+    return f"archive:{file_no}:{name}"

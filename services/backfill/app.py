@@ -40,9 +40,9 @@ from popsync.ops.failures import EXIT_OK, EXIT_REFUSED
 from popsync.runtime.messages import OutboundMessage
 from popsync.settings import Settings
 from popsync.trust.archives import ArchiveVerifier, verify_archive
-from services.synchronizer.step import SynchronizerStep
-from services.validator.step import ValidatorStep
 
+from ..synchronizer.step import SynchronizerStep
+from ..validator.step import ValidatorStep
 from .archives import read_archive
 from .job import (
     Applier,
@@ -345,7 +345,8 @@ async def _stage(
     await store.begin_staging(run.run_id)
     with _bar(options.progress, "staging", None) as bar:
         for archive in archives:
-            records = read_archive(archive.path, archive.signer.publisher.kind)
+            kind, digest = archive.signer.publisher.kind, bytes.fromhex(archive.sha256)
+            records = read_archive(archive.path, kind, digest)
             await store.stage(run.run_id, archive.file_no, _counted(records, bar))
     return await store.finish_staging(run.run_id)
 

@@ -15,11 +15,12 @@ A container whose header or a block cannot be read is refused as a whole
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import fastavro
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
@@ -45,32 +46,110 @@ def is_container(path: Path) -> bool:
         return handle.read(len(CONTAINER_MAGIC)) == CONTAINER_MAGIC
 
 
-def read_archive(path: Path, kind: m.SourceRegistry) -> Iterator[StagedRecord]:
-    """Every record of the archive at `path` (its signer's registry `kind`), in file order."""
-    with path.open("rb") as handle:
-        if handle.read(len(CONTAINER_MAGIC)) == CONTAINER_MAGIC:
-            handle.seek(0)
+# Files that are neither: compressed, or a container of files. Read as JSON lines, each
+# would only give lines of noise to park.
+_PACKED = {
+    b"\x1f\x8b": "gzip",
+    b"PK\x03\x04": "zip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+}
+
+
+def read_archive(
+    path: Path, kind: m.SourceRegistry, sha256: bytes | None = None
+) -> Iterator[StagedRecord]:
+    """Every record of the archive at `path` (its signer's registry `kind`), in file order.
+
+    With `sha256` (the digest its signature verified), the bytes read must hash to it,
+    checked once the last record is read: the file cannot change between its check and
+    its reading unseen."""
+    with path.open("rb") as raw:
+        hashing = _Hashing(raw)
+        handle = cast(BinaryIO, hashing)  # a file object: what the readers use of one
+        start = handle.read(8)
+        handle.seek(0)
+        packed = next((kind for magic, kind in _PACKED.items() if start.startswith(magic)), None)
+        if packed is not None:
+            raise ArchiveUnreadable(
+                f"{path}: a {packed} file, not an Avro container or JSON lines: unpack it, "
+                "then sign what is unpacked"
+            )
+        if start.startswith(CONTAINER_MAGIC):
             yield from _container_records(path, handle)
         else:
-            handle.seek(0)
             yield from _line_records(handle, kind)
+        if sha256 is not None and hashing.digest() != sha256:
+            raise ArchiveUnreadable(f"{path}: the file changed after its signature was checked")
+
+
+class _Hashing(io.RawIOBase):
+    """A file read once from its start, hashing what is read (`seek(0)` starts again)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._sha = hashlib.sha256()
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if (offset, whence) != (0, io.SEEK_SET):
+            raise io.UnsupportedOperation("only a rewind")
+        self._raw.seek(0)
+        self._sha = hashlib.sha256()
+        self._position = 0
+        return 0
+
+    def tell(self) -> int:
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        count = self._raw.readinto(buffer)  # type: ignore[attr-defined]
+        if count:
+            self._sha.update(memoryview(buffer)[:count])
+            self._position += count
+        return int(count or 0)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        line = self._raw.readline(-1 if size is None else size)
+        self._sha.update(line)
+        self._position += len(line)
+        return line
+
+    def digest(self) -> bytes:
+        """The SHA-256 of the whole file, reading what is left unread."""
+        while chunk := self.read(1 << 20):
+            del chunk
+        return self._sha.digest()
 
 
 def _container_records(path: Path, handle: BinaryIO) -> Iterator[StagedRecord]:
     count = 0
+    header_read = False
     try:
-        writer = fastavro.reader(handle).writer_schema
+        writer = parse_schema(fastavro.reader(handle).writer_schema)
+        header_read = True
         handle.seek(0)
-        known = _fingerprint(writer)
-        if EVENT_CODEC.knows_writer(known):
-            records = _as_written(handle, parse_schema(writer), MAGIC + known)
+        known = EVENT_CODEC.writer(_fingerprint(writer))
+        # The fingerprint ignores logical types: the same shape with, say, microseconds
+        # instead of the contract's milliseconds must be resolved, not taken as written.
+        if known is not None and _logical_types(writer) == _logical_types(known.parsed):
+            records = _as_written(handle, writer, MAGIC + known.fingerprint)
         else:  # another version: resolved to the current schema, and encoded with it
             records = _resolved(handle)
         for record in records:
             yield record
             count += 1
+    except ArchiveUnreadable as exc:
+        raise ArchiveUnreadable(f"{path}: {exc}") from None
     except Exception as exc:  # fastavro raises many kinds for a broken header or block
-        where = "its header" if count == 0 else f"the block after record {count}"
+        where = f"the block holding record {count}" if header_read else "its header"
         raise ArchiveUnreadable(
             f"{path}: {where} cannot be read as RegistryEvent records "
             f"({type(exc).__name__}: {_first_line(exc)})"
@@ -78,8 +157,30 @@ def _container_records(path: Path, handle: BinaryIO) -> Iterator[StagedRecord]:
 
 
 def _fingerprint(schema: Any) -> bytes:
-    canonical = to_parsing_canonical_form(parse_schema(schema))
+    canonical = to_parsing_canonical_form(schema)
     return bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
+
+
+def _logical_types(schema: Any) -> list[str | None]:
+    """Every type's logical type, in the order of a walk of the schema."""
+    found: list[str | None] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for branch in node:
+                walk(branch)
+        elif isinstance(node, dict):
+            found.append(node.get("logicalType"))
+            for field in node.get("fields", ()):
+                walk(field["type"])
+            for inner in ("items", "values"):
+                if inner in node:
+                    walk(node[inner])
+            if isinstance(node.get("type"), dict | list):
+                walk(node["type"])
+
+    walk(schema)
+    return found
 
 
 def _as_written(handle: BinaryIO, writer: Any, header: bytes) -> Iterator[StagedRecord]:
@@ -116,11 +217,17 @@ def _resolved(handle: BinaryIO) -> Iterator[StagedRecord]:
 
 
 def _staged(position: int, datum: dict[str, Any], value: bytes) -> StagedRecord:
+    occurred, recorded = datum["occurred_at"], datum["recorded_at"]
+    if not isinstance(occurred, datetime) or not isinstance(recorded, datetime):
+        raise ArchiveUnreadable(
+            f"record {position}: occurred_at and recorded_at are not timestamps "
+            "(the contract's timestamp-millis)"
+        )
     return StagedRecord(
         position,
         datum.get("subject_pin") or "",
-        _aware(datum["occurred_at"]),
-        _aware(datum["recorded_at"]),
+        _aware(occurred),
+        _aware(recorded),
         value,
         reference=datum.get("subject_legacy_id"),
     )

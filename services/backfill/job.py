@@ -65,10 +65,12 @@ from popsync.runtime.messages import InboundMessage, OutboundMessage
 from popsync.runtime.processing import INTERNAL_ERROR, Rejected
 from popsync.runtime.retry import RetryPolicy
 from popsync.settings import Settings
+from popsync.trust.archives import archive_topic
 from popsync.trust.identity import SigningIdentity
 from popsync.trust.signing import VERIFIED_KEY_HEADER, VERIFIED_PUBLISHER_HEADER
-from services.synchronizer.step import BatchResult, Decoded, SynchronizerStep
-from services.validator.step import ValidatorStep
+
+from ..synchronizer.step import BatchResult, Decoded, SynchronizerStep
+from ..validator.step import ValidatorStep
 
 log = logging.getLogger(__name__)
 STAGE = "backfill"
@@ -86,7 +88,7 @@ class Archive:
 
     @property
     def topic(self) -> str:
-        return f"archive:{self.path.name}"
+        return archive_topic(self.file_no, self.path.name)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -198,6 +200,8 @@ def letter_json(letter: OutboundMessage) -> dict[str, Any]:
         "original_key": b64(record.original_key),
         "original_value": b64(record.original_value),
         "original_truncated": record.original_truncated,
+        "original_size": record.original_size,
+        "original_sha256": record.original_sha256,
     }
 
 

@@ -24,6 +24,7 @@ def test_the_harness_measures_every_contender_and_writes_json_and_chart(
 ) -> None:
     output = tmp_path / "result.json"
     argv = ["bench", "--events", "1500", "--rates", "300", "--latency-seconds", "2"]
+    argv += ["--latency-repeats", "2"]
     argv += ["--instances", "1,2", "--ceiling-events", "900", "--output", str(output)]
     with server_workdir("bench") as workdir:
         argv += ["--cache-dir", str(tmp_path / "cache"), "--workdir", str(workdir)]
@@ -44,6 +45,9 @@ def test_the_harness_measures_every_contender_and_writes_json_and_chart(
     latency = result["latency_ms"]
     assert latency["events"] == 600 and 0 < latency["measured"] <= 600
     assert 0 < latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+    assert len(result["latency_p99_repeats_ms"]) == 2
+    assert result["latency_p99_repeats_ms"][0] == latency["p99_ms"]
+    assert result["total_cpu_us_per_event"] > result["popsync_cpu_us_per_event"]
     assert set(result["peak_rss_mb"]) == {"validator", "synchronizer", "store-writer"}
     assert result["popsync_cpu_us_per_event"] > 0
     # The broker and PostgreSQL worked for popsync (the harness's own polls left out).
@@ -59,6 +63,10 @@ def test_the_harness_measures_every_contender_and_writes_json_and_chart(
         "popsync_at_least_5x_naive",
         "p99_below_500ms",
         "worker_rss_below_300mb",
+        "popsync_at_least_20pct_of_floor",
+        "popsync_at_least_6x_naive",
+        "total_cpu_at_most_200us_per_event",
+        "p99_below_500ms_in_every_repeat",
     }
 
 

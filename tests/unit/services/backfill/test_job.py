@@ -333,6 +333,8 @@ def test_a_letter_as_json_carries_the_original_bytes_in_base64() -> None:
         "original_key",
         "original_value",
         "original_truncated",
+        "original_size",
+        "original_sha256",
     }
     assert base64.b64decode(out["original_key"]) == PIN.encode()
     assert base64.b64decode(out["original_value"]) == value
@@ -376,13 +378,6 @@ def test_a_letter_of_a_line_kept_without_bytes_has_no_value() -> None:
     assert letter_json(letter)["original_value"] is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="letter_json drops original_size and original_sha256: a letter too large to park "
-    "whole keeps only its first 4,096 bytes in the file, and nothing says which record it "
-    "was (the topic's letter carries both; the file is all a --dead-letters run keeps)",
-)
 def test_a_truncated_letter_as_json_says_what_its_original_was() -> None:
     value = b"\xc3\x01" + b"x" * MAX_DEAD_LETTER_BYTES
     letter = _letter(5, value=value)
@@ -410,7 +405,7 @@ def test_a_run_is_named_by_its_archives_digests_in_order(tmp_path: Path) -> None
 def test_an_archive_describes_its_name_digest_and_signer(tmp_path: Path) -> None:
     archive = _archive(tmp_path / "civil.avro")
 
-    assert archive.topic == "archive:civil.avro"
+    assert archive.topic == "archive:0:civil.avro"
     assert archive.describe() == {
         "name": "civil.avro",
         "sha256": archive.sha256,
@@ -420,14 +415,6 @@ def test_an_archive_describes_its_name_digest_and_signer(tmp_path: Path) -> None
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Archive.topic is 'archive:' + the file's name only: `popsync backfill "
-    "a/2020.avro b/2020.avro` gives both archives one topic, and the run's ArchiveVerifier "
-    "(keyed by topic, services/backfill/app.py _validator) judges every record of the first "
-    "by the second's signer",
-)
 def test_two_archives_of_the_same_name_keep_their_own_signers(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -648,8 +635,8 @@ def test_the_validator_sees_each_record_as_a_message_of_its_archive(tmp_path: Pa
     run.apply(_part(0, 1))
 
     assert [(s.topic, s.offset, s.key) for s in run.judged] == [
-        ("archive:civil.jsonl", 1, b"079203000001"),
-        ("archive:civil.jsonl", 2, b"079203000002"),
+        ("archive:0:civil.jsonl", 1, b"079203000001"),
+        ("archive:0:civil.jsonl", 2, b"079203000002"),
     ]
     assert [s.value for s in run.judged] == [EVENTS.encode(e) for e in births]
 
