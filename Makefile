@@ -25,5 +25,5 @@ bench-verify:  ## the verification service on 1,000,000 citizens: floor, baselin
 	python -m bench.verify
 bench-pipeline:  ## floor, naive and popsync on 1,000,000 events (~30 min) -> bench/results/pipeline.json, .png
 	popsync bench
-bench-backfill:  ## floor and popsync backfill on 10,000,000 archived events (the archive is made once, ~6 min) -> bench/results/backfill.json
+bench-backfill:  ## floor and popsync backfill on 10,000,000 archived events (~31 min at the rate of 2026-12-07; the archive is made once, ~6 min) -> bench/results/backfill.json
 	python -m bench.backfill

@@ -84,6 +84,7 @@ def bench_lines(result: dict[str, object]) -> list[str]:
         "cpu_us_per_event",
         "goals",
         "agreement",
+        "cores_busy_otherwise",
     )
     return [json.dumps({key: result[key] for key in keys}, indent=2)]
 

@@ -42,7 +42,7 @@ from psycopg import sql
 from bench.backfill import archive as arc
 from bench.backfill import floor
 from bench.pipeline.pipeline import BenchFailed, process_cpu_seconds, tree_cpu_seconds
-from bench.verify.cpu import descendants
+from bench.verify.cpu import descendants, machine_busy_seconds
 from popsync.dev.stack import EmbeddedStack, embedded_stack, settings_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,6 +71,7 @@ class Options:
 def run(options: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
     started = time.monotonic()
     load_before = os.getloadavg()
+    source = source_revision()
     archive, base = arc.load_or_generate(
         options.events, options.seed, options.cache_dir, options.base_events, say
     )
@@ -93,6 +94,7 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
             f"{backfill['wall_seconds']:,.1f} s, peak RSS {backfill['peak_rss_mb']:,.0f} MB"
         )
     result = summary(options, archive, size, base, expected, floor_result, backfill)
+    result["source"] = source
     result["machine"] = machine(load_before)
     result["harness_seconds"] = round(time.monotonic() - started, 1)
     return result
@@ -130,9 +132,10 @@ def _drop_database(stack: EmbeddedStack, name: str) -> None:
 def _floor(stack: EmbeddedStack, archive: arc.Archive) -> dict[str, Any]:
     _drop_database(stack, FLOOR_DATABASE)
     dsn = stack.settings_for(FLOOR_DATABASE).postgres.dsn.get_secret_value()
-    postgres_before = _postgres_cpu(stack)
+    postgres_before, busy_before = _postgres_cpu(stack), machine_busy_seconds()
     measured = floor.run(dsn, archive.files, floor.batch_size(archive.events))
     postgres = _postgres_cpu(stack) - postgres_before
+    busy = machine_busy_seconds() - busy_before
     floor.drop(dsn)
     if measured["events"] != archive.events:
         raise BenchFailed(f"the floor read {measured['events']:,} of {archive.events:,} events")
@@ -141,7 +144,17 @@ def _floor(stack: EmbeddedStack, archive: arc.Archive) -> dict[str, Any]:
         "cpu_us_per_event": round(measured["cpu_seconds"] / archive.events * 1e6, 1),
         "postgres_cpu_seconds": round(postgres, 2),
         "postgres_cpu_us_per_event": round(postgres / archive.events * 1e6, 1),
+        "cores_busy_otherwise": _otherwise(
+            busy, measured["cpu_seconds"] + postgres, measured["wall_seconds"]
+        ),
     }
+
+
+def _otherwise(busy: float, ours: float, seconds: float) -> float:
+    """Cores the machine spent on other work over a phase: its busy time, less the CPU of
+    the phase's own processes, per second (0.0 on an otherwise idle machine, give or take
+    a tick's rounding)."""
+    return round(max(busy - ours, 0.0) / max(seconds, 1e-3), 2)
 
 
 # --------------------------------------------------------------------------- the backfill
@@ -174,6 +187,7 @@ def _backfill(
     logs.mkdir(parents=True, exist_ok=True)
     say(f"backfill: {' '.join(argv[1:4])} … (log: {logs / 'backfill.log'})")
     postgres_before, broker_before = _postgres_cpu(stack), _broker_cpu(stack)
+    busy_before = machine_busy_seconds()
     peak_tree_kb = samples = 0
     with (logs / "backfill.log").open("ab") as log:
         began = time.monotonic()
@@ -197,6 +211,7 @@ def _backfill(
             raise
         wall = time.monotonic() - began
     process.returncode = os.waitstatus_to_exitcode(status)
+    busy = machine_busy_seconds() - busy_before
     postgres = _postgres_cpu(stack) - postgres_before
     broker = _broker_cpu(stack) - broker_before
     if process.returncode not in BACKFILL_DONE:
@@ -220,6 +235,8 @@ def _backfill(
         "postgres_cpu_us_per_event": round(postgres / events * 1e6, 1),
         "broker_cpu_seconds": round(broker, 2),
         "broker_cpu_us_per_event": round(broker / events * 1e6, 1),
+        # Other work on the machine over the run: figures taken beside it are not clean.
+        "cores_busy_otherwise": _otherwise(busy, cpu + postgres + broker, wall),
         "dead_letters": _lines(dead_letters),
         "store": _store_counts(settings.postgres.dsn.get_secret_value()),
         "report": report,
@@ -323,6 +340,10 @@ def summary(
             "ten_million_under_10_min": time_for_ten_million < GOAL_SECONDS_FOR_TEN_MILLION,
             "rss_below_1gb": rss < GOAL_RSS_MB,
         },
+        "cores_busy_otherwise": {
+            "floor": floor_result["cores_busy_otherwise"],
+            "backfill": backfill["cores_busy_otherwise"],
+        },
         "goals_basis": {
             "ten_million_under_10_min": "measured" if measured_ten_million else "extrapolated",
             "rss_below_1gb": f"peak over {events:,} events",
@@ -339,6 +360,32 @@ def agreement(events: int, expected: dict[str, int], backfill: dict[str, Any]) -
         "history_rows": store["citizen_history"] == expected["history_rows"],
         "citizens": store["citizens"] == expected["citizens"],
         "parked_are_the_invalid": report.get("parked") == events - expected["valid"],
+    }
+
+
+def source_revision() -> dict[str, Any]:
+    """The commit the backfill runs from, and the files of popsync and the services that
+    differ from it (None where git cannot say); read before the backfill starts."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(  # noqa: S603 - fixed arguments
+                ["git", *args],  # noqa: S607 - git from PATH, as a developer runs it
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout
+
+    changed = git("status", "--porcelain", "--", "popsync", "services")
+    commit = git("rev-parse", "HEAD")
+    return {
+        "commit": None if commit is None else commit.strip(),
+        "modified": None if changed is None else [line[3:] for line in changed.splitlines()],
     }
 
 
