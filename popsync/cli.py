@@ -176,6 +176,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             if mine:
                 path = directory / f"{source.value.lower().replace('_', '-')}.{suffix}"
                 print(f"wrote {write(mine, path)} events to {path}")
+                _sign_as_dev_registry(path, source)
     if args.publish:
         from popsync.adapters.kafka.producer import BatchProducer
         from popsync.ops.publish import Publisher
@@ -193,6 +194,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         count = publisher.publish((msg.key, msg.event) for msg in messages)
         print(f"published {count} events to {settings.topics.registry_events}")
     return 0
+
+
+def _sign_as_dev_registry(path: Path, source: m.SourceRegistry) -> None:
+    """Sign a simulated registry's file with its development key (`popsync.dev.publishers`,
+    known to the embedded stack's directory), so `popsync backfill` takes it as an archive."""
+    from popsync.dev.publishers import KINDS, dev_signer
+    from popsync.trust.archives import sign_archive
+
+    if source in KINDS:
+        sign_archive(path, dev_signer(source))
 
 
 def cmd_topics_create(_: argparse.Namespace) -> int:
@@ -745,7 +756,11 @@ def _add_dev_commands(sub: Subparsers) -> None:
     sim.add_argument("--citizens", type=int, default=1000, help="simulated citizens")
     sim.add_argument("--seed", type=int, default=2025, help="seed of the simulation")
     sim.add_argument("--output", help="write all events as JSON lines here")
-    sim.add_argument("--output-dir", help="write DIR/<source>.jsonl, one file per registry")
+    sim.add_argument(
+        "--output-dir",
+        help="write DIR/<source>.jsonl (or .avro), one file per registry, each signed by the "
+        "registry's development key (FILE.sig): archives for `popsync backfill`",
+    )
     sim.add_argument(
         "--format",
         choices=["jsonl", "avro-container"],
