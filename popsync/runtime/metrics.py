@@ -53,6 +53,11 @@ WAITING_FOR_INFRASTRUCTURE = Gauge(
     "1 while a worker's batch step is failing on a broker/database fault and backing off.",
     ["worker"],
 )
+MERGE_FENCED = Gauge(
+    "popsync_merge_fenced",
+    "1 while the synchronizer's batch waits for a backfill, which holds the merge fence.",
+    ["worker"],
+)
 BATCH_SIZE = Histogram(
     "popsync_batch_size",
     "Messages per processed batch.",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -17,6 +18,7 @@ import psycopg
 from confluent_kafka import KafkaError, KafkaException
 
 from popsync.adapters.kafka.producer import DeliveryFailed
+from popsync.adapters.postgres.sync_state import BackfillRunning
 from popsync.runtime import metrics
 from popsync.settings import ProcessingSettings
 
@@ -56,12 +58,15 @@ class RetryPolicy:
         self._max = settings.retry_max_seconds
         self._worker = worker
         self._is_transient = is_transient
-        self._waiting = 0
+        self._waiting: Counter[str] = Counter()  # calls backing off, by what they wait for
 
     async def call(self, attempt: Callable[[], Awaitable[T]], label: str) -> T:
-        """`attempt()`'s result; a fault that is not transient is raised at once."""
+        """`attempt()`'s result; a fault that is not transient is raised at once. A wait for
+        a backfill (`BackfillRunning`) is retried alike, but shown as such: it is planned,
+        not a fault of the broker or the database."""
         delay = self._initial
         failures = 0
+        waited: set[str] = set()  # "infrastructure", "backfill": what this call counted
         try:
             while True:
                 try:
@@ -70,13 +75,16 @@ class RetryPolicy:
                     if not self._is_transient(exc):
                         raise
                     failures += 1
-                    if failures == 1:
-                        self._waiting += 1
+                    what = "backfill" if isinstance(exc, BackfillRunning) else "infrastructure"
+                    if what not in waited:
+                        waited.add(what)
+                        self._waiting[what] += 1
                     self._publish()
                     metrics.STEP_RETRIES.labels(self._worker).inc()
                     log.warning(
-                        "%s: infrastructure fault (%s: %s), attempt %d; waiting %.1fs to retry",
+                        "%s: %s (%s: %s), attempt %d; waiting %.1fs to retry",
                         label,
+                        "waiting for a backfill" if what == "backfill" else "infrastructure fault",
                         type(exc).__name__,
                         str(exc)[:200],
                         failures,
@@ -89,9 +97,12 @@ class RetryPolicy:
                         log.info("%s: succeeded after %d retries", label, failures)
                     return result
         finally:
-            if failures:
-                self._waiting -= 1
+            for what in waited:
+                self._waiting[what] -= 1
+            if waited:
                 self._publish()
 
     def _publish(self) -> None:
-        metrics.WAITING_FOR_INFRASTRUCTURE.labels(self._worker).set(int(self._waiting > 0))
+        infrastructure = int(self._waiting["infrastructure"] > 0)
+        metrics.WAITING_FOR_INFRASTRUCTURE.labels(self._worker).set(infrastructure)
+        metrics.MERGE_FENCED.labels(self._worker).set(int(self._waiting["backfill"] > 0))

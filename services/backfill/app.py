@@ -56,6 +56,10 @@ from .job import (
 )
 
 CHUNK = 2_000
+_FENCE_WAIT = (
+    "backfill: waiting for the stream's merges in flight (synchronizer batches) to finish; "
+    "the synchronizer then waits for the backfill"
+)
 log = logging.getLogger(__name__)
 
 
@@ -115,7 +119,11 @@ async def backfill(settings: Settings, options: BackfillOptions, out: TextIO) ->
             run = await _stage(settings, store, run, archives, options)
         applying_at = time.monotonic()
         parts = await store.parts(run_id, options.jobs)
-        counts = await _apply_parts(settings, run, archives, parts, options)
+        await store.fence_stream(lambda: print(_FENCE_WAIT, file=sys.stderr))
+        try:
+            counts = await _apply_parts(settings, run, archives, parts, options)
+        finally:
+            await store.unfence_stream()
         _gather_dead_letters(options.dead_letters, parts)
         await store.finish_run(run_id)
         _remove_part_files(options.dead_letters, parts)
@@ -331,7 +339,8 @@ def _validator(settings: Settings, db: Database, archives: Sequence[Archive]) ->
 
 def _synchronizer(settings: Settings, db: Database) -> SynchronizerStep:
     """The synchronizer's merge, without the live stream's daily cap."""
-    return SynchronizerStep(settings.topics, settings.processing, SyncStateStore(db), capped=False)
+    states = SyncStateStore(db, fenced=False)  # the backfill holds the fence itself
+    return SynchronizerStep(settings.topics, settings.processing, states, capped=False)
 
 
 async def _stage(

@@ -510,3 +510,95 @@ def test_simulated_archives_load_as_they_are_written(stack: EmbeddedStack, tmp_p
 
     assert done.returncode in (0, 1), done.stderr
     assert _sql(settings, "SELECT count(*) FROM citizens")[0][0] >= 40
+
+
+_FENCE = "7061, 1"  # popsync.adapters.postgres.sync_state: the merge fence's advisory lock
+
+
+def test_the_stream_and_a_backfill_never_merge_at_once(
+    stack: EmbeddedStack, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """The synchronizer holds the merge fence shared for a batch, a backfill exclusively
+    while it applies: a backfill waits for a batch in flight, and the stream's events wait
+    on the topic while a backfill applies, then land (nothing merged twice, nothing lost)."""
+    messages = _archivable(simulate(30, seed=2030, now=datetime.now(UTC)))
+    settings = _settings(stack, "fence")
+    files = _archives(tmp_path / "archives", messages)
+    dsn = settings.postgres.dsn.get_secret_value()
+    env = {**os.environ, **settings_env(settings)}
+    argv = [sys.executable, "-m", "popsync", "backfill", "--no-progress", *map(str, files)]
+    argv += ["--dead-letters", str(tmp_path / "parked.jsonl")]
+
+    # A synchronizer batch in flight holds the fence shared: the backfill waits for it.
+    with psycopg.connect(dsn, autocommit=True) as batch:
+        batch.execute(f"SELECT pg_advisory_lock_shared({_FENCE})".encode())
+        backfill = subprocess.Popen(  # noqa: S603 - our own CLI
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        time.sleep(4)
+        assert backfill.poll() is None
+        assert _sql(settings, "SELECT count(*) FROM citizen_history")[0][0] == 0
+    _, err = backfill.communicate(timeout=120)  # the batch ended: it goes on
+    assert backfill.returncode in (0, 1), err
+    assert "waiting for the stream's merges in flight" in err
+    loaded = _sql(settings, "SELECT count(*) FROM citizen_history")[0][0]
+    assert loaded > 0
+
+    # While a backfill applies (it holds the fence), the stream's events wait, then land.
+    later = new_births(3)
+    with psycopg.connect(dsn, autocommit=True) as applying:
+        applying.execute(f"SELECT pg_advisory_lock({_FENCE})".encode())
+        _stream_only(stack, settings, later, workers)
+        synchronizer = next(w for w in workers if w.name == "synchronizer")
+
+        def fenced() -> bool:
+            return "BackfillRunning" in synchronizer.log_path.read_text(errors="replace")
+
+        assert eventually(fenced, timeout=90), "the synchronizer never met the fence"
+        assert _sql(settings, "SELECT count(*) FROM citizen_history")[0][0] == loaded
+    assert eventually(
+        lambda: _sql(settings, "SELECT count(*) FROM citizen_history")[0][0] == loaded + 3,
+        timeout=120,
+    )
+
+
+def new_births(count: int) -> list[SimulatedMessage]:
+    from popsync.domain.pin import make_pin
+
+    pins = [make_pin("079", "F", 1991, 950 + i).value for i in range(count)]
+    return [
+        SimulatedMessage(
+            pin.encode(),
+            _event(
+                pin,
+                m.BirthRegistered(
+                    full_name="Lê Thị Hoa",
+                    birth_date=date(1991, 5, 6),
+                    sex=m.Sex.F,
+                    birthplace_province="79",
+                    registration_number=f"KS-fence-{pin}",
+                ),
+                m.EventType.BIRTH_REGISTERED,
+                m.SourceRegistry.CIVIL_STATUS,
+                datetime(1991, 5, 7, tzinfo=UTC),
+            ),
+            None,
+        )
+        for pin in pins
+    ]
+
+
+def _stream_only(
+    stack: EmbeddedStack,
+    settings: Settings,
+    messages: Sequence[SimulatedMessage],
+    workers: list[WorkerProcess],
+) -> None:
+    """Start the stream's workers on `settings` and publish `messages`; wait for nothing."""
+    for name in WORKER_NAMES:
+        log = stack.workdir / "logs" / f"{settings.topics.registry_events}-{name}.log"
+        workers.append(WorkerProcess(name, settings, log))
+    publisher = Publisher(
+        BatchProducer(settings.kafka), settings.topics.registry_events, DEV_SIGNERS
+    )
+    publisher.publish((msg.key, msg.event) for msg in messages)

@@ -8,9 +8,10 @@ keyset. Each part's cursor, counts and dead-letter file length are written by
 
 from __future__ import annotations
 
+import asyncio
 import json
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -19,6 +20,7 @@ import psycopg
 from psycopg import sql
 
 from popsync.adapters.postgres.database import Database
+from popsync.adapters.postgres.sync_state import hold_merge_fence, release_merge_fence
 
 # Before any real record in apply order (every cursor starts here).
 _FIRST = datetime(1, 1, 1, tzinfo=UTC)
@@ -207,6 +209,24 @@ class BackfillStore:
         if row is None:
             raise RuntimeError(f"backfill part {part} missing")
         return _part(row)
+
+    async def fence_stream(self, waiting: Callable[[], None]) -> None:
+        """Hold the merge fence exclusively (`popsync.adapters.postgres.sync_state`): the
+        stream's synchronizer merges nothing until `unfence_stream`, or this session ends.
+        Waits for the batches in flight, calling `waiting` once if it has to."""
+        told = False
+        while True:
+            async with self._db.transaction() as cur:
+                if await hold_merge_fence(cur):
+                    return
+            if not told:
+                waiting()
+                told = True
+            await asyncio.sleep(0.5)
+
+    async def unfence_stream(self) -> None:
+        async with self._db.transaction() as cur:
+            await release_merge_fence(cur)
 
     async def restart_run(self, run_id: str) -> None:
         """Forget a run (its staging, parts and counts), so the archives load anew."""

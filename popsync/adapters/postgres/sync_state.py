@@ -4,6 +4,16 @@ A state only moves forward in version (`WHERE version < excluded.version`), so s
 batch again after a crash changes nothing the first save wrote. The citizen's count of
 events applied on one day (the synchronizer's daily cap) is saved with its version: it
 only changes when an event is applied, so a retried batch counts nothing twice.
+
+**The merge fence.** A citizen is merged by one writer at a time: in the stream, the
+synchronizer instance that owns its partition; a backfill (`popsync backfill`) merges
+outside the stream. The two must never merge at once: a state loaded by one and saved after
+the other's would silently lose the other's events (a save only moves forward). So each
+synchronizer batch holds a shared advisory lock from its load to its save;
+a backfill holds it exclusively while it applies (`hold_merge_fence`). A synchronizer
+that finds it held exclusively raises `BackfillRunning`, an infrastructure wait: its batch is
+retried with backoff, and the stream's events wait on the topic until the backfill is done
+(backfill(A) + stream(B), as tested). The backfill waits for the batches in flight.
 """
 
 from __future__ import annotations
@@ -34,11 +44,36 @@ class StoredState:
     applied_today: int = 0
 
 
-class SyncStateStore:
-    """Each citizen's accepted events, as the synchronizer persists them."""
+# The advisory lock of the merge fence (module doc), held shared by the synchronizer's
+# batches, exclusively by a backfill applying: keys (7061, 1), pg_locks' classid and objid.
+# Taken at most once per session: a batch retried after a fault loads again.
+_ENTER_FENCE = """
+    SELECT EXISTS (SELECT 1 FROM pg_locks
+                    WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+                      AND mode = 'ShareLock' AND classid = 7061 AND objid = 1)
+           OR pg_try_advisory_lock_shared(7061, 1)
+"""
+_LEAVE_FENCE = """
+    SELECT pg_advisory_unlock_shared(7061, 1) FROM pg_locks
+     WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+       AND mode = 'ShareLock' AND classid = 7061 AND objid = 1
+"""
+_HOLD_FENCE = "SELECT pg_try_advisory_lock(7061, 1)"
+_RELEASE_FENCE = "SELECT pg_advisory_unlock(7061, 1)"
 
-    def __init__(self, db: Database) -> None:
+
+class BackfillRunning(TimeoutError):
+    """A backfill is merging citizens: the synchronizer waits (a fault that passes)."""
+
+
+class SyncStateStore:
+    """Each citizen's accepted events, as the synchronizer persists them; `fenced`: behind
+    the merge fence (module doc), as the stream's synchronizer is; a backfill, which holds
+    the fence itself, is not."""
+
+    def __init__(self, db: Database, *, fenced: bool = True) -> None:
         self._db = db
+        self._fenced = fenced
 
     async def load(self, known: Mapping[str, int | None]) -> dict[str, StoredState]:
         """The stored state of each pin of `known`, which maps a pin to the version the
@@ -47,6 +82,14 @@ class SyncStateStore:
         pins = list(known)
         versions = [-1 if known[pin] is None else known[pin] for pin in pins]
         async with self._db.transaction() as cur:
+            if self._fenced:
+                await cur.execute(_ENTER_FENCE)
+                entered = await cur.fetchone()
+                if not (entered and entered[0]):
+                    raise BackfillRunning(
+                        "a backfill is merging citizens (popsync backfill): the stream's "
+                        "merge waits until it has finished"
+                    )
             await cur.execute(
                 """
                 SELECT s.pin, s.version, c.events, c.event_ids, c.fold, c.day,
@@ -64,11 +107,25 @@ class SyncStateStore:
 
     async def save(self, states: Mapping[str, StoredState]) -> None:
         """Persist each citizen's state (all of its fields set) unless the store has a
-        version as new already."""
-        if not states:
-            return
-        async with self._db.transaction() as cur:
-            await save_states(cur, states)
+        version as new already; then leave the merge fence (once committed)."""
+        if states:
+            async with self._db.transaction() as cur:
+                await save_states(cur, states)
+        if self._fenced:
+            async with self._db.transaction() as cur:
+                await cur.execute(_LEAVE_FENCE)
+
+
+async def hold_merge_fence(cur: psycopg.AsyncCursor[Any]) -> bool:
+    """Try to take the merge fence exclusively for a backfill (its session keeps it until
+    `release_merge_fence` or its end); False while a synchronizer batch holds it."""
+    await cur.execute(_HOLD_FENCE)
+    held = await cur.fetchone()
+    return bool(held and held[0])
+
+
+async def release_merge_fence(cur: psycopg.AsyncCursor[Any]) -> None:
+    await cur.execute(_RELEASE_FENCE)
 
 
 async def save_states(cur: psycopg.AsyncCursor[Any], states: Mapping[str, StoredState]) -> None:

@@ -158,3 +158,31 @@ def test_a_worker_waits_while_any_of_its_agents_does() -> None:
     asyncio.run(scenario())
     assert (sample("popsync_step_retries_total", worker)) >= 2
     assert sample("popsync_step_retries_total", f"{worker}:a") == 0
+
+
+def test_a_wait_for_a_backfill_is_retried_and_shown_as_such_not_as_a_fault() -> None:
+    """The synchronizer meeting the merge fence waits like a fault passes, but the gauge
+    that pages operators stays 0: a backfill is planned."""
+    from popsync.adapters.postgres.sync_state import BackfillRunning
+
+    label = "unit-retry-fenced"
+    seen: list[tuple[float, float]] = []
+    calls: list[int] = []
+
+    async def attempt() -> str:
+        calls.append(1)
+        if len(calls) > 1:
+            seen.append(
+                (
+                    sample("popsync_merge_fenced", label),
+                    sample("popsync_waiting_for_infrastructure", label),
+                )
+            )
+        if len(calls) < 3:
+            raise BackfillRunning("a backfill is merging citizens")
+        return "merged"
+
+    assert is_infrastructure_error(BackfillRunning("x"))
+    assert asyncio.run(policy(label).call(attempt, label)) == "merged"
+    assert seen == [(1.0, 0.0), (1.0, 0.0)]
+    assert sample("popsync_merge_fenced", label) == 0.0
