@@ -105,6 +105,13 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
     for name in args.files:
         _open_input(name).close()  # each one readable, before anything starts
+    if args.dead_letters is not None:
+        try:
+            args.dead_letters.open("ab").close()  # writable, before anything starts
+        except OSError as exc:
+            raise failures.UsageError(
+                f"cannot write dead letters to {args.dead_letters}: {exc.strerror}"
+            ) from None
     if args.chunk < 1 or args.jobs < 1:
         raise failures.UsageError("--chunk and --jobs must be at least 1")
     settings = load_settings() if args.dead_letters else _with_broker()

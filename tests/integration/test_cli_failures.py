@@ -52,6 +52,7 @@ BROKER_COMMANDS = [
     ("dlq", "replay", "--all"),
     ("simulate", "--citizens", "2", "--publish"),
     ("publish", "--source", "civil-status", "FILE"),
+    ("backfill", "FILE"),
 ]
 DATABASE_COMMANDS = [
     ("db", "migrate"),
@@ -77,11 +78,16 @@ def test_an_unreachable_broker_is_one_line_and_exit_3_within_the_bound(
     assert took < BOUND_SECONDS
 
 
-@pytest.mark.parametrize("args", DATABASE_COMMANDS, ids=" ".join)
+@pytest.mark.parametrize(
+    "args", [*DATABASE_COMMANDS, ("backfill", "--dead-letters", "OUT", "FILE")], ids=" ".join
+)
 def test_an_unreachable_database_is_one_line_and_exit_3_within_the_bound(
-    nowhere: dict[str, str], args: tuple[str, ...]
+    nowhere: dict[str, str], args: tuple[str, ...], tmp_path: Path
 ) -> None:
-    result, took = run_cli(nowhere, *args)
+    archive = tmp_path / "archive.avro"
+    archive.write_bytes(b"Obj\x01")
+    paths = {"FILE": str(archive), "OUT": str(tmp_path / "parked.jsonl")}
+    result, took = run_cli(nowhere, *[paths.get(a, a) for a in args])
     port = nowhere["POPSYNC_POSTGRES__DSN"].rsplit(":", 1)[1].split("/")[0]
     assert result.stderr.splitlines() == [
         f"popsync: cannot reach PostgreSQL at 127.0.0.1:{port}/popsync "
@@ -89,6 +95,20 @@ def test_an_unreachable_database_is_one_line_and_exit_3_within_the_bound(
     ]
     assert "s3cret" not in result.stderr
     assert result.returncode == 3
+    assert took < BOUND_SECONDS
+
+
+def test_a_backfill_told_to_write_where_it_cannot_says_so_at_once(
+    nowhere: dict[str, str], tmp_path: Path
+) -> None:
+    archive = tmp_path / "archive.avro"
+    archive.write_bytes(b"Obj\x01")
+    out = tmp_path / "missing-folder" / "parked.jsonl"
+    result, took = run_cli(nowhere, "backfill", "--dead-letters", str(out), str(archive))
+    assert result.stderr.splitlines() == [
+        f"popsync: cannot write dead letters to {out}: No such file or directory"
+    ]
+    assert result.returncode == 2
     assert took < BOUND_SECONDS
 
 
