@@ -192,7 +192,10 @@ def _judge(number: int, raw: bytes | None, source: m.SourceRegistry) -> GoodLine
             f"line is from {event.source_registry.value}, publishing as {source.value}",
         )
     value = _encode(event, checked=bool(wide))
-    key = event.subject_pin.encode() if event.subject_pin else None
+    # Keyed by how the registry names the subject: its PIN, else its old identifier (the
+    # validator checks that key against the alias it resolves).
+    named = event.subject_pin or event.subject_legacy_id
+    key = named.encode() if named else None
     return GoodLine(number, key, value, event)
 
 

@@ -73,6 +73,12 @@ def test_a_good_line_is_the_encoded_event_keyed_by_pin() -> None:
     assert EVENT_CODEC.decode(good.value) == birth_event()
 
 
+def test_a_line_naming_its_subject_by_an_old_identifier_is_keyed_by_it() -> None:
+    good = judged(line(subject_pin=None, subject_legacy_id="025123456"))
+    assert isinstance(good, GoodLine)
+    assert good.key == b"025123456"
+
+
 @pytest.mark.parametrize(
     ("raw", "code"),
     [
