@@ -165,6 +165,7 @@ def _open_input(name: str) -> BinaryIO:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from popsync.dev.publishers import sign_as_dev_registry
     from popsync.dev.simulate.generator import simulate, write_avro_container, write_jsonl
 
     messages = simulate(args.citizens, seed=args.seed, now=datetime.now(UTC))
@@ -183,7 +184,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             if mine:
                 path = directory / f"{source.value.lower().replace('_', '-')}.{suffix}"
                 print(f"wrote {write(mine, path)} events to {path}")
-                _sign_as_dev_registry(path, source)
+                sign_as_dev_registry(path, source)
     if args.publish:
         from popsync.adapters.kafka.producer import BatchProducer
         from popsync.ops.publish import Publisher
@@ -201,16 +202,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         count = publisher.publish((msg.key, msg.event) for msg in messages)
         print(f"published {count} events to {settings.topics.registry_events}")
     return 0
-
-
-def _sign_as_dev_registry(path: Path, source: m.SourceRegistry) -> None:
-    """Sign a simulated registry's file with its development key (`popsync.dev.publishers`,
-    known to the embedded stack's directory), so `popsync backfill` takes it as an archive."""
-    from popsync.dev.publishers import KINDS, dev_signer
-    from popsync.trust.archives import sign_archive
-
-    if source in KINDS:
-        sign_archive(path, dev_signer(source))
 
 
 def cmd_topics_create(_: argparse.Namespace) -> int:

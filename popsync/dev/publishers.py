@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,6 +20,7 @@ from popsync.contract import models as m
 from popsync.domain.authority import EVENT_AUTHORITY
 from popsync.domain.provinces import CURRENT_PROVINCES, LEGACY_PROVINCES
 from popsync.settings import Settings
+from popsync.trust.archives import sign_archive
 from popsync.trust.identity import Publisher, PublisherKey
 from popsync.trust.signing import Signer, SignerSet
 
@@ -89,3 +91,10 @@ class DevDirectory:
 
     async def keys(self) -> dict[str, tuple[PublisherKey, Publisher]]:
         return dict(self.entries)
+
+
+def sign_as_dev_registry(path: Path, source: m.SourceRegistry) -> None:
+    """Sign a simulated registry's file with its development key (known to the embedded
+    stack's directory), so that `popsync backfill` takes it as that registry's archive."""
+    if source in KINDS:
+        sign_archive(path, dev_signer(source))
