@@ -81,19 +81,15 @@ class Topic:
         return config
 
 
-@dataclass(frozen=True)
-class Worker:
-    """One kind of worker: the topics it consumes and produces, the tables it writes."""
+class _Client:
+    """What a process that talks to Kafka and PostgreSQL as itself is known by, from its
+    name: a worker's and a job's."""
 
-    name: WorkerName
-    consumes: tuple[TopicRole, ...]
-    produces: tuple[TopicRole, ...]
-    writes: tuple[str, ...]  # PostgreSQL tables
-    does: str
+    name: str
 
     @property
     def sasl_username(self) -> str:
-        """Its Kafka user (POPSYNC_KAFKA__SASL_USERNAME in its deployment) and, with
+        """Its Kafka user (POPSYNC_KAFKA__SASL_USERNAME where it runs) and, with
         underscores, its PostgreSQL role (`database_role`)."""
         return f"popsync-{self.name}"
 
@@ -105,6 +101,17 @@ class Worker:
     @property
     def database_role(self) -> str:
         return self.sasl_username.replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Worker(_Client):
+    """One kind of worker: the topics it consumes and produces, the tables it writes."""
+
+    name: WorkerName
+    consumes: tuple[TopicRole, ...]
+    produces: tuple[TopicRole, ...]
+    writes: tuple[str, ...]  # PostgreSQL tables
+    does: str
 
 
 @dataclass(frozen=True)
@@ -157,7 +164,7 @@ class HttpService:
 
 
 @dataclass(frozen=True)
-class Job:
+class Job(_Client):
     """A process an operator runs to its end, instead of a worker that consumes for ever: it
     reads its input from files, so it has a Kafka user that produces and never consumes (no
     topic read, no group), and one PostgreSQL role. What that role may do is split by kind
@@ -179,21 +186,6 @@ class Job:
     def tables(self) -> tuple[str, ...]:
         """Every table it writes."""
         return self.writes + self.owns
-
-    @property
-    def sasl_username(self) -> str:
-        """Its Kafka user (POPSYNC_KAFKA__SASL_USERNAME where it runs) and, with
-        underscores, its PostgreSQL role (`database_role`)."""
-        return f"popsync-{self.name}"
-
-    @property
-    def principal(self) -> str:
-        """The Kafka principal the broker sees for it (SASL/SCRAM): what its ACLs name."""
-        return f"User:{self.sasl_username}"
-
-    @property
-    def database_role(self) -> str:
-        return self.sasl_username.replace("-", "_")
 
 
 TOPICS: tuple[Topic, ...] = (

@@ -9,7 +9,6 @@ backfill can only be slower; the ratio says by how much.
 
 from __future__ import annotations
 
-import json
 import resource
 import time
 from collections.abc import Iterable
@@ -19,20 +18,8 @@ from typing import Any
 import psycopg
 
 from bench.backfill.archive import read_datums
+from bench.pipeline.floor import COLUMNS, TABLE, row_of
 
-TABLE = """
-CREATE TABLE IF NOT EXISTS floor_events (
-    event_id         text,
-    subject_pin      text,
-    event_type       text,
-    source_registry  text,
-    occurred_at      timestamptz,
-    recorded_at      timestamptz,
-    payload          jsonb,
-    written_at       timestamptz NOT NULL DEFAULT clock_timestamp()
-)
-"""
-COLUMNS = "event_id, subject_pin, event_type, source_registry, occurred_at, recorded_at, payload"
 BATCH = 50_000
 MIN_BATCHES = 20  # a short run still has this many commits to time
 
@@ -57,7 +44,7 @@ def run(dsn: str, files: Iterable[Path], batch: int) -> dict[str, Any]:
         rows: list[tuple[Any, ...]] = []
         for path in files:
             for datum in read_datums(path):
-                rows.append(_row(datum))
+                rows.append(row_of(datum))
                 if len(rows) == batch:
                     _copy(conn, rows)
                     events += len(rows)
@@ -100,27 +87,6 @@ def _copy(conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> None:
         for row in rows:
             copy.write_row(row)
     conn.commit()
-
-
-def _row(datum: dict[str, Any]) -> tuple[Any, ...]:
-    payload = datum["payload"]
-    # PostgreSQL text cannot hold NUL, which some (invalid) events carry: drop it, so the
-    # floor stores every record without checking anything.
-    return (
-        _text(datum["event_id"]),
-        _text(datum["subject_pin"]),
-        datum["event_type"],
-        datum["source_registry"],
-        datum["occurred_at"],
-        datum["recorded_at"],
-        json.dumps(payload[1] if isinstance(payload, tuple) else payload, default=str).replace(
-            "\\u0000", ""
-        ),
-    )
-
-
-def _text(value: str | None) -> str | None:
-    return value.replace("\x00", "") if value else value
 
 
 def _own_cpu_seconds() -> float:

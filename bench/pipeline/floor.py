@@ -110,6 +110,11 @@ def _row(value: bytes | None, schema: Any) -> tuple[Any, ...] | None:
         )
     except Exception:  # noqa: BLE001 - the floor just counts what it cannot read
         return None
+    return row_of(datum)
+
+
+def row_of(datum: dict[str, Any]) -> tuple[Any, ...]:
+    """A decoded event as the floor's row (the stream's floor and the backfill's)."""
     payload = datum["payload"]
     # PostgreSQL text cannot hold NUL, which some (invalid) events carry: drop it, so the
     # floor stores every event it decodes without checking anything.

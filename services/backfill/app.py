@@ -50,7 +50,6 @@ from .job import (
     DeadLetterSink,
     FileSink,
     PartOutcome,
-    Progress,
     TopicSink,
     run_id_of,
 )
@@ -222,7 +221,7 @@ async def apply_part(
             archives,
             chunk=options.chunk,
         )
-        outcome = await applier.apply(run, part, Progress(advance))
+        outcome = await applier.apply(run, part, advance)
     finally:
         if isinstance(sink, FileSink):
             sink.close()

@@ -62,6 +62,7 @@ from popsync.adapters.postgres.sync_state import save_states
 from popsync.contract import models as m
 from popsync.runtime.deadletter import DEAD_LETTER_CODEC, dead_letter
 from popsync.runtime.messages import InboundMessage, OutboundMessage
+from popsync.runtime.ports import Producer
 from popsync.runtime.processing import INTERNAL_ERROR, Rejected
 from popsync.runtime.retry import RetryPolicy
 from popsync.settings import Settings
@@ -103,10 +104,6 @@ class Archive:
 def run_id_of(archives: Sequence[Archive]) -> str:
     """The run of these archives, in this order: their digests."""
     return hashlib.sha256("\n".join(a.sha256 for a in archives).encode()).hexdigest()
-
-
-class Producer(Protocol):
-    async def send_all(self, messages: Sequence[OutboundMessage]) -> None: ...
 
 
 class DeadLetterSink(Protocol):
@@ -205,11 +202,12 @@ def letter_json(letter: OutboundMessage) -> dict[str, Any]:
     }
 
 
-@dataclass
-class Progress:
-    """What the apply pass reports as it goes (a progress bar, or nothing)."""
+# What the apply pass reports as it goes: records done, and what they added to the counts.
+Advance = Callable[[int, Counter[str]], None]
 
-    advance: Callable[[int, Counter[str]], None] = lambda _n, _counts: None
+
+def _unreported(_records: int, _delta: Counter[str]) -> None:
+    """No progress bar."""
 
 
 @dataclass
@@ -248,7 +246,9 @@ class Applier:
         self._retry = RetryPolicy(settings.processing, STAGE)
         self._committed = 0  # the dead-letter length the last commit accounted for
 
-    async def apply(self, run: RunRecord, part: PartRecord, progress: Progress) -> PartOutcome:
+    async def apply(
+        self, run: RunRecord, part: PartRecord, advance: Advance = _unreported
+    ) -> PartOutcome:
         started = time.monotonic()
         counts: Counter[str] = Counter(part.counts)
         self._committed = part.dead_letter_bytes
@@ -260,7 +260,7 @@ class Applier:
             before = counts.copy()
             await self._apply_rows(run.run_id, part, rows, counts)
             cursor = rows[-1].order
-            progress.advance(len(rows), counts - before)
+            advance(len(rows), counts - before)
         await self._commit(run.run_id, part, cursor, counts, finished=True)
         return PartOutcome(counts, time.monotonic() - started)
 

@@ -31,7 +31,7 @@ from popsync.dev.stack import EmbeddedStack, WorkerProcess, settings_env
 from popsync.ops.publish import Publisher
 from popsync.settings import WORKER_NAMES, Settings
 from popsync.trust.archives import sign_archive, signature_path
-from tests.builders import move
+from tests.builders import move, registry_event
 from tests.polling import eventually
 from tests.signing import DEV_SIGNERS
 
@@ -306,13 +306,7 @@ def _stream(
     history_rows: int,
 ) -> None:
     """Publish `messages` on the stream of `settings` and let its workers apply them."""
-    for name in WORKER_NAMES:
-        log = stack.workdir / "logs" / f"{settings.topics.registry_events}-{name}.log"
-        workers.append(WorkerProcess(name, settings, log))
-    publisher = Publisher(
-        BatchProducer(settings.kafka), settings.topics.registry_events, DEV_SIGNERS
-    )
-    publisher.publish((msg.key, msg.event) for msg in messages)
+    _stream_only(stack, settings, messages, workers)
 
     def landed() -> bool:
         return bool(_sql(settings, "SELECT count(*) FROM citizen_history")[0][0] >= history_rows)
@@ -366,24 +360,19 @@ def test_backfill_then_stream_equals_the_stream_of_both(
     assert len(_sql(handed, _HISTORY)) == expected.history_rows
 
 
-_serials = itertools.count(500)
-
-
-def _event(
-    pin: str | None, payload: Any, kind: m.EventType, source: m.SourceRegistry, at: datetime
-) -> m.RegistryEvent:
-    n = next(_serials)
-    return m.RegistryEvent(
-        event_id=f"backfill-identity-{n}-{time.time_ns()}",
-        event_type=kind,
-        source_registry=source,
-        source_province="79",
-        subject_pin=pin,
-        occurred_at=at,
-        recorded_at=at,
-        source_sequence=n,
-        payload=payload,
+def _birth(pin: str | None, name: str, born: date, registered: date) -> m.RegistryEvent:
+    """A birth registered on `registered` (`pin` None: registered without a PIN)."""
+    payload = m.BirthRegistered(
+        full_name=name,
+        birth_date=born,
+        sex=m.Sex.F,
+        birthplace_province="79",
+        registration_number=f"KS-{pin or 'new'}-{time.time_ns()}",
     )
+    event = registry_event(
+        pin or "", payload, m.EventType.BIRTH_REGISTERED, m.SourceRegistry.CIVIL_STATUS, registered
+    )
+    return event if pin else event.model_copy(update={"subject_pin": None})
 
 
 def _signed(path: Path, events: Sequence[m.RegistryEvent], kind: m.SourceRegistry) -> Path:
@@ -403,43 +392,12 @@ def test_records_without_a_pin_are_resolved_after_the_citizens_they_name(
     from tests.polling import read_until
 
     settings = _settings(stack, "identity")
-    at = datetime(2021, 6, 1, 9, tzinfo=UTC)
     pins = [make_pin("079", "F", 1990, 900 + i).value for i in range(8)]
     cmnds = [f"0{90000000 + i}" for i in range(8)]
-    born = [
-        _event(
-            pin,
-            m.BirthRegistered(
-                full_name="Trần Thị Bình",
-                birth_date=date(1990, 4, 5),
-                sex=m.Sex.F,
-                birthplace_province="79",
-                registration_number=f"KS-{pin}",
-            ),
-            m.EventType.BIRTH_REGISTERED,
-            m.SourceRegistry.CIVIL_STATUS,
-            datetime(1990, 4, 6, tzinfo=UTC),
-        )
-        for pin in pins
-    ]
-    newborns = [
-        _event(
-            None,
-            m.BirthRegistered(
-                full_name="Đặng Thị Mai",
-                birth_date=date(2024, 3, 4),
-                sex=m.Sex.F,
-                birthplace_province="79",
-                registration_number=f"KS-new-{i}-{time.time_ns()}",
-            ),
-            m.EventType.BIRTH_REGISTERED,
-            m.SourceRegistry.CIVIL_STATUS,
-            datetime(2024, 3, 4, 9, tzinfo=UTC),
-        )
-        for i in range(5)
-    ]
+    born = [_birth(pin, "Trần Thị Bình", date(1990, 4, 5), date(1990, 4, 6)) for pin in pins]
+    newborns = [_birth(None, "Đặng Thị Mai", date(2024, 3, 4), date(2024, 3, 4)) for _ in range(5)]
     cards = [
-        _event(
+        registry_event(
             pin,
             m.IdCardIssued(
                 card=m.IdCard(
@@ -449,7 +407,7 @@ def test_records_without_a_pin_are_resolved_after_the_citizens_they_name(
             ),
             m.EventType.ID_CARD_ISSUED,
             m.SourceRegistry.ID_CARD,
-            at,
+            date(2021, 6, 1),
         )
         for pin, cmnd in zip(pins, cmnds, strict=True)
     ]
@@ -566,26 +524,8 @@ def new_births(count: int) -> list[SimulatedMessage]:
     from popsync.domain.pin import make_pin
 
     pins = [make_pin("079", "F", 1991, 950 + i).value for i in range(count)]
-    return [
-        SimulatedMessage(
-            pin.encode(),
-            _event(
-                pin,
-                m.BirthRegistered(
-                    full_name="Lê Thị Hoa",
-                    birth_date=date(1991, 5, 6),
-                    sex=m.Sex.F,
-                    birthplace_province="79",
-                    registration_number=f"KS-fence-{pin}",
-                ),
-                m.EventType.BIRTH_REGISTERED,
-                m.SourceRegistry.CIVIL_STATUS,
-                datetime(1991, 5, 7, tzinfo=UTC),
-            ),
-            None,
-        )
-        for pin in pins
-    ]
+    births = (_birth(pin, "Lê Thị Hoa", date(1991, 5, 6), date(1991, 5, 7)) for pin in pins)
+    return [SimulatedMessage(b.subject_pin.encode(), b, None) for b in births if b.subject_pin]
 
 
 def _stream_only(

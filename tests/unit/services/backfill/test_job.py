@@ -44,7 +44,6 @@ from services.backfill.job import (
     Applier,
     Archive,
     FileSink,
-    Progress,
     TopicSink,
     letter_json,
     run_id_of,
@@ -590,7 +589,7 @@ class _Run:
         )
         run = RunRecord("run", None, None, False)
         try:
-            outcome = asyncio.run(applier.apply(run, part, Progress()))
+            outcome = asyncio.run(applier.apply(run, part))
         finally:
             sink.close()
         return outcome.counts
