@@ -31,7 +31,6 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 SERVICE_MODULES: dict[WorkerName, str] = {
     "validator": "popsync.services.validator.app",
     "synchronizer": "popsync.services.synchronizer.app",
-    "store-writer": "popsync.services.store_writer.app",
 }
 
 

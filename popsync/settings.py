@@ -19,8 +19,8 @@ from pydantic_settings.sources.utils import parse_env_vars
 
 from popsync.identity.matching import MatchThresholds
 
-WorkerName = Literal["validator", "synchronizer", "store-writer"]
-WORKER_NAMES: tuple[WorkerName, ...] = ("validator", "synchronizer", "store-writer")
+WorkerName = Literal["validator", "synchronizer"]
+WORKER_NAMES: tuple[WorkerName, ...] = ("validator", "synchronizer")
 
 
 class _Section(BaseModel):
@@ -106,13 +106,11 @@ class TopicSettings(_Section):
 class GroupSettings(_Section):
     validator: str = "popsync-validator"
     synchronizer: str = "popsync-synchronizer"
-    store_writer: str = "popsync-store-writer"
 
     def for_worker(self, worker: WorkerName) -> str:
         return {
             "validator": self.validator,
             "synchronizer": self.synchronizer,
-            "store-writer": self.store_writer,
         }[worker]
 
 

@@ -1,13 +1,14 @@
 """The pipeline, declared once: every topic popsync owns and what each worker does with it.
 
 Follow an event: registries publish to `registry_events`; the validator checks it and
-sends it to `validated_events`; the synchronizer merges it into the citizen and sends a
-snapshot to `citizen_updates`; the store writer puts that into the `citizens` and
-`citizen_history` tables. Anything a worker cannot process goes to `dead_letters`. The
-verification service (`popsync serve`) answers partners from those tables over HTTP, with
-no Kafka, and audits every answer. The backfill (`popsync backfill`), a job an operator
-runs, loads registry archives into the same tables by the validator's and the
-synchronizer's rules, beside the stream.
+sends it to `validated_events`; the synchronizer merges it into the citizen, sends a
+snapshot to `citizen_updates` for whoever follows the register, and writes it into the
+`citizens` and `citizen_history` tables in the transaction that saves the citizen's state.
+Anything a worker cannot process goes to `dead_letters`. The verification service
+(`popsync serve`) answers partners from those tables over HTTP, with no Kafka, and audits
+every answer. The backfill (`popsync backfill`), a job an operator runs, loads registry
+archives into the same tables by the validator's and the synchronizer's rules, beside the
+stream.
 
 Everything else is derived from, or tested against, this declaration: topic
 provisioning (`topic_specs`), each worker's subscriptions (`consumed_topics`), the
@@ -70,8 +71,8 @@ class Topic:
         """The topic's Kafka configuration."""
         config: dict[str, str] = {}
         if self.retention_days is None:
-            # The lag keeps every version readable for a week, so the store writer's
-            # history has no gaps even after compaction.
+            # The lag keeps every version readable for a week, so a reader of the
+            # updates that catches up within it sees every version, with no gaps.
             config["cleanup.policy"] = "compact"
             config["min.compaction.lag.ms"] = str(7 * DAY_MS)
         else:
@@ -281,22 +282,23 @@ WORKERS: tuple[Worker, ...] = (
         "synchronizer",
         consumes=("validated_events",),
         produces=("citizen_updates", "conflicts", "dead_letters"),
-        writes=("sync_citizen_state", "source_quarantine"),
-        does="merge each event into its citizen's state by the merge rules",
-    ),
-    Worker(
-        "store-writer",
-        consumes=("citizen_updates", "conflicts"),
-        produces=("dead_letters",),
-        writes=("citizens", "citizen_history", "citizen_conflicts", "store_writer_offsets"),
-        does="write snapshots, history and conflicts into the central store",
+        writes=(
+            "sync_citizen_state",
+            "citizens",
+            "citizen_history",
+            "citizen_conflicts",
+            "source_quarantine",
+        ),
+        does="merge each event into its citizen's state by the merge rules; write the "
+        "snapshots, history and conflicts into the central store with that state",
     ),
 )
 
-# Readers of citizen updates: the store writer (a worker) only. Readers of dead letters:
-# the operator only. No other principal is granted anything (the broker refuses what no
-# ACL allows); registries are granted one topic each by `popsync acls`, from the
-# publisher directory.
+# Readers of citizen updates and conflicts: none of popsync's (the synchronizer writes the
+# store itself); they are the register's feed, granted to a follower by an ACL of its own.
+# Readers of dead letters: the operator only. No other principal is granted anything
+# (the broker refuses what no ACL allows); registries are granted one topic each by
+# `popsync acls`, from the publisher directory.
 EXTERNAL_PRINCIPALS: tuple[ExternalPrincipal, ...] = (
     ExternalPrincipal(
         "popsync-operator",
@@ -311,7 +313,7 @@ EXTERNAL_PRINCIPALS: tuple[ExternalPrincipal, ...] = (
         "popsync-autoscaler",
         reads=(),
         writes=(),
-        watches=("validator", "synchronizer", "store-writer"),
+        watches=("validator", "synchronizer"),
         who="KEDA's Kafka scaler (deploy/k8s/overlays/production): each worker's lag",
     ),
 )
@@ -320,7 +322,6 @@ EXTERNAL_PRINCIPALS: tuple[ExternalPrincipal, ...] = (
 DATABASE_READS: dict[WorkerName, tuple[str, ...]] = {
     "validator": ("citizens", "sync_citizen_state", "publishers", "publisher_keys"),
     "synchronizer": (),
-    "store-writer": (),
 }
 # The one super user: creates topics and applies the ACLs (`popsync topics create`,
 # `popsync acls --apply`); no worker, operator or registry runs as it.
@@ -348,8 +349,8 @@ JOBS: tuple[Job, ...] = (
         # itself, not through the stream), and its dead letters: never citizen updates.
         produces=("dead_letters", "identity_assigned", "match_reviews", "unmatched_records"),
         reads=("publishers", "publisher_keys"),  # the archives' signatures
-        # The validator's identity tables, the synchronizer's states, the store writer's
-        # rows: what the three would have written for the same events.
+        # The validator's identity tables, the synchronizer's states and store rows: what
+        # the two would have written for the same events.
         writes=(
             "pin_serials",
             "pin_allocations",

@@ -147,7 +147,7 @@ def prepare_fresh(stack: EmbeddedStack, settings: Settings) -> None:
     left = history_rows(settings.postgres.dsn.get_secret_value())
     if left:
         raise BenchFailed(
-            f"{settings.groups.store_writer}: the store holds {left:,} history rows of an earlier"
+            f"{settings.groups.synchronizer}: the store holds {left:,} history rows of an earlier"
             " phase; each phase needs a pipeline of its own"
         )
 

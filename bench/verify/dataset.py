@@ -36,7 +36,7 @@ from popsync.domain.names import fold_for_matching
 from popsync.domain.pin import Sex, make_pin
 
 # Every column of `citizens` but updated_at (its default), with its type, for COPY: the
-# store writer's own list.
+# store's own list.
 COLUMNS = CITIZEN_COLUMNS
 FIRST_YEAR, LAST_YEAR = 1930, 2024
 TODAY = datetime.date(2025, 12, 1)

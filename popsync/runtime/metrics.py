@@ -40,7 +40,7 @@ CONFLICTS = Counter(
 )
 STORE_ROWS_WRITTEN = Counter(
     "popsync_store_rows_written_total",
-    "Rows the store writer sent to PostgreSQL, by table (idempotent re-writes included).",
+    "Rows the synchronizer sent to the central store, by table (idempotent re-writes included).",
     ["table"],
 )
 STEP_RETRIES = Counter(

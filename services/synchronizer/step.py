@@ -1,4 +1,5 @@
-"""Synchronizer: applies validated events to each citizen's state and emits updates.
+"""Synchronizer: applies validated events to each citizen's state, writes the central store
+and emits the citizen updates.
 
 One batch, in this order (each part idempotent, so a crash anywhere only repeats work):
 1. load the touched citizens' states from PostgreSQL: their accepted events and what
@@ -8,12 +9,20 @@ One batch, in this order (each part idempotent, so a crash anywhere only repeats
    an update per applied event, a conflict record per newly surfaced conflict, nothing for
    a duplicate; an event beyond the citizen's daily cap is rejected (CITIZEN_DAILY_LIMIT,
    dead-lettered by the runtime, replayable the next day) and counts nothing;
-3. the runtime sends updates and conflicts and waits until the broker has them all;
-4. `finish`: save the new states, events and fold (a state only moves forward in
-   version), then cache them.
-A crash between 3 and 4 re-emits the same updates with the same versions on
-restart; the store writer ignores versions it already has. The daily count is saved with
-the state, so such a retry counts the same events again from the same stored count.
+3. the runtime sends updates and conflicts to their topics (for whoever follows the
+   register) and waits until the broker has them all;
+4. `finish`: in one transaction, save the new states, events and fold (a state only moves
+   forward in version) and the central store's rows of those updates and conflicts
+   (`popsync.adapters.postgres.citizens`: citizens, citizen_history, citizen_conflicts);
+   then cache the states;
+5. the runtime commits the consumed offsets.
+A crash between 3 and 4 re-emits the same updates with the same versions on restart, and
+writes the store then; a crash between 4 and 5 re-delivers events the states already
+hold: duplicates, which emit and write nothing. So the store receives each applied event
+once, and the topic at least once, with a version that tells repeats apart. The daily count
+is saved with the state, so a retry counts the same events again from the same stored count.
+Writing the store here, not in a worker of its own reading the updates back, saves an
+encode-decode of every update and a hop (bench/README.md, issue 27).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Protocol
 
+from popsync.adapters.postgres.citizens import StoreRecord
 from popsync.adapters.postgres.sync_state import StoredState
 from popsync.contract import models as m
 from popsync.contract.codec import Codec, DecodeError
@@ -35,7 +45,7 @@ from popsync.domain.merge import (
     apply_events,
     repeat_outcome,
 )
-from popsync.runtime import metrics
+from popsync.runtime import metrics, observability
 from popsync.runtime.messages import InboundMessage, OutboundMessage
 from popsync.runtime.processing import Rejected, StepResult
 from popsync.runtime.sources import UNIDENTIFIED, UNVERIFIED
@@ -62,7 +72,7 @@ class BatchResult:
     outputs: list[OutboundMessage] = field(default_factory=list)
     rejected: dict[int, Rejected] = field(default_factory=dict)  # by position in the batch
     sources: list[str] = field(default_factory=list)  # of each message, in order
-    records: list[m.CitizenUpdate | m.MergeConflict] = field(default_factory=list)  # in order
+    records: list[StoreRecord] = field(default_factory=list)  # in order
     applied: list[m.RegistryEvent] = field(default_factory=list)
     conflict_codes: list[str] = field(default_factory=list)
     duplicates: int = 0
@@ -82,11 +92,14 @@ class Merged:
 
 
 class SyncStates(Protocol):
-    """Each citizen's accepted events (`popsync.adapters.postgres.sync_state`)."""
+    """Each citizen's accepted events (`popsync.adapters.postgres.sync_state`), saved with
+    the central store's rows of what they merged to."""
 
     async def load(self, known: Mapping[str, int | None]) -> dict[str, StoredState]: ...
 
-    async def save(self, states: Mapping[str, StoredState]) -> None: ...
+    async def save(
+        self, states: Mapping[str, StoredState], records: Sequence[StoreRecord] = ()
+    ) -> None: ...
 
 
 class SynchronizerStep:
@@ -113,9 +126,11 @@ class SynchronizerStep:
         result.outputs.extend(self._message(record) for record in result.records)
 
         async def save() -> None:  # once the updates are out: see the module doc
-            await self._states.save(merged.changed_states())
+            await self._states.save(merged.changed_states(), result.records)
+            committed = datetime.now(UTC)  # a measurement: the wall clock, not the rules'
             self.remember(merged)  # only once saved: the cache mirrors the store
             self.count(result)
+            observability.observe_event_to_store(result.records, committed)
 
         return StepResult(
             outputs=result.outputs, rejected=result.rejected, sources=result.sources, finish=save
@@ -284,6 +299,9 @@ class SynchronizerStep:
 
     def count(self, result: BatchResult) -> None:
         """Count a durable batch in the metrics."""
+        conflicts = len(result.records) - len(result.applied)
+        metrics.STORE_ROWS_WRITTEN.labels("citizen_history").inc(len(result.applied))
+        metrics.STORE_ROWS_WRITTEN.labels("citizen_conflicts").inc(conflicts)
         for event in result.applied:
             metrics.UPDATES_APPLIED.labels(
                 event.event_type.value, event.source_registry.value

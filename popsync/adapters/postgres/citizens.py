@@ -1,26 +1,26 @@
 """PostgreSQL: the central population store (citizens, their history and conflicts).
 
-Every write here is idempotent, so a batch re-delivered after a crash changes
-nothing the first delivery already wrote:
+The synchronizer writes these rows in the transaction that saves the citizens' merged
+states (`popsync.adapters.postgres.sync_state`), a backfill in the one that saves its
+chunk. Every write here is idempotent as well, so rows written twice change nothing:
 - history rows are keyed by (pin, version) and inserted with DO NOTHING;
 - a citizen row only moves forward (`WHERE citizens.version < excluded.version`);
-- the store writer records, in the same transaction as the rows, the next offset
-  of every partition it consumed (`store_writer_offsets`), and skips what is
-  below it: a re-delivery after a crash, or a batch of a writer that lost its
-  partitions (the row lock serializes two writers of one partition).
+- a conflict's newest record wins (`detected_at`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from popsync.adapters.postgres.database import Database, copy_rows
+from popsync.adapters.postgres.database import copy_rows
 from popsync.contract import models as m
+
+StoreRecord = m.CitizenUpdate | m.MergeConflict  # what the central store keeps rows of
 
 # Staged columns and their types: the binary COPY needs them (see `copy_rows`).
 CITIZEN_COLUMNS = {
@@ -120,7 +120,7 @@ def _snapshot_jsonb(snapshot: m.CitizenSnapshot, include: set[str] | None = None
 
     Pydantic's Rust serializer writes the text (what `model_dump_json` does, without its
     decode: psycopg sends the bytes as they are). `model_dump(mode="json")` and psycopg's
-    `json.dumps` of it were a hot spot of the store writer.
+    `json.dumps` of it were a hot spot of the store's writer.
     """
     text = snapshot.__pydantic_serializer__.to_json(snapshot, include=include)
     return Jsonb(text, dumps=_as_is)
@@ -221,85 +221,9 @@ def _batch_rows(records: Sequence[m.CitizenUpdate | m.MergeConflict]) -> _BatchR
     )
 
 
-@dataclass(frozen=True)
-class Consumed:
-    """A decoded record and where it was read, for the offsets kept with the rows."""
-
-    topic: str
-    partition: int
-    offset: int
-    record: m.CitizenUpdate | m.MergeConflict | None  # None: dead-lettered, nothing to write
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    written: int
-    skipped: int  # already applied by an earlier delivery
-    records: tuple[m.CitizenUpdate | m.MergeConflict, ...] = field(default=(), compare=False)
-
-
-_CLAIM_PARTITIONS = """
-    INSERT INTO store_writer_offsets (group_id, topic, partition, next_offset)
-    SELECT %s, %s, p, 0 FROM unnest(%s::int[]) AS p
-    ON CONFLICT DO NOTHING
-"""
-_LOCK_OFFSETS = """
-    SELECT partition, next_offset FROM store_writer_offsets
-     WHERE group_id = %s AND topic = %s AND partition = ANY(%s)
-     ORDER BY partition
-       FOR UPDATE
-"""
-_ADVANCE_OFFSET = """
-    UPDATE store_writer_offsets SET next_offset = %s, updated_at = now()
-     WHERE group_id = %s AND topic = %s AND partition = %s AND next_offset < %s
-"""
-
-
-class CitizenStore:
-    """The central population store's tables."""
-
-    def __init__(self, db: Database, group_id: str) -> None:
-        self._db = db
-        self._group_id = group_id
-
-    async def write(self, batch: Sequence[Consumed]) -> WriteResult:
-        """Write one batch in one transaction, with its consumed offsets.
-
-        History, current rows and conflicts are written for the records at or past
-        their partition's stored next offset; the offsets then move past the batch.
-        """
-        fresh: list[Consumed] = []
-        async with self._db.transaction() as cur:
-            for topic in sorted({c.topic for c in batch}):
-                of_topic = [c for c in batch if c.topic == topic]
-                fresh += await self._claim(cur, topic, of_topic)
-            records = tuple(c.record for c in fresh if c.record is not None)
-            await write_rows(cur, records)
-        return WriteResult(written=len(fresh), skipped=len(batch) - len(fresh), records=records)
-
-    async def _claim(
-        self, cur: psycopg.AsyncCursor[Any], topic: str, batch: Sequence[Consumed]
-    ) -> list[Consumed]:
-        """Lock the topic's partitions of the batch, move their offsets past it; the unseen part."""
-        partitions = sorted({c.partition for c in batch})
-        await cur.execute(_CLAIM_PARTITIONS, (self._group_id, topic, partitions))
-        await cur.execute(_LOCK_OFFSETS, (self._group_id, topic, partitions))
-        next_offsets: dict[int, int] = dict(await cur.fetchall())
-        ends: dict[int, int] = {}
-        for c in batch:
-            ends[c.partition] = max(ends.get(c.partition, 0), c.offset + 1)
-        await cur.executemany(
-            _ADVANCE_OFFSET,
-            [(end, self._group_id, topic, p, end) for p, end in sorted(ends.items())],
-        )
-        return [c for c in batch if c.offset >= next_offsets[c.partition]]
-
-
-async def write_rows(
-    cur: psycopg.AsyncCursor[Any], records: Sequence[m.CitizenUpdate | m.MergeConflict]
-) -> None:
+async def write_rows(cur: psycopg.AsyncCursor[Any], records: Sequence[StoreRecord]) -> None:
     """Write the rows of `records` (history, current rows, conflicts) in the caller's
-    transaction: the store writer's batches, and a backfill's (`services.backfill`)."""
+    transaction: the synchronizer's batches, and a backfill's (`services.backfill`)."""
     if not records:
         return
     rows = _batch_rows(records)

@@ -81,7 +81,7 @@ def schema_sql() -> str:
 class Database:
     """One lazily (re)opened async connection, used by one transaction at a time.
 
-    A worker may run several agents (the store writer reads two topics); the lock
+    A worker may run several agents (one per topic it reads); the lock
     keeps them from interleaving commands on the shared connection. After any
     failure the connection is dropped, so the retry starts on a clean one.
     """

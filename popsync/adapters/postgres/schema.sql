@@ -123,17 +123,9 @@ CREATE TABLE IF NOT EXISTS citizen_conflicts (
 CREATE INDEX IF NOT EXISTS citizen_conflicts_open ON citizen_conflicts (conflict_code)
     WHERE resolved_at IS NULL;
 
--- The store writer's consumed offsets, written in the same transaction as the
--- rows: the next offset to apply per partition. Re-delivered records below it
--- are skipped. A consumer-group reset to rebuild the store must clear it too.
-CREATE TABLE IF NOT EXISTS store_writer_offsets (
-    group_id     text NOT NULL,
-    topic        text NOT NULL,
-    partition    integer NOT NULL,
-    next_offset  bigint NOT NULL,
-    updated_at   timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (group_id, topic, partition)
-);
+-- The store writer's consumed offsets: the synchronizer writes the store in the
+-- transaction of its merged states since, and a store of an earlier release drops them.
+DROP TABLE IF EXISTS store_writer_offsets;
 
 -- PIN allocation for births registered without a PIN (popsync/adapters/postgres/pins.py):
 -- serials handed out per prefix (province, gender/century digit, birth year), and

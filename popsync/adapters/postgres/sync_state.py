@@ -1,9 +1,12 @@
 """PostgreSQL: the synchronizer's state, each citizen's accepted events and their fold.
 
 A state only moves forward in version (`WHERE version < excluded.version`), so saving a
-batch again after a crash changes nothing the first save wrote. The citizen's count of
-events applied on one day (the synchronizer's daily cap) is saved with its version: it
-only changes when an event is applied, so a retried batch counts nothing twice.
+batch again after a crash changes nothing the first save wrote. The central store's rows
+that the batch's merge made (`popsync.adapters.postgres.citizens`) are written in the same
+transaction: the store never holds a version the state does not, nor the other way round.
+The citizen's count of events applied on one day (the synchronizer's daily cap) is saved
+with its version: it only changes when an event is applied, so a retried batch counts
+nothing twice.
 
 **The merge fence.** A citizen is merged by one writer at a time: in the stream, the
 synchronizer instance that owns its partition; a backfill (`popsync backfill`) merges
@@ -18,13 +21,14 @@ retried with backoff, and the stream's events wait on the topic until the backfi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
 import psycopg
 
+from popsync.adapters.postgres.citizens import StoreRecord, write_rows
 from popsync.adapters.postgres.database import Database, copy_rows
 
 
@@ -105,12 +109,17 @@ class SyncStateStore:
             )
             return {row[0]: StoredState(*row[1:]) for row in await cur.fetchall()}
 
-    async def save(self, states: Mapping[str, StoredState]) -> None:
+    async def save(
+        self, states: Mapping[str, StoredState], records: Sequence[StoreRecord] = ()
+    ) -> None:
         """Persist each citizen's state (all of its fields set) unless the store has a
-        version as new already; then leave the merge fence (once committed)."""
-        if states:
+        version as new already, and the central store's rows of the updates and conflicts
+        the merge made (`write_rows`), in one transaction; then leave the merge fence (once
+        committed)."""
+        if states or records:
             async with self._db.transaction() as cur:
                 await save_states(cur, states)
+                await write_rows(cur, records)
         if self._fenced:
             async with self._db.transaction() as cur:
                 await cur.execute(_LEAVE_FENCE)

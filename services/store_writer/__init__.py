@@ -1,1 +1,0 @@
-"""The store_writer worker."""
