@@ -141,7 +141,7 @@ def test_a_parked_event_replayed_after_the_fix_gives_the_in_order_state(
         processing={"future_skew_seconds": 0},
     )
     pin = new_pin()
-    with workers(stack, settings, ("validator", "synchronizer", "store-writer"), "-dlqreplay"):
+    with workers(stack, settings, ("validator", "synchronizer"), "-dlqreplay"):
         born = birth(pin)
         publish(settings, born)
         assert eventually(lambda: citizen(settings, pin, 1)), "pipeline did not start"

@@ -1,10 +1,11 @@
-"""The one error path in each of the three workers, on the real broker and PostgreSQL.
+"""The one error path in each of the workers, on the real broker and PostgreSQL.
 
 Each worker's own step, wired as `services/<name>/app.py` wires it, is given a batch:
 - with a bug injected for one record: that record is parked as INTERNAL_ERROR on the
   dead-letter topic, and every other record of the batch reaches its output;
 - during a PostgreSQL crash: the batch waits, is retried once PostgreSQL is back, and
-  every record reaches its output, none twice.
+  every record reaches its output, none twice (the synchronizer's: its updates on their
+  topic and its rows in the store).
 Then the worker's resources are closed and PostgreSQL holds no connection of it.
 """
 
@@ -19,9 +20,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from popsync.services.store_writer import app as store_writer
 from popsync.services.synchronizer import app as synchronizer
-from popsync.services.synchronizer.step import SynchronizerStep
 from popsync.services.validator import app as validator
 
 from popsync.adapters.kafka.reader import read_to_end
@@ -33,9 +32,8 @@ from popsync.domain.rules import check_event
 from popsync.runtime.messages import InboundMessage
 from popsync.runtime.processing import INTERNAL_ERROR
 from popsync.runtime.worker import Worker
-from popsync.settings import Settings, WorkerName
+from popsync.settings import WORKER_NAMES, Settings, WorkerName
 from tests.builders import birth
-from tests.fakes import InMemorySyncStates
 from tests.signing import signed
 
 pytestmark = pytest.mark.integration
@@ -45,8 +43,8 @@ LETTERS = Codec(m.DeadLetter)
 BUILD: dict[WorkerName, Callable[[Settings], Worker]] = {
     "validator": validator.build,
     "synchronizer": synchronizer.build,
-    "store-writer": store_writer.build,
 }
+UPDATES = Codec(m.CitizenUpdate)
 COUNT = 12
 FAULTY = 5  # the record the injected bug fails on
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
@@ -89,13 +87,7 @@ def inputs(settings: Settings, worker: WorkerName, pins: Sequence[str]) -> list[
     skew = timedelta(seconds=settings.processing.future_skew_seconds)
     validated = [check_event(e, (e.subject_pin or "").encode(), NOW, skew) for e in events]
     topic = settings.topics.validated_events
-    batch = [message(topic, i, e.subject_pin, EVENTS.encode(e)) for i, e in enumerate(validated)]
-    if worker == "synchronizer":
-        return batch
-    # The store writer's input: what a synchronizer makes of them.
-    step = SynchronizerStep(settings.topics, settings.processing, InMemorySyncStates())
-    updates = asyncio.run(step(batch)).outputs
-    return [message(u.topic, i, None, u.value or b"") for i, u in enumerate(updates)]
+    return [message(topic, i, e.subject_pin, EVENTS.encode(e)) for i, e in enumerate(validated)]
 
 
 def message(topic: str, offset: int, pin: str | None, value: bytes) -> InboundMessage:
@@ -107,12 +99,13 @@ def delivered(settings: Settings, worker: WorkerName) -> int:
     if worker == "validator":
         topic = settings.topics.validated_events
         return sum(1 for *_, value in read_to_end(settings.kafka, topic, 30) if value)
-    if worker == "synchronizer":
-        topic = settings.topics.citizen_updates
-        return sum(1 for *_, value in read_to_end(settings.kafka, topic, 30) if value)
+    # The synchronizer's: the versions it emitted, each stored once with the same version.
+    topic = settings.topics.citizen_updates
+    emitted = [UPDATES.decode(v) for *_, v in read_to_end(settings.kafka, topic, 30) if v]
     with psycopg.connect(settings.postgres.dsn.get_secret_value()) as conn:
-        row = conn.execute("SELECT count(*) FROM citizen_history").fetchone()
-        return int(row[0]) if row else 0
+        stored = conn.execute("SELECT pin, version FROM citizen_history").fetchall()
+    assert sorted(stored) == sorted({(u.pin, u.version) for u in emitted})
+    return len(stored)
 
 
 def dead_letters(settings: Settings) -> list[m.DeadLetter]:
@@ -156,15 +149,9 @@ def inject_bug(monkeypatch: pytest.MonkeyPatch, worker: WorkerName, pin: str) ->
             "apply_events",
             failing(sync_step.apply_events, lambda _, events: events[0].subject_pin),
         )
-    else:
-        from popsync.adapters.postgres import citizens
-
-        monkeypatch.setattr(
-            citizens, "_history_row", failing(citizens._history_row, lambda u: u.pin)
-        )
 
 
-@pytest.mark.parametrize("worker", ["validator", "synchronizer", "store-writer"])
+@pytest.mark.parametrize("worker", WORKER_NAMES)
 def test_a_bug_parks_only_its_record_and_the_others_flow(
     stack: EmbeddedStack,
     worker: WorkerName,
@@ -184,6 +171,39 @@ def test_a_bug_parks_only_its_record_and_the_others_flow(
     assert f"injected bug for {citizens[FAULTY]}" not in caplog.text
 
 
+def test_a_bug_in_the_synchronizers_store_rows_parks_only_its_record(
+    stack: EmbeddedStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store's rows are written in the synchronizer's save, after its updates are out: a
+    # bug there fails the batch, which is split until the one message at fault is parked.
+    from popsync.adapters.postgres import citizens as rows
+
+    settings = fresh_settings(stack, "synchronizer")
+    citizens = pins(COUNT, offset=next(_runs))
+    faulty = citizens[FAULTY]
+
+    def history_row(update: m.CitizenUpdate) -> tuple[Any, ...]:
+        if update.pin == faulty:
+            raise RuntimeError("injected bug")
+        return real(update)
+
+    real = rows._history_row
+    monkeypatch.setattr(rows, "_history_row", history_row)
+    run(BUILD["synchronizer"](settings), inputs(settings, "synchronizer", citizens))
+
+    (letter,) = dead_letters(settings)
+    assert (letter.reason_code, letter.stage, letter.original_offset) == (
+        INTERNAL_ERROR,
+        "synchronizer",
+        FAULTY,
+    )
+    with psycopg.connect(settings.postgres.dsn.get_secret_value()) as conn:
+        stored = conn.execute("SELECT pin FROM citizen_history").fetchall()
+        states = conn.execute("SELECT pin FROM sync_citizen_state").fetchall()
+    others = sorted((pin,) for pin in citizens if pin != faulty)
+    assert sorted(stored) == others and sorted(states) == others  # its state is not saved
+
+
 def crash_postgres_for(stack: EmbeddedStack, seconds: float) -> threading.Thread:
     """SIGKILL PostgreSQL now; start it again (crash recovery) `seconds` later."""
     stack.postgres.kill()
@@ -197,7 +217,7 @@ def crash_postgres_for(stack: EmbeddedStack, seconds: float) -> threading.Thread
     return thread
 
 
-@pytest.mark.parametrize("worker", ["validator", "synchronizer", "store-writer"])
+@pytest.mark.parametrize("worker", WORKER_NAMES)
 def test_a_postgresql_crash_is_waited_out_and_loses_nothing(
     own_stack: EmbeddedStack, worker: WorkerName
 ) -> None:
@@ -223,7 +243,7 @@ def pinless(message: InboundMessage) -> InboundMessage:
     )
 
 
-@pytest.mark.parametrize("worker", ["validator", "synchronizer", "store-writer"])
+@pytest.mark.parametrize("worker", WORKER_NAMES)
 def test_a_closed_worker_leaves_no_connection_open(
     stack: EmbeddedStack, worker: WorkerName
 ) -> None:

@@ -67,7 +67,7 @@ def identity(stack: EmbeddedStack) -> Iterator[tuple[Settings, list[WorkerProces
     """A pipeline of its own, with two validators allocating at once."""
     settings = stack.isolated_settings("identity")
     stack.prepare(settings)
-    names = ("validator", "validator", "synchronizer", "store-writer")
+    names = ("validator", "validator", "synchronizer")
     workers = [stack.start_worker(n, settings, tag=f"-identity{i}") for i, n in enumerate(names)]
     try:
         yield settings, workers

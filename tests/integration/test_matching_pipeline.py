@@ -44,7 +44,7 @@ def matching(stack: EmbeddedStack) -> Iterator[tuple[Settings, list[WorkerProces
     """A pipeline of its own: database, topics and groups `matching`."""
     settings = stack.isolated_settings("matching")
     stack.prepare(settings)
-    names = ("validator", "synchronizer", "store-writer")
+    names = ("validator", "synchronizer")
     workers = [stack.start_worker(n, settings, tag="-matching") for n in names]
     try:
         yield settings, workers

@@ -108,14 +108,12 @@ def converged(
             scraped = {name: scrape(worker) for name, worker in workers.items()}
         except urllib.error.URLError:  # a worker still starting
             return None
-        written = total(
-            scraped["store-writer"], "popsync_store_rows_written_total", table="citizen_history"
-        )
+        sync = scraped["synchronizer"]
+        written = total(sync, "popsync_store_rows_written_total", table="citizen_history")
         consumed = total(scraped["validator"], "popsync_events_consumed_total")
-        # Conflicts travel on a topic of their own: their rows may land after the history.
-        surfaced = total(scraped["synchronizer"], "popsync_conflicts_total")
+        surfaced = total(sync, "popsync_conflicts_total")
         stored_conflicts = total(
-            scraped["store-writer"], "popsync_store_rows_written_total", table="citizen_conflicts"
+            sync, "popsync_store_rows_written_total", table="citizen_conflicts"
         )
         done = (
             written == expected.history_rows
@@ -151,23 +149,23 @@ def test_validator_counts_every_event_once(
     assert by_label(validator, "popsync_events_dead_lettered_total", "reason") == expected.reasons
 
 
-def test_synchronizer_and_store_writer_counts(
+def test_synchronizer_counts_its_merges_and_the_stores_rows(
     converged: tuple[Expectation, dict[WorkerName, Samples]],
     run: tuple[Settings, dict[WorkerName, WorkerProcess]],
 ) -> None:
     expected, scraped = converged
     settings, _ = run
-    sync, writer = scraped["synchronizer"], scraped["store-writer"]
+    sync = scraped["synchronizer"]
     valid = expected.published - expected.invalid
     assert total(sync, "popsync_events_consumed_total", worker="synchronizer") == valid
     assert total(sync, "popsync_updates_applied_total") == expected.history_rows
     assert total(sync, "popsync_duplicates_skipped_total", worker="synchronizer") == (
         expected.duplicates
     )
-    rows = total(writer, "popsync_store_rows_written_total", table="citizen_history")
+    rows = total(sync, "popsync_store_rows_written_total", table="citizen_history")
     assert rows == expected.history_rows
     # Updates written, each observed once, from the event's recorded_at.
-    latency = total(writer, "popsync_event_to_store_seconds_count")
+    latency = total(sync, "popsync_event_to_store_seconds_count")
     assert latency == expected.history_rows
     with psycopg.connect(settings.postgres.dsn.get_secret_value()) as conn:
         row = conn.execute(
@@ -179,7 +177,7 @@ def test_synchronizer_and_store_writer_counts(
     assert total(sync, "popsync_conflicts_total", conflict_code="SUBJECT_DECEASED") >= 1
     # Each conflict surfaced once (a resolved one stays a row, with resolved_at).
     assert total(sync, "popsync_conflicts_total") == conflict_rows
-    assert total(writer, "popsync_store_rows_written_total", table="citizen_conflicts") >= (
+    assert total(sync, "popsync_store_rows_written_total", table="citizen_conflicts") >= (
         conflict_rows
     )
 
@@ -193,7 +191,6 @@ def test_lag_freshness_and_probes(
     inputs: dict[WorkerName, list[str]] = {
         "validator": [settings.topics.registry_events],
         "synchronizer": [settings.topics.validated_events],
-        "store-writer": [settings.topics.citizen_updates, settings.topics.conflicts],
     }
 
     def caught_up() -> dict[WorkerName, Samples] | None:

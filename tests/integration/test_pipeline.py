@@ -1,4 +1,4 @@
-"""The real pipeline: publisher → validator → synchronizer → store writer → PostgreSQL."""
+"""The real pipeline: publisher → validator → synchronizer → PostgreSQL (and its updates)."""
 
 from __future__ import annotations
 

@@ -68,7 +68,6 @@ def input_topics(settings: Settings, kind: WorkerName) -> tuple[str, ...]:
     return {
         "validator": (t.registry_events,),
         "synchronizer": (t.validated_events,),
-        "store-writer": (t.citizen_updates, t.conflicts),
     }[kind]
 
 

@@ -1,8 +1,9 @@
 """SIGTERM drains: the batch in flight becomes durable and is committed, or, past the
 grace period, nothing more is committed and the batch is re-delivered.
 
-The store writer is held mid-batch by a PostgreSQL lock on `citizens` taken from
-the test, so a batch is certainly in flight when the signal arrives.
+The synchronizer is held mid-batch by a PostgreSQL lock on `citizens` taken from the test
+(it writes the store in the transaction that saves its states), so a batch is certainly in
+flight when the signal arrives.
 """
 
 from __future__ import annotations
@@ -106,7 +107,6 @@ def env(stack: EmbeddedStack) -> Iterator[Env]:
     )
     env = Env(stack, settings, publisher)
     env.start("validator")
-    env.start("synchronizer")
     try:
         yield env
     finally:
@@ -117,7 +117,7 @@ def env(stack: EmbeddedStack) -> Iterator[Env]:
 
 @contextmanager
 def citizens_locked(settings: Settings) -> Iterator[None]:
-    """Hold an exclusive lock on `citizens`: the store writer's batches wait for it."""
+    """Hold an exclusive lock on `citizens`: the synchronizer's saves wait for it."""
     with psycopg.connect(settings.postgres.dsn.get_secret_value()) as conn:
         conn.execute(b"LOCK TABLE citizens IN ACCESS EXCLUSIVE MODE")
         try:
@@ -135,24 +135,25 @@ def a_write_waits_for_the_lock(env: Env) -> bool:
 
 
 def committed_offsets(settings: Settings) -> dict[int, int]:
-    """The store writer group's committed offsets on citizen-updates, as the broker has them."""
+    """The synchronizer group's committed offsets on validated events, as the broker has
+    them."""
     consumer = Consumer(
         {
             **settings.kafka.librdkafka(),
-            "group.id": settings.groups.store_writer,
+            "group.id": settings.groups.synchronizer,
             "enable.auto.commit": "false",
         }
     )
     try:
-        topic = settings.topics.citizen_updates
+        topic = settings.topics.validated_events
         found = consumer.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], 10)
         return {tp.partition: max(tp.offset, 0) for tp in found}
     finally:
         consumer.close()
 
 
-def updates_below(settings: Settings, ends: dict[int, int]) -> list[tuple[str, int]]:
-    """(pin, version) of every citizen update below the given offsets."""
+def events_below(settings: Settings, ends: dict[int, int]) -> list[tuple[str, str]]:
+    """(pin, event id) of every validated event below the given offsets."""
     consumer = Consumer(
         {
             **settings.kafka.librdkafka(),
@@ -160,10 +161,10 @@ def updates_below(settings: Settings, ends: dict[int, int]) -> list[tuple[str, i
             "enable.auto.commit": "false",
         }
     )
-    topic, codec = settings.topics.citizen_updates, Codec(m.CitizenUpdate)
+    topic, codec = settings.topics.validated_events, Codec(m.RegistryEvent)
     wanted = sum(ends.values())
     consumer.assign([TopicPartition(topic, p, 0) for p, end in ends.items() if end])
-    found: list[tuple[str, int]] = []
+    found: list[tuple[str, str]] = []
     deadline = time.monotonic() + 30
     try:
         while len(found) < wanted and time.monotonic() < deadline:
@@ -172,19 +173,19 @@ def updates_below(settings: Settings, ends: dict[int, int]) -> list[tuple[str, i
                 continue
             partition, offset = message.partition(), message.offset()
             if partition is not None and offset is not None and offset < ends[partition]:
-                update = codec.decode(message.value())
-                found.append((update.pin, update.version))
+                event = codec.decode(message.value())
+                found.append((event.subject_pin or "", event.event_id))
     finally:
         consumer.close()
-    assert len(found) == wanted, "could not read back the committed updates"
+    assert len(found) == wanted, "could not read back the committed events"
     return found
 
 
 def assert_committed_only_what_is_applied(env: Env, committed: dict[int, int]) -> None:
-    """Never committed early: every update below a committed offset is in the store."""
-    below = updates_below(env.settings, committed)
-    history = set(env.query("SELECT pin, version FROM citizen_history"))
-    assert [u for u in below if u not in history] == []
+    """Never committed early: every event below a committed offset is in the store."""
+    below = events_below(env.settings, committed)
+    history = set(env.query("SELECT pin, event_id FROM citizen_history"))
+    assert [e for e in below if e not in history] == []
 
 
 def assert_exactly_once(env: Env, pins: list[str]) -> None:
@@ -203,7 +204,7 @@ def sigterm_and_wait(worker: WorkerProcess, limit: float) -> tuple[int | None, f
 
 
 def test_sigterm_drains_the_batch_in_flight_commits_and_exits_0(env: Env) -> None:
-    writer = env.start("store-writer")
+    synchronizer = env.start("synchronizer")
     env.warm_up()
     before = committed_offsets(env.settings)
     pins = [new_pin() for _ in range(60)]
@@ -211,14 +212,14 @@ def test_sigterm_drains_the_batch_in_flight_commits_and_exits_0(env: Env) -> Non
         env.publish_citizens(pins)
         assert eventually(lambda: a_write_waits_for_the_lock(env), timeout=60)
         sent = time.monotonic()
-        writer.process.send_signal(signal.SIGTERM)
+        synchronizer.process.send_signal(signal.SIGTERM)
         time.sleep(1.5)
-        assert writer.alive, f"the writer did not wait for its batch; see {writer.log_path}"
-    wait_until(lambda: not writer.alive, timeout=GRACE + EXIT_MARGIN, interval=0.05)
+        assert synchronizer.alive, f"it did not wait for its batch; see {synchronizer.log_path}"
+    wait_until(lambda: not synchronizer.alive, timeout=GRACE + EXIT_MARGIN, interval=0.05)
     took = time.monotonic() - sent
-    code = writer.process.poll()
-    log = writer.log_path.read_text(errors="replace")
-    assert code == 0, f"exit code {code}; see {writer.log_path}"
+    code = synchronizer.process.poll()
+    log = synchronizer.log_path.read_text(errors="replace")
+    assert code == 0, f"exit code {code}; see {synchronizer.log_path}"
     assert took < GRACE + EXIT_MARGIN
     assert "draining" in log and "drained in" in log
 
@@ -227,7 +228,7 @@ def test_sigterm_drains_the_batch_in_flight_commits_and_exits_0(env: Env) -> Non
     assert_committed_only_what_is_applied(env, committed)
     assert not env.applied(pins), "the drain took more than the batch in flight"
 
-    restarted = env.start("store-writer")
+    restarted = env.start("synchronizer")
     assert eventually(lambda: env.applied(pins), timeout=90), f"see {restarted.log_path}"
     assert_exactly_once(env, pins)
     code, took = sigterm_and_wait(restarted, GRACE + EXIT_MARGIN)
@@ -243,20 +244,20 @@ def test_past_the_grace_period_exits_75_without_commit_and_loses_nothing(env: En
             )
         }
     )
-    writer = env.start("store-writer", short)
+    synchronizer = env.start("synchronizer", short)
     env.warm_up()
     pins = [new_pin() for _ in range(30)]
     with citizens_locked(env.settings):
         env.publish_citizens(pins)
         assert eventually(lambda: a_write_waits_for_the_lock(env), timeout=60)
-        code, took = sigterm_and_wait(writer, SHORT_GRACE + EXIT_MARGIN + 5)
+        code, took = sigterm_and_wait(synchronizer, SHORT_GRACE + EXIT_MARGIN + 5)
         committed = committed_offsets(env.settings)
-    log = writer.log_path.read_text(errors="replace")
-    assert code == EXIT_UNFINISHED_BATCH, f"exit code {code}; see {writer.log_path}"
+    log = synchronizer.log_path.read_text(errors="replace")
+    assert code == EXIT_UNFINISHED_BATCH, f"exit code {code}; see {synchronizer.log_path}"
     assert SHORT_GRACE - 0.5 <= took < SHORT_GRACE + EXIT_MARGIN
     assert "grace exceeded" in log
     assert_committed_only_what_is_applied(env, committed)
 
-    restarted = env.start("store-writer", short)
+    restarted = env.start("synchronizer", short)
     assert eventually(lambda: env.applied(pins), timeout=90), f"see {restarted.log_path}"
     assert_exactly_once(env, pins)

@@ -1,4 +1,5 @@
-"""The store writer's transaction on a real PostgreSQL: rows and consumed offsets together."""
+"""The synchronizer's transaction on a real PostgreSQL: the central store's rows and the
+citizens' merged states together, each write idempotent."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import psycopg
 import pytest
 
 from popsync.adapters.postgres import citizens, sync_state
-from popsync.adapters.postgres.citizens import CitizenStore, Consumed, WriteResult
+from popsync.adapters.postgres.citizens import StoreRecord
 from popsync.adapters.postgres.database import Database
 from popsync.adapters.postgres.sync_state import StoredState, SyncStateStore
 from popsync.contract import models as m
@@ -20,7 +21,6 @@ from popsync.settings import Settings
 
 pytestmark = pytest.mark.integration
 
-TOPIC = "store-test.citizen-updates"
 AT = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
@@ -45,15 +45,21 @@ def update(pin: str, version: int, name: str) -> m.CitizenUpdate:
     )
 
 
-def write(settings: Settings, group: str, batch: list[Consumed]) -> WriteResult:
-    async def run() -> WriteResult:
+def write(
+    settings: Settings,
+    records: list[StoreRecord],
+    states: dict[str, StoredState] | None = None,
+) -> None:
+    """One synchronizer save: the states and the store's rows, in one transaction."""
+
+    async def run() -> None:
         db = Database(settings.postgres)
         try:
-            return await CitizenStore(db, group).write(batch)
+            await SyncStateStore(db, fenced=False).save(states or {}, records)
         finally:
             await db.close()
 
-    return asyncio.run(run())
+    asyncio.run(run())
 
 
 def rows(settings: Settings, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -61,51 +67,57 @@ def rows(settings: Settings, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         return conn.execute(sql.encode(), params).fetchall()
 
 
-def test_a_redelivered_batch_is_skipped_and_offsets_move_with_the_rows(
-    settings: Settings,
-) -> None:
+def test_a_batch_written_twice_changes_nothing_the_first_wrote(settings: Settings) -> None:
+    # A crash between the save and the offsets' commit: the batch merges to the same
+    # versions again (a re-emit) or to nothing (duplicates); either way it is written once.
     pin = "079190000001"
-    batch = [
-        Consumed(TOPIC, 0, 10, update(pin, 1, "Lê Thị Hoa")),
-        Consumed(TOPIC, 0, 11, None),  # dead-lettered: consumed, nothing to write
-        Consumed(TOPIC, 2, 5, update(pin, 2, "Lê Thị Hoà")),
-    ]
-    assert write(settings, "g1", batch) == WriteResult(written=3, skipped=0)
-    assert write(settings, "g1", batch) == WriteResult(written=0, skipped=3)
-    offsets = rows(
-        settings,
-        "SELECT partition, next_offset FROM store_writer_offsets"
-        " WHERE group_id = 'g1' AND topic = %s ORDER BY 1",
-        TOPIC,
-    )
-    assert offsets == [(0, 12), (2, 6)]
+    batch: list[StoreRecord] = [update(pin, 1, "Lê Thị Hoa"), update(pin, 2, "Lê Thị Hoà")]
+    state = StoredState(2, [b"one", b"two"], ["e1", "e2"], b"{}")
+    write(settings, batch, {pin: state})
+    write(settings, batch, {pin: state})
     history = rows(settings, "SELECT version FROM citizen_history WHERE pin = %s", pin)
     assert sorted(v for (v,) in history) == [1, 2]
     assert rows(settings, "SELECT version, full_name FROM citizens WHERE pin = %s", pin) == [
         (2, "Lê Thị Hoà")
     ]
+    assert rows(settings, "SELECT version FROM sync_citizen_state WHERE pin = %s", pin) == [(2,)]
 
 
-def test_a_partly_applied_batch_writes_only_the_unseen_part(settings: Settings) -> None:
+def test_the_states_and_the_rows_commit_together_or_not_at_all(settings: Settings) -> None:
+    # The last write of the transaction fails (a trigger on the conflicts here): the state
+    # and the rows written before it in the same transaction are rolled back with it.
     pin = "079190000002"
-    write(settings, "g2", [Consumed(TOPIC, 1, 0, update(pin, 1, "Phạm Văn An"))])
-    result = write(
-        settings,
-        "g2",
-        [
-            Consumed(TOPIC, 1, 0, update(pin, 1, "Phạm Văn An")),
-            Consumed(TOPIC, 1, 1, update(pin, 2, "Phạm Văn Ân")),
-        ],
-    )
-    assert result == WriteResult(written=1, skipped=1)
-    assert rows(settings, "SELECT version FROM citizens WHERE pin = %s", pin) == [(2,)]
+    with psycopg.connect(settings.postgres.dsn.get_secret_value()) as conn:
+        conn.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'refused'; END $$;"
+            " CREATE TRIGGER refuse BEFORE INSERT ON citizen_conflicts"
+            " FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+    try:
+        with pytest.raises(psycopg.errors.RaiseException):
+            write(
+                settings,
+                [update(pin, 1, "Phạm Văn An"), conflict(pin, "death-1", resolved=False)],
+                {pin: StoredState(1, [b"one"], ["e1"], b"{}")},
+            )
+    finally:
+        with psycopg.connect(settings.postgres.dsn.get_secret_value()) as conn:
+            conn.execute("DROP TRIGGER refuse ON citizen_conflicts; DROP FUNCTION refuse()")
+    for table in ("sync_citizen_state", "citizens", "citizen_history"):
+        assert rows(settings, f"SELECT 1 FROM {table} WHERE pin = %s", pin) == []  # noqa: S608
+    # Retried, as the runtime retries it, it writes both.
+    write(settings, [update(pin, 1, "Phạm Văn An")], {pin: StoredState(1, [b"one"], ["e1"], b"{}")})
+    assert rows(settings, "SELECT version FROM citizens WHERE pin = %s", pin) == [(1,)]
+    assert rows(settings, "SELECT version FROM sync_citizen_state WHERE pin = %s", pin) == [(1,)]
 
 
 def test_an_older_version_never_overwrites_a_newer_one(settings: Settings) -> None:
-    # A stale writer (or a group reset) sends version 1 after version 2 was stored.
+    # A stale synchronizer (one that lost its partition mid-batch) writes version 1 after
+    # version 2 was stored.
     pin = "079190000003"
-    write(settings, "g3", [Consumed(TOPIC, 3, 0, update(pin, 2, "Đỗ Minh Khoa"))])
-    write(settings, "g4", [Consumed(TOPIC, 3, 0, update(pin, 1, "Do Minh Khoa"))])
+    write(settings, [update(pin, 2, "Đỗ Minh Khoa")])
+    write(settings, [update(pin, 1, "Do Minh Khoa")])
     assert rows(settings, "SELECT version, full_name FROM citizens WHERE pin = %s", pin) == [
         (2, "Đỗ Minh Khoa")
     ]
@@ -129,8 +141,7 @@ def test_a_version_twice_in_one_batch_is_written_once(settings: Settings) -> Non
     # A synchronizer re-emit can put the same (pin, version) twice in one batch.
     pin = "079190000004"
     first, again = update(pin, 1, "Vũ Thị Lan"), update(pin, 1, "Vũ Thị Lan")
-    result = write(settings, "g5", [Consumed(TOPIC, 4, 0, first), Consumed(TOPIC, 4, 1, again)])
-    assert result == WriteResult(written=2, skipped=0)
+    write(settings, [first, again])
     assert rows(settings, "SELECT version FROM citizen_history WHERE pin = %s", pin) == [(1,)]
     assert rows(settings, "SELECT version, full_name FROM citizens WHERE pin = %s", pin) == [
         (1, "Vũ Thị Lan")
@@ -139,11 +150,11 @@ def test_a_version_twice_in_one_batch_is_written_once(settings: Settings) -> Non
 
 def test_two_versions_of_a_citizen_in_one_batch(settings: Settings) -> None:
     pin = "079190000005"
-    batch = [  # out of order: the higher version must still win
-        Consumed(TOPIC, 5, 0, update(pin, 2, "Trần Văn Bình")),
-        Consumed(TOPIC, 5, 1, update(pin, 1, "Tran Van Binh")),
+    batch: list[StoreRecord] = [  # out of order: the higher version must still win
+        update(pin, 2, "Trần Văn Bình"),
+        update(pin, 1, "Tran Van Binh"),
     ]
-    write(settings, "g6", batch)
+    write(settings, batch)
     assert rows(settings, "SELECT version, full_name FROM citizens WHERE pin = %s", pin) == [
         (2, "Trần Văn Bình")
     ]
@@ -163,24 +174,20 @@ def test_a_conflict_and_its_resolution_in_one_batch_the_resolution_wins(
     settings: Settings,
 ) -> None:
     pin = "079190000006"
-    batch = [
-        Consumed(TOPIC, 6, 0, conflict(pin, "divorce-1", resolved=False)),
-        Consumed(TOPIC, 6, 1, conflict(pin, "divorce-1", resolved=True)),  # same detected_at
-        Consumed(TOPIC, 6, 2, conflict(pin, "divorce-2", resolved=False)),
+    batch: list[StoreRecord] = [
+        conflict(pin, "divorce-1", resolved=False),
+        conflict(pin, "divorce-1", resolved=True),  # same detected_at
+        conflict(pin, "divorce-2", resolved=False),
     ]
-    write(settings, "g7", batch)
+    write(settings, batch)
     found = rows(
         settings,
         "SELECT event_id, message, resolved_at FROM citizen_conflicts WHERE pin = %s ORDER BY 1",
         pin,
     )
     assert found == [("divorce-1", "resolved", AT), ("divorce-2", "open", None)]
-    # An older record re-delivered later (another group: no stored offsets) reopens nothing.
-    write(
-        settings,
-        "g8",
-        [Consumed(TOPIC, 6, 0, conflict(pin, "divorce-1", resolved=False, seconds=-1))],
-    )
+    # An older record written again later reopens nothing.
+    write(settings, [conflict(pin, "divorce-1", resolved=False, seconds=-1)])
     assert rows(
         settings,
         "SELECT message FROM citizen_conflicts WHERE pin = %s AND event_id = %s",
@@ -191,7 +198,7 @@ def test_a_conflict_and_its_resolution_in_one_batch_the_resolution_wins(
 
 def test_a_big_batch_is_written_in_full(settings: Settings) -> None:
     pins = [f"0792100{i:05d}" for i in range(1000)]
-    records: list[m.CitizenUpdate | m.MergeConflict] = []
+    records: list[StoreRecord] = []
     for pin in pins:
         snapshot = m.CitizenSnapshot(
             pin=pin,
@@ -213,8 +220,7 @@ def test_a_big_batch_is_written_in_full(settings: Settings) -> None:
                 )
             )
         records.append(conflict(pin, f"death-{pin}", resolved=False))
-    batch = [Consumed(TOPIC, 7, offset, record) for offset, record in enumerate(records)]
-    assert write(settings, "g9", batch) == WriteResult(written=3000, skipped=0)
+    write(settings, records)
 
     counts = rows(
         settings,
@@ -272,11 +278,11 @@ def test_batches_on_one_connection_do_not_carry_rows_over(settings: Settings) ->
     async def run() -> None:
         db = Database(settings.postgres)
         try:
-            store = CitizenStore(db, "g10")
-            await store.write([Consumed(TOPIC, 8, 0, update(first, 1, "Hồ Văn Nam"))])
+            store = SyncStateStore(db, fenced=False)
+            await store.save({}, [update(first, 1, "Hồ Văn Nam")])
             async with db.transaction() as cur:
                 await cur.execute(b"DELETE FROM citizens WHERE pin = %s", (first,))
-            await store.write([Consumed(TOPIC, 8, 1, update(second, 1, "Hồ Thị Mai"))])
+            await store.save({}, [update(second, 1, "Hồ Thị Mai")])
         finally:
             await db.close()
 

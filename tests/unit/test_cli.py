@@ -48,7 +48,7 @@ def test_help_shows_defaults_and_choices() -> None:
     assert "(default: 60" in COMMANDS[("dlq", "list")].format_help()
     assert "(default: text)" in COMMANDS[("topology",)].format_help()
     worker = COMMANDS[("worker",)].format_help()
-    assert "{validator,synchronizer,store-writer}" in worker
+    assert "{validator,synchronizer}" in worker
     assert "civil-status" in COMMANDS[("publish",)].format_help()
 
 

@@ -114,13 +114,12 @@ def test_http_services_and_jobs_are_their_names_and_own_one_role_each() -> None:
 
 def test_the_backfill_writes_what_the_stream_writes_for_the_same_events() -> None:
     """The backfill runs the validator's step and the synchronizer's merge and writes the
-    store writer's rows: the same tables (but the workers' own bookkeeping and the
-    quarantine, which defends the live stream), and the validator's outputs but the
-    validated events, which it merges itself."""
+    synchronizer's rows: the same tables (but the quarantine, which defends the live
+    stream), and the validator's outputs but the validated events, which it merges
+    itself."""
     backfill = topology.job("backfill")
     stream = {t for w in WORKERS for t in w.writes}
-    bookkeeping = {"store_writer_offsets", "source_quarantine"}
-    assert set(backfill.writes) == stream - bookkeeping
+    assert set(backfill.writes) == stream - {"source_quarantine"}
     assert set(backfill.reads) == {"publishers", "publisher_keys"}
     assert set(backfill.owns) == {"backfill_runs", "backfill_parts"}
     validator = topology.worker("validator")

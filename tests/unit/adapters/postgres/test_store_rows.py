@@ -1,4 +1,4 @@
-"""The store writer's rows of a batch: one per key, as row-by-row upserts would leave them."""
+"""The store's rows of a batch: one per key, as row-by-row upserts would leave them."""
 
 from __future__ import annotations
 
