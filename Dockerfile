@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# One image for every popsync job: `popsync worker validator|synchronizer|store-writer`,
+# One image for every popsync job: `popsync worker validator|synchronizer`,
 # `popsync serve`, `popsync topics create`, `popsync db migrate`, `popsync backfill`. All
 # configuration comes from POPSYNC_* environment variables at run time; nothing secret is
 # baked in.
@@ -27,7 +27,7 @@ RUN pip wheel --no-deps --wheel-dir /dist . \
 # --- runtime: the venv, the Avro contract, an unprivileged user -----------------------
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="popsync" \
-      org.opencontainers.image.description="popsync streaming workers (validator, synchronizer, store-writer)" \
+      org.opencontainers.image.description="popsync streaming workers (validator, synchronizer)" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # Fixed numeric UID/GID so Kubernetes' runAsNonRoot can verify them without a passwd.

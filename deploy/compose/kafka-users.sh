@@ -23,7 +23,6 @@ scram_user() {
 
 scram_user popsync-validator "$VALIDATOR_PASSWORD"
 scram_user popsync-synchronizer "$SYNCHRONIZER_PASSWORD"
-scram_user popsync-store-writer "$STORE_WRITER_PASSWORD"
 scram_user popsync-backfill "$BACKFILL_PASSWORD"
 scram_user popsync-operator "$OPERATOR_PASSWORD"
 scram_user schema-registry "$SCHEMA_REGISTRY_PASSWORD"

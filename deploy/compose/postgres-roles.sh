@@ -7,7 +7,6 @@ set -eu
 psql --no-psqlrc -h postgres -U popsync -d popsync \
   -v validator_password="$VALIDATOR_PASSWORD" \
   -v synchronizer_password="$SYNCHRONIZER_PASSWORD" \
-  -v store_writer_password="$STORE_WRITER_PASSWORD" \
   -v verification_password="$VERIFICATION_PASSWORD" \
   -v backfill_password="$BACKFILL_PASSWORD" \
   -f /popsync/roles.sql

@@ -6,8 +6,8 @@
 -- own makes them in a schema of its own (popsync.topology.scratch_schemas). The schema
 -- (`popsync db migrate`) is owned by the migration role, which runs this file after it, as
 -- psql with one password variable per role (deploy/compose/postgres-roles.sh):
---   psql -v validator_password=... -v synchronizer_password=... -v store_writer_password=...
---        -v verification_password=... -v backfill_password=...
+--   psql -v validator_password=... -v synchronizer_password=... -v verification_password=...
+--        -v backfill_password=...
 -- Idempotent. tests/unit/deploy/test_deploy_config.py checks it against the topology.
 \set ON_ERROR_STOP on
 
@@ -29,18 +29,8 @@ ALTER ROLE popsync_synchronizer LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWO
 REVOKE ALL ON ALL TABLES IN SCHEMA public FROM popsync_synchronizer;
 GRANT CONNECT, TEMPORARY ON DATABASE popsync TO popsync_synchronizer;
 GRANT USAGE ON SCHEMA public TO popsync_synchronizer;
-GRANT SELECT, INSERT, UPDATE, DELETE ON sync_citizen_state, source_quarantine TO popsync_synchronizer;
+GRANT SELECT, INSERT, UPDATE, DELETE ON sync_citizen_state, citizens, citizen_history, citizen_conflicts, source_quarantine TO popsync_synchronizer;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO popsync_synchronizer;
-
--- store-writer
-SELECT format('CREATE ROLE %I LOGIN', 'popsync_store_writer')
-WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'popsync_store_writer') \gexec
-ALTER ROLE popsync_store_writer LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'store_writer_password';
-REVOKE ALL ON ALL TABLES IN SCHEMA public FROM popsync_store_writer;
-GRANT CONNECT, TEMPORARY ON DATABASE popsync TO popsync_store_writer;
-GRANT USAGE ON SCHEMA public TO popsync_store_writer;
-GRANT SELECT, INSERT, UPDATE, DELETE ON citizens, citizen_history, citizen_conflicts, store_writer_offsets TO popsync_store_writer;
-GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO popsync_store_writer;
 
 -- verification (`popsync serve`): reads citizens and the partner directory, appends the
 -- access audit, leases daily quotas. Needs no sequence and no temporary table.
@@ -56,9 +46,9 @@ GRANT INSERT ON access_audit TO popsync_verification;
 GRANT SELECT, INSERT, UPDATE ON partner_usage TO popsync_verification;
 
 -- backfill (`popsync backfill`, run by an operator): the validator's identity tables, the
--- synchronizer's states and the store writer's rows, never a DELETE; every privilege on its
--- own run tables only (`--restart` deletes a run); the publisher directory to check the
--- archives' signatures. Each run's UNLOGGED staging tables (backfill_stage_<run>,
+-- synchronizer's states and store rows, never a DELETE; every privilege on its own run
+-- tables only (`--restart` deletes a run); the publisher directory to check the archives'
+-- signatures. Each run's UNLOGGED staging tables (backfill_stage_<run>,
 -- backfill_defer_<run>, created and dropped by the job, unqualified) land in the schema
 -- named for the role, first on its search_path; it is granted no CREATE in public
 -- (PostgreSQL 15 and later give PUBLIC none there either; on an older server, have the
@@ -78,6 +68,16 @@ GRANT USAGE, CREATE ON SCHEMA popsync_backfill TO popsync_backfill;
 GRANT SELECT ON publishers, publisher_keys TO popsync_backfill;
 GRANT SELECT, INSERT, UPDATE ON pin_serials, pin_allocations, citizen_aliases, match_decisions, match_reviews, sync_citizen_state, citizens, citizen_history, citizen_conflicts TO popsync_backfill;
 GRANT SELECT, INSERT, UPDATE, DELETE ON backfill_runs, backfill_parts TO popsync_backfill;
+
+-- The store writer of earlier releases: the synchronizer writes the store itself now. On a
+-- database that still has its role, take back its grants (they stop the drop) and drop it,
+-- so no login with write access to the store lingers. Nothing where it never existed.
+SELECT format('REVOKE ALL ON ALL TABLES IN SCHEMA public FROM %I', rolname),
+       format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM %I', rolname),
+       format('REVOKE ALL ON SCHEMA public FROM %I', rolname),
+       format('REVOKE ALL ON DATABASE popsync FROM %I', rolname),
+       format('DROP ROLE %I', rolname)
+FROM pg_roles WHERE rolname = 'popsync_store_writer' \gexec
 
 -- access_audit is append-only (popsync.topology.APPEND_ONLY_TABLES): nobody is granted
 -- UPDATE, DELETE or TRUNCATE on it, and the owner gives them up too, so that changing a

@@ -306,16 +306,23 @@ def test_rules_and_dashboard_cover_every_metric() -> None:
 def test_dead_letter_stage_is_the_worker_name() -> None:
     """The ratio rule joins dead letters (stage) to consumed messages (worker) by name: the
     runtime labels both with the worker's name, and so do the steps' own metrics."""
-    from popsync.services.store_writer import step as store_writer
     from popsync.services.synchronizer import step as synchronizer
     from popsync.services.validator import step as validator
 
-    stages = {module.STAGE for module in (validator, synchronizer, store_writer)}
+    stages = {module.STAGE for module in (validator, synchronizer)}
     assert stages == set(WORKER_NAMES)
 
 
+def test_worker_unavailable_names_every_worker_and_no_other() -> None:
+    """A worker with no target at all is caught by absent(), which must name each worker:
+    a missing one goes unnoticed, a removed one fires for ever."""
+    expr = alerts()["PopsyncWorkerUnavailable"]["expr"]
+    named = re.findall(r'absent\(up\{job="popsync", worker="([^"]+)"\}\)', expr)
+    assert sorted(named) == sorted(WORKER_NAMES)
+
+
 def test_dead_letter_alert_tracks_the_worker_limit() -> None:
-    """The "limit near" alert fires at half of the default limits the workers stop at."""
+    """The "limit near" alert fires at half of the default limits a source is judged by."""
     limit = Settings().dead_letter_limit
     expr = alerts()["PopsyncDeadLetterLimitNear"]["expr"]
     assert f"popsync_dead_letter_window_ratio) > {limit.max_ratio / 2:g}" in expr

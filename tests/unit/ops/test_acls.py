@@ -87,9 +87,14 @@ def test_publishers_write_the_registry_events_topic_and_nothing_else() -> None:
 
 
 def test_readers_of_citizen_updates_and_dead_letters_are_named() -> None:
+    """Citizen updates and conflicts are the register's output feed: the synchronizer writes
+    them (and the store itself), and no popsync principal reads them; a follower of the
+    feed is granted by an ACL of its own."""
     settings = Settings()
     acls = derive_acls(settings, PUBLISHERS)
-    assert _readers(acls, settings.topics.citizen_updates) == {"User:popsync-store-writer"}
+    for feed in (settings.topics.citizen_updates, settings.topics.conflicts):
+        assert _writers(acls, feed) == {"User:popsync-synchronizer"}, feed
+        assert _readers(acls, feed) == set(), feed
     assert _readers(acls, settings.topics.dead_letters) == {"User:popsync-operator"}
 
 
