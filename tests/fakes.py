@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from popsync.adapters.postgres.sync_state import StoredState
+from popsync.contract import models as m
 from popsync.domain.aliases import Alias
 from popsync.domain.allocation import AllocationRequest, pin_for
 from popsync.identity import CandidateCitizen, MatchOutcome
@@ -122,7 +123,9 @@ class InMemoryMatchingStore:
 
 class InMemorySyncStates:
     """`popsync.adapters.postgres.sync_state.SyncStateStore` in memory: a state only moves forward
-    in version, and the events of a version the caller holds are not sent back.
+    in version, and the events of a version the caller holds are not sent back; the store's
+    rows saved with the states are kept as the store keeps them (a (pin, version) once, a
+    conflict's newest record).
 
     Counts the calls (`loads`, `saves`) and the events it sends back (`events_sent`);
     `fail_next_save` makes the next save raise, storing nothing.
@@ -130,6 +133,8 @@ class InMemorySyncStates:
 
     def __init__(self) -> None:
         self.rows: dict[str, StoredState] = {}
+        self.history: dict[tuple[str, int], m.CitizenUpdate] = {}
+        self.conflicts: dict[tuple[str, str], m.MergeConflict] = {}
         self.loads = 0
         self.saves = 0
         self.events_sent = 0
@@ -146,7 +151,11 @@ class InMemorySyncStates:
                 self.events_sent += 0 if same else len(row.events or [])
         return found
 
-    async def save(self, states: Mapping[str, StoredState]) -> None:
+    async def save(
+        self,
+        states: Mapping[str, StoredState],
+        records: Sequence[m.CitizenUpdate | m.MergeConflict] = (),
+    ) -> None:
         self.saves += 1
         if self.fail_next_save:
             self.fail_next_save = False
@@ -154,6 +163,11 @@ class InMemorySyncStates:
         for pin, state in states.items():
             if pin not in self.rows or self.rows[pin].version < state.version:
                 self.rows[pin] = state
+        for record in records:
+            if isinstance(record, m.CitizenUpdate):
+                self.history.setdefault((record.pin, record.version), record)
+            else:
+                self.conflicts[(record.pin, record.event_id)] = record
 
     def events(self, pin: str) -> list[bytes]:
         return list(self.rows[pin].events or [])

@@ -169,3 +169,20 @@ def test_an_update_names_the_publisher_and_key_the_validator_verified() -> None:
         ("dev-civil-status", "dev-civil-status-k1"),
         (None, None),  # nothing verified on it: it names no one
     ]
+
+
+def test_the_save_writes_the_store_rows_of_what_the_batch_emitted_with_the_states() -> None:
+    states = InMemorySyncStates()
+    sync = Synchronizer(states)
+    events = [story_birth(), *moves(2)]
+    batch = messages(events)
+    states.fail_next_save = True  # the updates are out, the save fails: nothing is stored
+    with pytest.raises(ConnectionError):
+        sync(batch)
+    assert states.history == {} and PIN not in states.rows
+    sync(batch)  # the retry emits the same versions again and stores them once
+    sync(batch)  # re-delivered after the save: duplicates, nothing emitted or stored
+    assert [u.version for u in sync.updates] == [1, 2, 3, 1, 2, 3]
+    stored = {version: u.event_id for (pin, version), u in states.history.items() if pin == PIN}
+    assert stored == {1: events[0].event_id, 2: events[1].event_id, 3: events[2].event_id}
+    assert states.rows[PIN].version == 3
