@@ -193,7 +193,7 @@ class DeadLetter(ContractModel):
     original_topic: str = Field(description='Topic the message was read from.')
     original_partition: int = Field(description='Partition it was read from.')
     original_offset: int = Field(description='Offset it was read at.')
-    stage: str = Field(description='Worker stage that rejected it: validator, synchronizer or store-writer.')
+    stage: str = Field(description='Worker stage that rejected it: validator or synchronizer (store-writer in letters of releases before the synchronizer wrote the store).')
     reason_code: str = Field(description='Machine-readable reason, e.g. PIN_NOT_12_DIGITS.')
     message: str = Field(description='Human-readable reason, without personal data.')
     event_id: str | None = Field(default=None, description='Event id, when the value could be decoded far enough to read it.')

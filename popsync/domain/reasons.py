@@ -11,11 +11,11 @@ registry helps, so replaying its dead letters is pointless.
 
 Stages: "trust" (`popsync.trust.verification`: who signed it, and whether that publisher
 may send it), "decode" (`popsync.contract.codec`: bytes to a contract record; the
-synchronizer and the store writer dead-letter their own undecodable input with the
-same codes), "rules" (`popsync.domain.rules.check_event`, with `pin` and `names`),
-"worker" (the validator's own safety net). `CONFLICTS` lists the bad input that is
-not dead-lettered but surfaced by the merge as a conflict (stage "merge"): the event
-is valid on its own and only contradicts what is already known.
+synchronizer dead-letters its own undecodable input with the same codes), "rules"
+(`popsync.domain.rules.check_event`, with `pin` and `names`), "worker" (the validator's own
+safety net). `CONFLICTS` lists the bad input that is not dead-lettered but surfaced by the
+merge as a conflict (stage "merge"): the event is valid on its own and only contradicts
+what is already known.
 
 `tests/unit/services/validator/test_bad_input_catalogue.py` keeps this module honest: every
 code raised in the code base is listed here, every entry here is raised somewhere, and each

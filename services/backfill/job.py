@@ -12,7 +12,7 @@
    each record's publisher) and the synchronizer's merge (`SynchronizerStep.merge_batch`:
    the same fold, duplicates, conflicts and versions), without the daily cap, which
    defends the live stream. Then, in ONE transaction: the store's rows (`write_rows`, the
-   store writer's own), the synchronizer's states (`save_states`) and the part's cursor,
+   synchronizer's own), the synchronizer's states (`save_states`) and the part's cursor,
    counts and dead-letter file length. A run killed anywhere resumes from its last commit:
    no record applied twice, no history row duplicated.
 
